@@ -1,0 +1,5 @@
+import sys
+
+from qsattn.cli import main
+
+sys.exit(main())

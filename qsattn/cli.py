@@ -1,0 +1,48 @@
+"""``qsattn`` command line. Each subcommand lives in its own module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; this file only routes to them, so a module's
+heavy imports (torch, triton, transformers) happen only when its command runs."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their command is chosen.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("qsattn.report", "run every section on the embedded defaults and write reports/REPORT.md"),
+    "specs": ("qsattn.specs", "list, show or check method specs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qsattn",
+        description="Simulator, cost model and reference kernels for quantized and sparse attention.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # Bad input from the user: one clear line, not a traceback.
+        print(f"qsattn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qsattn {args.command}: interrupted; finished work is kept and a rerun resumes",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

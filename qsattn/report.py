@@ -1,0 +1,81 @@
+"""``qsattn report``: one command that shows where the project stands.
+
+Each capability contributes a section: a module exposing ``report_section(ctx) -> str``
+(markdown). A section runs its job on the embedded defaults (expensive ones resume from their
+results store, so a rerun is cheap) and returns a summary that links its detailed report under
+``reports/<name>/``. A section whose module does not exist yet is listed as not built; a section
+that fails is shown with its error and makes the command exit non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from qsattn import provenance
+
+# (key, title, module, issue that delivers it)
+SECTIONS: list[tuple[str, str, str, int]] = [
+    ("foundation", "Foundation: method specs and numerics self-check", "qsattn.selfcheck", 2),
+    ("accuracy", "Accuracy on synthetic tensors (simulator vs float64)", "qsattn.accuracy", 3),
+    ("roofline", "Analytical roofline (A100, H100, H200)", "qsattn.roofline", 4),
+    ("bench", "Triton kernels: H100 benchmarks against SDPA and SageAttention", "qsattn.bench", 5),
+    ("validation", "GPU validation: simulator vs kernel, predicted vs measured", "qsattn.validate", 6),
+    ("model", "Accuracy inside a real model (SmolLM2-135M)", "qsattn.model", 7),
+]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    out: Path          # reports/ root; sections write under out/<key>/
+    quick: bool        # smaller defaults (CI smoke); sections say when they use it
+    rerun: bool        # recompute finished points instead of resuming
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=provenance.ROOT / "reports",
+                   help="reports directory (default: reports/ in the repository)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated section keys: " + ", ".join(s[0] for s in SECTIONS))
+    p.add_argument("--quick", action="store_true", help="smaller defaults (smoke run)")
+    p.add_argument("--rerun", action="store_true", help="recompute instead of resuming")
+
+
+def run(args: argparse.Namespace) -> int:
+    keys = [s[0] for s in SECTIONS]
+    only = keys if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
+    bad = [k for k in only if k not in keys]
+    if bad:
+        raise ValueError(f"--only: expected section keys from {keys}, got {bad}")
+    ctx = ReportContext(out=args.out, quick=args.quick, rerun=args.rerun)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    parts = [provenance.header("qsattn report", provenance.command_line())]
+    failed = []
+    for key, title, module, issue in SECTIONS:
+        if key not in only:
+            continue
+        print(f"== {title}", flush=True)
+        t0 = time.perf_counter()
+        if importlib.util.find_spec(module) is None:
+            body = f"_Not built yet: delivered by issue {issue}._\n"
+        else:
+            try:
+                body = importlib.import_module(module).report_section(ctx)
+            except Exception:  # a failing section is shown, never hidden
+                failed.append(key)
+                body = "**This section failed:**\n\n```\n" + traceback.format_exc() + "```\n"
+        dt = time.perf_counter() - t0
+        parts.append(f"## {title}\n\n{body.rstrip()}\n\n_({dt:.1f} s)_\n")
+        print(body.rstrip(), "\n", flush=True)
+    text = "\n".join(parts)
+    path = ctx.out / "REPORT.md"
+    path.write_text(text)
+    print(f"wrote {path}")
+    if failed:
+        print(f"failed sections: {', '.join(failed)}")
+        return 1
+    return 0

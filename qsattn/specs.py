@@ -1,0 +1,43 @@
+"""``qsattn specs``: list the shipped method specs, show one resolved, or check a YAML file."""
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from sim.spec import available_methods, load_method
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="method name or YAML path to show (default: list all)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field, e.g. --set p.rounding=half_even (repeatable)")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def table() -> str:
+    rows = ["| spec | method | digest | tile | description |", "|---|---|---|---|---|"]
+    for name in available_methods():
+        s = load_method(name)
+        rows.append(f"| `{name}` | {s.method} | `{s.digest}` | {s.tiling.block_m}x{s.tiling.block_n}"
+                    f" | {s.description} |")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name is None:
+        print(table())
+        return 0
+    spec = load_method(args.name, **parse_overrides(args.set))
+    print(yaml.safe_dump(spec.to_dict(), sort_keys=False, width=100), end="")
+    print(f"# digest {spec.digest}")
+    return 0

@@ -1,0 +1,359 @@
+"""Method specs: the one frozen description of a method that every executor consumes.
+
+A spec is loaded from ``configs/methods/<name>.yaml`` (or any path) by :func:`load_method` and
+is the single source of every numeric choice: the simulator (``sim.simulate``), the cost model
+(``sim.cost.predict``) and the Triton kernels (``gpu``) read the same object, so a choice made
+here (a rounding mode, a tile, a scale dtype) cannot drift between them.
+
+Sections, and which methods use them (others must be absent):
+
+============  ===========  ===========  ==========  =======  ==============
+section       fp16_flash   fp8_flash    int8_flash  turbo    double_sparse
+============  ===========  ===========  ==========  =======  ==============
+tiling        yes          yes          yes         yes      yes
+operands      yes          yes          -           -        yes
+q, k, v, p    -            -            yes         yes      -
+softmax       exp2         exp2         exp2        exp2|sas exp2
+kvcache       -            -            -           yes      -
+sparse        -            -            -           -        yes
+============  ===========  ===========  ==========  =======  ==============
+
+Example::
+
+    >>> from sim import load_method
+    >>> spec = load_method("int8_flash", p__rounding="half_even", p__arithmetic="fp32")
+    >>> spec.p.rounding
+    'half_even'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import schema
+from .schema import ConfigError, meta
+
+METHODS = ("fp16_flash", "fp8_flash", "int8_flash", "turbo", "double_sparse")
+MethodName = Literal["fp16_flash", "fp8_flash", "int8_flash", "turbo", "double_sparse"]
+RoundingName = Literal["half_even", "half_away", "half_up", "floor", "toward_zero"]
+FloatName = Literal["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
+ScaleDtype = Literal["fp16", "fp32"]
+
+
+def config_dir() -> Path:
+    """Root of the shipped configs (``$QSATTN_CONFIG_DIR`` overrides)."""
+    env = os.environ.get("QSATTN_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """FlashAttention tile: a CTA owns ``block_m`` query rows and walks K/V ``block_n`` at a time."""
+
+    block_m: int = field(metadata=meta("query rows per tile", min=1, max=256))
+    block_n: int = field(metadata=meta("key/value rows per tile", min=1, max=256))
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"tiling.{name} must be a power of two (Triton tiles are), got {v}")
+
+
+@dataclass(frozen=True)
+class FloatOperands:
+    """Q/K/V held in a float format (fp16_flash, fp8_flash, double_sparse)."""
+
+    format: FloatName = field(metadata=meta("format of Q, K and V as fed to the QK^T and PV dots"))
+    scale: Literal["none", "per_tensor"] = field(
+        metadata=meta("none: cast directly; per_tensor: x / (absmax / max_normal) before the cast"))
+    scale_dtype: ScaleDtype = field(default="fp32", metadata=meta("dtype the scale is stored in"))
+    p_format: FloatName | Literal["input"] = field(
+        default="input", metadata=meta("format P is cast to before PV ('input': same as format)"))
+
+    def __post_init__(self):
+        if self.format.startswith("fp8") and self.scale == "none":
+            raise ValueError("operands.scale must be 'per_tensor' for fp8 formats "
+                             f"(format {self.format!r} would overflow/underflow unscaled)")
+
+    @property
+    def p(self) -> str:
+        return self.format if self.p_format == "input" else self.p_format
+
+
+Granularity = Literal["per_tensor", "per_head", "per_token", "per_block", "per_channel",
+                      "per_channel_block"]
+
+
+@dataclass(frozen=True)
+class OperandQuant:
+    """Integer quantization of one attention operand (Q, K or V).
+
+    Granularities, on a [B, H, L, D] tensor (as ``sim.numerics.quantize`` block shapes):
+    per_tensor (None, None, None, None); per_head (1, 1, None, None); per_token (1, 1, 1, None);
+    per_block (1, 1, T, None) with T = ``block_tokens`` or the kernel tile; per_channel
+    (1, 1, None, 1); per_channel_block (1, 1, T, 1).
+    """
+
+    bits: int = field(metadata=meta("code width", min=2, max=8))
+    granularity: Granularity = field(metadata=meta("what one scale covers"))
+    rounding: RoundingName = field(metadata=meta("float -> int rounding mode"))
+    scale_dtype: ScaleDtype = field(metadata=meta("dtype the scale is stored (and rounded) in"))
+    symmetric: bool = field(default=True, metadata=meta("absmax (True) or min/max with zero point"))
+    block_tokens: int | None = field(
+        default=None, metadata=meta("tokens per scale for per_block granularities (None: the tile)",
+                                    min=1))
+
+    def __post_init__(self):
+        if self.bits not in (2, 3, 4, 8):
+            raise ValueError(f"bits must be one of (2, 3, 4, 8), got {self.bits}")
+        if self.block_tokens is not None and self.granularity not in ("per_block",
+                                                                      "per_channel_block"):
+            raise ValueError(f"block_tokens only applies to per_block granularities, "
+                             f"not {self.granularity!r}")
+
+    def block(self, tile: int) -> tuple[int | None, ...]:
+        """The ``quantize`` block shape on a [B, H, L, D] tensor; ``tile`` is the kernel's
+        token tile along L (block_m for Q, block_n for K/V)."""
+        t = self.block_tokens or tile
+        return {
+            "per_tensor": (None, None, None, None),
+            "per_head": (1, 1, None, None),
+            "per_token": (1, 1, 1, None),
+            "per_block": (1, 1, t, None),
+            "per_channel": (1, 1, None, 1),
+            "per_channel_block": (1, 1, t, 1),
+        }[self.granularity]
+
+
+@dataclass(frozen=True)
+class PQuant:
+    """Quantization of the softmax numerator P (values in [0, 1]) before the PV product.
+
+    code = round(p * levels) computed in ``arithmetic`` precision; the dequantization scale is
+    the fixed 1 / levels (INT-FlashAttention: levels = 127)."""
+
+    bits: int = field(metadata=meta("code width of P", min=8, max=8))
+    levels: int = field(metadata=meta("P code of p = 1; dequant scale is 1/levels", min=1, max=255))
+    arithmetic: Literal["fp16", "fp32"] = field(metadata=meta("precision of p * levels (+ 0.5)"))
+    rounding: RoundingName = field(metadata=meta("rounding of p * levels"))
+    saturate: bool = field(metadata=meta("clamp codes to [0, levels] before the int8 cast"))
+    rowsum: Literal["unquantized", "quantized"] = field(
+        metadata=meta("the softmax denominator sums the fp32 P (unquantized) or codes / levels"))
+
+
+@dataclass(frozen=True)
+class SAS:
+    """TurboAttention's Sparsity-Aware Softmax: 2^x for x <= 0 as LUT(int part) x poly(fraction).
+
+    With n = floor(-x) and f = -x - n in [0, 1): 2^x = 2^-n * 2^-f; 2^-n comes from a table of
+    ``lut_entries`` fp16 values, 2^-f from ``coefficients`` (c0 + c1 f + ... , Horner, fp16 FMA).
+    x < ``threshold`` gives exactly 0."""
+
+    degree: int = field(metadata=meta("polynomial degree", min=1, max=6))
+    coefficients: tuple[float, ...] = field(metadata=meta("c0..c_degree, fp16-representable"))
+    max_rel_error: float = field(
+        metadata=meta("max |poly(f) / 2^-f - 1| on [0, 1), evaluated as the kernel does", min=0))
+    fit: str = field(metadata=meta("how the coefficients were obtained (command)"))
+    lut_entries: int = field(metadata=meta("LUT holds 2^-n for n = 0 .. lut_entries-1", min=1,
+                                           max=32))
+    threshold: float = field(metadata=meta("x below this (log2 domain) gives p = 0", max=0))
+    arithmetic: Literal["fp16", "fp32"] = field(default="fp16",
+                                                metadata=meta("precision of the Horner FMAs"))
+
+    def __post_init__(self):
+        if len(self.coefficients) != self.degree + 1:
+            raise ValueError(f"sas.coefficients must have degree + 1 = {self.degree + 1} entries, "
+                             f"got {len(self.coefficients)}")
+        if -self.threshold > self.lut_entries:
+            raise ValueError(f"sas.threshold {self.threshold} needs {math.ceil(-self.threshold)} "
+                             f"LUT entries, lut_entries is {self.lut_entries}")
+
+
+@dataclass(frozen=True)
+class Softmax:
+    exp: Literal["exp2", "sas"] = field(metadata=meta("exp2 (hardware MUFU.EX2) or SAS"))
+    sas: SAS | None = None
+
+    def __post_init__(self):
+        if self.exp == "sas" and self.sas is None:
+            raise ValueError("softmax.exp is 'sas' but the softmax.sas section is missing")
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """FlashQ progressive KV cache (TurboAttention): INT8 buffer + INT4/INT2 per-head storage."""
+
+    buffer_tokens: int = field(metadata=meta("newest tokens kept INT8 (nb)", min=1))
+    high_bits: int = field(metadata=meta("bits for high-priority heads", min=2, max=8))
+    low_bits: int = field(metadata=meta("bits for low-priority heads", min=2, max=8))
+    low_share: float = field(metadata=meta("share of heads given low_bits", min=0, max=1))
+    priority: Literal["range_std"] = field(
+        metadata=meta("head ranking metric: (max - min) * std of the head's K and V entries"))
+    k_group_channels: int = field(metadata=meta("K requant group: channels per group", min=1))
+    v_group_tokens: int = field(metadata=meta("V requant group: tokens per group", min=1))
+    scale_bits: int = field(default=8, metadata=meta("storage of one integer scale", min=1))
+    zero_bits: int = field(default=8, metadata=meta("storage of one integer zero point", min=1))
+
+    def __post_init__(self):
+        for name in ("high_bits", "low_bits"):
+            if getattr(self, name) not in (2, 4, 8):
+                raise ValueError(f"kvcache.{name} must be 2, 4 or 8, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """Double Sparsity: label-channel scores select the top-k tokens per query row."""
+
+    channel_metric: Literal["q", "k", "qk"] = field(
+        metadata=meta("rank channels by mean |q|, mean |k| or mean |q * k|"))
+    label_fraction: float = field(metadata=meta("r = round(D * label_fraction) label channels",
+                                                min=0, max=1))
+    label_bits: int = field(metadata=meta("label cache: asymmetric int bits per token, or 16 = fp16",
+                                          min=2, max=16))
+    token_fraction: float = field(metadata=meta("token budget k = ceil(Lk * token_fraction)",
+                                                min=0, max=1))
+    min_tokens: int = field(default=1, metadata=meta("k is at least this", min=1))
+    label_channels: int | None = field(default=None, metadata=meta("explicit r (overrides fraction)",
+                                                                   min=1))
+    token_budget: int | None = field(default=None, metadata=meta("explicit k (overrides fraction)",
+                                                                 min=1))
+    sink_tokens: int = field(default=0, metadata=meta("first tokens always kept", min=0))
+    recent_tokens: int = field(default=0, metadata=meta("last tokens always kept", min=0))
+
+    def __post_init__(self):
+        if self.label_bits not in (2, 4, 8, 16):
+            raise ValueError(f"sparse.label_bits must be 2, 4, 8 or 16 (fp16), got {self.label_bits}")
+        if self.label_fraction == 0 and self.label_channels is None:
+            raise ValueError("sparse.label_fraction is 0 and no label_channels is given")
+        if self.token_fraction == 0 and self.token_budget is None:
+            raise ValueError("sparse.token_fraction is 0 and no token_budget is given")
+
+    def r(self, head_dim: int) -> int:
+        """Label channels for head dim D (ValueError when r > D)."""
+        r = self.label_channels or max(1, round(head_dim * self.label_fraction))
+        if r > head_dim:
+            raise ValueError(f"sparse.label_channels: r = {r} exceeds head dim D = {head_dim}")
+        return r
+
+    def k(self, kv_len: int) -> int:
+        """Token budget for kv_len keys (ValueError when it exceeds kv_len)."""
+        k = self.token_budget or max(self.min_tokens, math.ceil(kv_len * self.token_fraction))
+        if self.token_budget is not None and k > kv_len:
+            raise ValueError(f"sparse.token_budget: k = {k} exceeds the {kv_len} keys")
+        return min(k, kv_len)
+
+
+_SECTIONS = {
+    "fp16_flash": {"operands"},
+    "fp8_flash": {"operands"},
+    "int8_flash": {"q", "k", "v", "p"},
+    "turbo": {"q", "k", "v", "p", "kvcache"},
+    "double_sparse": {"operands", "sparse"},
+}
+_OPTIONAL = ("operands", "q", "k", "v", "p", "kvcache", "sparse")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A validated method description. Build with :func:`load_method`."""
+
+    name: str = field(metadata=meta("spec name (the file stem unless given)"))
+    method: MethodName = field(metadata=meta("which algorithm executes the spec"))
+    description: str = field(metadata=meta("one line"))
+    source: str = field(metadata=meta("paper / code the choices follow"))
+    tiling: Tiling = field(metadata=meta("kernel tile"))
+    softmax: Softmax = field(metadata=meta("exponential used by the online softmax"))
+    operands: FloatOperands | None = None
+    q: OperandQuant | None = None
+    k: OperandQuant | None = None
+    v: OperandQuant | None = None
+    p: PQuant | None = None
+    kvcache: KVCache | None = None
+    sparse: Sparse | None = None
+
+    def __post_init__(self):
+        need = _SECTIONS[self.method]
+        for sec in _OPTIONAL:
+            present = getattr(self, sec) is not None
+            if sec in need and not present:
+                raise ValueError(f"method {self.method!r} needs a '{sec}' section")
+            if sec not in need and present:
+                raise ValueError(f"method {self.method!r} does not use a '{sec}' section")
+        if self.softmax.exp == "sas" and self.method != "turbo":
+            raise ValueError(f"softmax.exp 'sas' is only defined for turbo, not {self.method!r}")
+        if self.method == "fp8_flash" and not self.operands.format.startswith("fp8"):
+            raise ValueError(f"fp8_flash needs an fp8 operands.format, got {self.operands.format!r}")
+        if self.method == "fp16_flash" and self.operands.format not in ("fp16", "bf16"):
+            raise ValueError(f"fp16_flash needs operands.format fp16 or bf16, "
+                             f"got {self.operands.format!r}")
+
+    # -- derived -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return schema.to_dict(self)
+
+    @property
+    def digest(self) -> str:
+        """Short content hash: equal specs (whatever their name) share it; used as a cache key."""
+        d = self.to_dict()
+        d.pop("name"), d.pop("description")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def replace(self, **overrides) -> "MethodSpec":
+        """A new validated spec with ``overrides`` (dotted or ``__`` keys, or nested dicts)."""
+        data = schema.merge(self.to_dict(), overrides)
+        return schema.build(MethodSpec, data, where=f"spec {self.name!r} + overrides")
+
+    @property
+    def integer(self) -> bool:
+        """True when QK^T and PV run as integer GEMMs."""
+        return self.q is not None
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    cand = config_dir() / "methods" / f"{name_or_path}.yaml"
+    if not cand.exists():
+        known = sorted(x.stem for x in (config_dir() / "methods").glob("*.yaml"))
+        raise ValueError(f"method: expected one of {known} or a path to a YAML spec, "
+                         f"got {str(name_or_path)!r}")
+    return cand
+
+
+def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> MethodSpec:
+    """Load and validate a method spec.
+
+    ``name_or_path``: a shipped method name (``configs/methods/<name>.yaml``), a YAML path, or a
+    spec (then only the overrides apply). ``overrides``: field paths with ``__`` or ``.``
+    separators (``p__rounding="half_even"``) or nested mappings (``p={"rounding": ...}``).
+    Errors name the file, the dotted field, the expectation and the value found."""
+    if isinstance(name_or_path, MethodSpec):
+        return name_or_path.replace(**overrides) if overrides else name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path: expected a method name, path or MethodSpec, "
+                        f"got {type(name_or_path).__name__}")
+    path = _resolve(name_or_path)
+    data = schema.load_yaml(path)
+    data.setdefault("name", path.stem)
+    where = str(path)
+    if overrides:
+        data = schema.merge(data, overrides)
+        where += " + overrides"
+    return schema.build(MethodSpec, data, where=where)
+
+
+def available_methods() -> list[str]:
+    """Names of the shipped method specs."""
+    return sorted(p.stem for p in (config_dir() / "methods").glob("*.yaml"))
+
+
+__all__ = ["MethodSpec", "Tiling", "FloatOperands", "OperandQuant", "PQuant", "SAS", "Softmax",
+           "KVCache", "Sparse", "ConfigError", "METHODS", "load_method", "available_methods",
+           "config_dir"]
