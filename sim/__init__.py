@@ -9,5 +9,6 @@ accuracy studies and the cost model run on any CPU.
 from . import numerics
 from .schema import ConfigError
 from .spec import MethodSpec, available_methods, load_method
+from .simulate import simulate, SimResult
 
-__all__ = ["numerics", "ConfigError", "MethodSpec", "available_methods", "load_method"]
+__all__ = ["numerics", "ConfigError", "MethodSpec", "available_methods", "load_method", "simulate", "SimResult"]

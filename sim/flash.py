@@ -1,0 +1,105 @@
+"""The tiled online-softmax engine every simulated method runs on (docs/numerics.md, "Online
+softmax state").
+
+The engine owns the state ``m, l, acc`` of a set of independent rows (typically every query row
+of the ``G`` query heads that share one KV head: ``rows = G * Lq``) and walks *slots* (key
+positions for dense methods, selected-token slots for the sparse one) ``block_n`` at a time, in
+increasing order. The method plugs in through four callables; only the order of key tiles
+matters numerically, so processing all rows in one pass per tile is the same computation as a
+GPU grid of BLOCK_M-row programs.
+
+Interface (the sparse and KV-cache simulators call it too)::
+
+    out = online_softmax(scores, exp, pv, n_slots=Lk, block_n=64, valid=valid, rows=R, dv=Dv,
+                         trace=None, rescale=None)          # float32 [R, dv]
+
+- ``scores(sl: slice) -> float32 [R, n]``: scores of slots ``sl`` for every row, already
+  multiplied by ``qk_scale`` (the method's ``s``). Masked pairs may hold anything finite.
+- ``valid(sl) -> bool [R, n] | None``: which (row, slot) pairs take part (causal, length,
+  selection); ``None`` (or ``valid=None``) means all. A tile where no pair is valid is skipped
+  without calling ``scores``/``pv``, as the kernels skip fully masked tiles.
+- ``exp(x: float32 [R, n]) -> float32 p``: the method's EXP of ``x = s - m_new <= 0``; masked
+  entries arrive as ``-inf`` and must give 0.
+- ``pv(p: float32 [R, n], sl) -> (float32 [R, dv], float32 [R])``: the method's ``PV`` and
+  ``rowsum(P_SUM)``; it quantizes / casts ``p`` itself.
+- ``rescale(x: float32 [R]) -> float32``: EXP used for ``alpha = EXP(m - m_new)``; defaults to
+  ``exp`` (turbo passes SAS without threshold or table limit). Called with finite ``x <= 0``.
+
+Per tile, in float32 (one IEEE rounding per operation, never fused)::
+
+    s[~valid] = -inf ; m_new = max(m, rowmax(s)) ; p = exp(s - m_new)
+    alpha = rescale(m - m_new)        (0 where m = -inf; 1 where m_new = -inf: no key seen yet)
+    l = l * alpha + psum ; acc = acc * alpha + PV ; m = m_new
+    out = acc / l  (0 for rows with l = 0, i.e. rows that saw no key)
+
+``trace``: a dict to fill, or None. The engine writes ``trace["m"]``, ``trace["l"]`` and
+``trace["alpha"]``: float32 ``[n_tiles, R]``, the state after each tile (a skipped tile carries
+the state over with alpha 1; ``m`` is ``-inf`` until a row sees a key).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["online_softmax"]
+
+_NEG_INF = np.float32(-np.inf)
+
+
+def online_softmax(scores: Callable, exp: Callable, pv: Callable, *, n_slots: int, block_n: int,
+                   valid: Callable | None, rows: int, dv: int, trace: dict | None = None,
+                   rescale: Callable | None = None) -> np.ndarray:
+    """Run the online softmax over ``n_slots`` slots in tiles of ``block_n``; float32 ``[rows, dv]``.
+
+    See the module docstring for the callables. Example (plain float32 attention, one row)::
+
+        >>> import numpy as np
+        >>> s = np.float32([[0.0, 1.0, 2.0]]); v = np.eye(3, dtype=np.float32)
+        >>> out = online_softmax(lambda sl: s[:, sl], lambda x: np.exp2(x),
+        ...                      lambda p, sl: (p @ v[sl], p.sum(1)), n_slots=3, block_n=2,
+        ...                      valid=None, rows=1, dv=3)
+        >>> np.round(out, 4)
+        array([[0.1429, 0.2857, 0.5714]], dtype=float32)
+    """
+    if n_slots < 0 or block_n < 1 or rows < 0 or dv < 0:
+        raise ValueError(f"online_softmax: bad sizes n_slots={n_slots}, block_n={block_n}, "
+                         f"rows={rows}, dv={dv}")
+    rescale = exp if rescale is None else rescale
+    n_tiles = -(-n_slots // block_n)
+    m = np.full(rows, _NEG_INF, np.float32)
+    l = np.zeros(rows, np.float32)
+    acc = np.zeros((rows, dv), np.float32)
+    if trace is not None:
+        tm = trace["m"] = np.full((n_tiles, rows), _NEG_INF, np.float32)
+        tl = trace["l"] = np.zeros((n_tiles, rows), np.float32)
+        ta = trace["alpha"] = np.ones((n_tiles, rows), np.float32)
+    for t in range(n_tiles):
+        sl = slice(t * block_n, min((t + 1) * block_n, n_slots))
+        mask = valid(sl) if valid is not None else None
+        if mask is not None and not mask.any():
+            if trace is not None:
+                tm[t], tl[t] = m, l
+            continue
+        s = np.asarray(scores(sl), np.float32)
+        if mask is not None:
+            s = np.where(mask, s, _NEG_INF)
+        m_new = np.maximum(m, s.max(axis=1))
+        seen = m_new != _NEG_INF
+        m_use = np.where(seen, m_new, np.float32(0))
+        p = exp(s - m_use[:, None])  # x = s - m_new (f32); masked stay -inf
+        fresh = m == _NEG_INF
+        d = np.where(fresh, np.float32(0), m - m_use)
+        alpha = np.asarray(rescale(d), np.float32)
+        alpha = np.where(fresh, np.where(seen, np.float32(0), np.float32(1)), alpha)
+        contrib, psum = pv(p, sl)
+        l = l * alpha + psum
+        acc *= alpha[:, None]
+        acc += contrib
+        m = m_new
+        if trace is not None:
+            tm[t], tl[t], ta[t] = m, l, alpha
+    out = np.zeros((rows, dv), np.float32)
+    pos = l > 0
+    out[pos] = acc[pos] / l[pos, None]
+    return out
