@@ -1,0 +1,217 @@
+"""GPU descriptions for the cost model, loaded from ``configs/hardware/<name>.yaml``.
+
+Every quantity is a mapping ``{value, unit, source, kind}``: ``unit`` must equal the unit the
+field declares (a mismatch is a ConfigError, never a silent conversion), ``source`` names the
+whitepaper/datasheet table or the command that measured it, ``kind`` is ``spec`` or
+``measured``. A tensor-core dtype the GPU lacks is written ``null`` (``tc_int4`` on Hopper,
+``tc_fp8`` on Ampere); asking for its rate raises :class:`UnsupportedOnHardware`.
+
+Measured overlay (``configs/hardware/measured/<name>.yaml``, written by the GPU validation
+issue; read by the ``calibrated`` tier). Schema: an optional ``name`` (must match) and any
+subset of the fields below with the same names and units, each with ``kind: measured`` and a
+``source`` naming the command that measured it::
+
+    name: h100_sxm
+    sfu: {value: 15.2, unit: inst/clk/SM, source: "qsattn validate --probe mufu (2025-01-02)",
+          kind: measured}
+    hbm_bandwidth: {value: 3010, unit: GB/s, source: "qsattn validate --probe hbm", kind: measured}
+
+>>> hw = load_hardware("a100_80gb_sxm")
+>>> round(hw.peak("tc_fp16") / 1e12, 1)     # dense FP16 tensor TFLOP/s at the boost clock
+311.9
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .. import schema
+from ..schema import ConfigError, meta
+from ..spec import config_dir
+
+
+class UnsupportedOnHardware(ValueError):
+    """The kernel needs a unit or dtype this GPU does not have (e.g. INT4 MMA on Hopper)."""
+
+
+@dataclass(frozen=True)
+class Quantity:
+    value: float = field(metadata=meta("the number", min=0))
+    unit: str = field(metadata=meta("unit; must equal the field's declared unit"))
+    source: str = field(metadata=meta("datasheet/whitepaper table, or the measuring command"))
+    kind: Literal["spec", "measured"] = field(metadata=meta("spec sheet value or measured"))
+
+
+def _q(doc: str, unit: str):
+    return field(metadata=meta(doc, unit=unit))
+
+
+def _opt(doc: str, unit: str):
+    return field(default=None, metadata=meta(doc, unit=unit))
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One GPU. Rates are per SM per clock (``peak`` multiplies by SMs and the clock)."""
+
+    name: str = field(metadata=meta("hardware id (file stem)"))
+    description: str = field(metadata=meta("one line"))
+    arch: Literal["ampere", "hopper"] = field(metadata=meta("SM generation"))
+    sm_count: Quantity = _q("streaming multiprocessors", "SM")
+    boost_clock: Quantity = _q("clock the datasheet peaks use", "MHz")
+    sustained_clock: Quantity = _q("base clock (lower bound of the sustained clock)", "MHz")
+    tc_fp16: Quantity = _q("dense FP16 tensor-core rate", "flop/clk/SM")
+    tc_bf16: Quantity = _q("dense BF16 tensor-core rate", "flop/clk/SM")
+    tc_tf32: Quantity = _q("dense TF32 tensor-core rate", "flop/clk/SM")
+    tc_int8: Quantity = _q("dense INT8 tensor-core rate", "op/clk/SM")
+    fp32: Quantity = _q("FP32 add/mul/FMA thread instructions", "inst/clk/SM")
+    fp16x2: Quantity = _q("packed HFMA2/HADD2/HMUL2 thread instructions (2 results each)",
+                          "inst/clk/SM")
+    int32: Quantity = _q("32-bit integer add/logic/shift thread instructions", "inst/clk/SM")
+    sfu: Quantity = _q("MUFU (ex2, rcp, ...) thread instructions", "inst/clk/SM")
+    cvt: Quantity = _q("type conversions (F2F, F2I, I2F) thread instructions", "inst/clk/SM")
+    issue: Quantity = _q("warp instructions issued per clock (schedulers)", "warp_inst/clk/SM")
+    hbm_bandwidth: Quantity = _q("DRAM bandwidth", "GB/s")
+    hbm_size: Quantity = _q("DRAM capacity", "GB")
+    l2_size: Quantity = _q("L2 capacity", "MB")
+    l2_bandwidth: Quantity = _q("L2 read bandwidth", "GB/s")
+    smem_per_sm: Quantity = _q("shared memory per SM", "KB")
+    smem_per_block: Quantity = _q("max shared memory per CTA", "KB")
+    smem_bandwidth: Quantity = _q("shared memory bandwidth", "B/clk/SM")
+    registers_per_sm: Quantity = _q("32-bit registers per SM", "reg")
+    max_regs_per_thread: Quantity = _q("register limit per thread", "reg")
+    max_threads_per_sm: Quantity = _q("resident threads per SM", "thread")
+    max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block")
+    launch_overhead: Quantity = _q("per-kernel launch overhead", "us")
+    tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
+    tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
+
+    # -- derived -----------------------------------------------------------------------------
+    def v(self, name: str) -> float:
+        """Value of field ``name``; UnsupportedOnHardware when the GPU lacks it."""
+        q = getattr(self, name)
+        if q is None:
+            raise UnsupportedOnHardware(
+                f"hardware {self.name!r} has no {name} ({_FIELD_DOCS[name]}); "
+                f"choose a kernel/dtype this GPU supports")
+        return q.value
+
+    def clock_hz(self, clock: str = "boost") -> float:
+        if clock not in ("boost", "sustained"):
+            raise ValueError(f"clock: expected 'boost' or 'sustained', got {clock!r}")
+        return self.v(f"{clock}_clock") * 1e6
+
+    def peak(self, name: str, clock: str = "boost") -> float:
+        """Chip-wide rate per second of a per-SM-per-clock field (ops/s, inst/s or B/s)."""
+        return self.v(name) * self.v("sm_count") * self.clock_hz(clock)
+
+    def tensor_field(self, dtype: str) -> str:
+        """Field holding the tensor-core rate of operand ``dtype`` (fp16, bf16, fp8, int8, int4)."""
+        name = _TC_FIELD.get(dtype)
+        if name is None:
+            raise ValueError(f"dtype: expected one of {sorted(_TC_FIELD)}, got {dtype!r}")
+        self.v(name)  # raises on a GPU without it
+        return name
+
+    @property
+    def fields(self) -> dict[str, Quantity]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), Quantity)}
+
+
+_TC_FIELD = {"fp16": "tc_fp16", "bf16": "tc_bf16", "tf32": "tc_tf32", "int8": "tc_int8",
+             "int4": "tc_int4", "fp8": "tc_fp8", "fp8_e4m3": "tc_fp8", "fp8_e5m2": "tc_fp8"}
+_FIELD_DOCS = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(Hardware)}
+_UNITS = {f.name: f.metadata["unit"] for f in dataclasses.fields(Hardware) if f.metadata.get("unit")}
+
+
+def _check_units(data: dict, where: str) -> None:
+    for name, unit in _UNITS.items():
+        q = data.get(name)
+        if isinstance(q, dict) and "unit" in q and q["unit"] != unit:
+            raise ConfigError(where, f"{name}.unit", f"{unit!r} (units are never converted)",
+                              q["unit"])
+
+
+def available_hardware() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "hardware").glob("*.yaml"))
+
+
+def _resolve(name_or_path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    cand = config_dir() / "hardware" / f"{name_or_path}.yaml"
+    if not cand.exists():
+        raise ValueError(f"hardware: expected one of {available_hardware()} or a path to a YAML "
+                         f"file, got {str(name_or_path)!r}")
+    return cand
+
+
+def load_hardware(name_or_path: "str | os.PathLike | Hardware") -> Hardware:
+    """Load and validate a GPU description (name in ``configs/hardware`` or a YAML path).
+
+    >>> load_hardware("h100_sxm").tc_int4 is None
+    True
+    """
+    if isinstance(name_or_path, Hardware):
+        return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"hardware: expected a name, path or Hardware, "
+                        f"got {type(name_or_path).__name__}")
+    path = _resolve(name_or_path)
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _CACHE:
+        return _CACHE[key]
+    hw = _load(path)
+    if key is not None:
+        _CACHE[key] = hw
+    return hw
+
+
+_CACHE: dict = {}
+
+
+def _load(path: Path) -> Hardware:
+    data = schema.load_yaml(path)
+    data.setdefault("name", path.stem)
+    _check_units(data, str(path))
+    return schema.build(Hardware, data, where=str(path))
+
+
+def measured_path(hw: Hardware) -> Path:
+    return config_dir() / "hardware" / "measured" / f"{hw.name}.yaml"
+
+
+def apply_measured(hw: Hardware, path: "str | os.PathLike | None" = None) -> Hardware:
+    """``hw`` with the fields of its measured overlay replaced (see the module docstring).
+
+    ``path`` defaults to ``configs/hardware/measured/<name>.yaml``; a missing file raises
+    FileNotFoundError naming it."""
+    path = Path(path) if path is not None else measured_path(hw)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"calibrated tier: no measured values for {hw.name!r}: expected {path} "
+            f"(written by the GPU validation run); use tier='tiled' until it exists")
+    data = schema.load_yaml(path)
+    name = data.pop("name", hw.name)
+    if name != hw.name:
+        raise ConfigError(str(path), "name", repr(hw.name), name)
+    where = str(path)
+    _check_units(data, where)
+    updates = {}
+    for key, raw in data.items():
+        if key not in _UNITS:
+            raise ConfigError(where, key, f"a quantity field of Hardware ({', '.join(_UNITS)})",
+                              "an unknown field")
+        q = schema.build(Quantity, raw, where=where, path=key)
+        if q.kind != "measured":
+            raise ConfigError(where, f"{key}.kind", "'measured' in a measured overlay", q.kind)
+        updates[key] = q
+    return dataclasses.replace(hw, **updates)

@@ -1,0 +1,231 @@
+"""What each kernel does, tile by tile: operation counts and bytes of one launch.
+
+A kernel is described by a :class:`Launch`: its grid (CTAs, warps, shared memory and registers
+per CTA, which decide occupancy) and its totals over the grid: tensor-core ops per dtype,
+CUDA-core thread instructions per class (``fp32``, ``fp16x2``, ``int32``, ``sfu`` = MUFU,
+``cvt`` = XU conversions), MMA warp instructions, and bytes at HBM (unique traffic), L2 (every
+tile load) and shared memory (cp.async writes + each warp's operand reads).
+
+Conventions (every builder follows them):
+
+* Tile level: a CTA computes full ``block_m x block_n`` tiles, padding rows past ``q_len`` and
+  keys past ``kv_len``; causal CTAs skip tiles above the diagonal and pay the mask
+  (compare + select) on the tiles it cuts (``tile_counts``).
+* Per-element softmax counts are listed in ``SOFTMAX_*`` tables with the SASS they stand for.
+  ``I2FP`` (int32 -> fp32) and ``F2FP`` (packed fp32 -> fp16) run on the integer/FMA pipes
+  (sm_80+), counted as ``int32``; ``F2I`` / ``F2F`` scalar conversions run on the XU with MUFU,
+  counted as ``cvt``.
+* ``ideal=True`` (the pure roofline tier) counts only useful work: exactly the visible
+  (row, key) pairs, no padding, HBM = unique bytes, L2 and shared memory not counted.
+* Inputs of integer methods arrive pre-quantized (the papers time the attention kernel only),
+  except ``sage_v1`` whose Q/K quantization pre-pass is a launch of its own.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Thread-instruction classes and the pipe ("unit") that executes each.
+UNIT_OF = {"fp32": "fma", "fp16x2": "fma", "int32": "alu", "sfu": "xu", "cvt": "xu"}
+INSTR = ("fp32", "fp16x2", "int32", "sfu", "cvt")
+
+# Per score element of the online softmax (FA2 / Triton tutorial, exp2 domain):
+#   FFMA s*scale - m, FMNMX row max, MUFU.EX2, FADD row sum, F2FP pack P to 16 bit (2 per instr).
+SOFTMAX_FP16 = {"fp32": 3.0, "sfu": 1.0, "int32": 0.5}
+# FP8: same, P packed to fp8 by F2FP (2 per instr).
+SOFTMAX_FP8 = {"fp32": 3.0, "sfu": 1.0, "int32": 0.5}
+# INT-FlashAttention: I2FP S, 2 FMUL (q_scale row x k_scale col), FFMA -m, FMNMX, MUFU.EX2,
+# FADD, P quant: F2FP pack (0.5), HFMA2 p*127+0.5 (0.5), F2I.S8 (1, XU), PRMT pack (0.25).
+SOFTMAX_INT8 = {"int32": 1.0 + 0.5 + 0.25, "fp32": 5.0, "sfu": 1.0, "fp16x2": 0.5, "cvt": 1.0}
+# SageAttention v1: I2FP S, FFMA (block scale and -m folded), FMNMX, MUFU.EX2, FADD, F2FP.
+SOFTMAX_SAGE = {"int32": 1.5, "fp32": 3.0, "sfu": 1.0}
+# Per row per K/V tile: alpha = exp2(m_old - m_new) (1 MUFU), m/l updates (4 FP32); the
+# accumulator rescale (Dv FMUL per row) is added by the builder.
+ROW_TILE_EXP = {"sfu": 1.0, "fp32": 4.0}
+# Causal mask on a cut tile: ISETP + FSEL per element.
+MASK = {"int32": 1.0, "fp32": 1.0}
+
+
+def sas_counts(degree: int) -> tuple[dict, dict]:
+    """Per-element and per-row-tile counts of TurboAttention's SAS softmax on CUDA cores.
+
+    Per element: I2FP S (int32), FFMA scale-and-shift, FMNMX (fp32), F2FP to fp16 (0.5 int32);
+    in packed fp16x2 (each instr = 2 elements): magic-number floor, fraction, ``degree`` Horner
+    HFMA2, LUT x poly HMUL2, threshold HSET2/select (``degree + 4`` per pair); LUT index
+    shift/and and PRMT table lookup (1.5 int32); FADD row sum; P quant HFMA2 (0.5), F2I.S8 (XU),
+    PRMT pack (0.25). No MUFU. Per row per tile alpha is SAS too (~degree + 4 FP16 ops)."""
+    elem = {"int32": 1.0 + 0.5 + 1.5 + 0.25, "fp32": 3.0, "fp16x2": (degree + 4) / 2 + 0.5,
+            "cvt": 1.0}
+    row = {"fp16x2": float(degree + 4), "fp32": 4.0}
+    return elem, row
+
+
+class Launch:
+    """Totals of one kernel launch (see module docstring)."""
+
+    __slots__ = ("name", "ctas", "warps", "smem_cta", "regs", "tc", "instr", "mma", "hbm",
+                 "l2", "smem", "max_share", "useful_tc", "reread")
+
+    def __init__(self, name, ctas, warps, smem_cta, regs):
+        self.name, self.ctas, self.warps, self.smem_cta, self.regs = name, ctas, warps, smem_cta, regs
+        self.tc: dict[str, float] = {}
+        self.instr = dict.fromkeys(INSTR, 0.0)
+        self.mma = 0.0
+        self.hbm = self.l2 = self.smem = 0.0
+        self.max_share = 1.0   # longest CTA / mean CTA (causal imbalance)
+        self.useful_tc = 0.0
+        # (K/V bytes re-read beyond the unique ones, bytes of one K/V stream, CTAs per stream):
+        # model.py turns it into HBM traffic with the L2 reuse model.
+        self.reread = (0.0, 0.0, 1)
+
+    def add_tc(self, dtype: str, ops: float) -> None:
+        self.tc[dtype] = self.tc.get(dtype, 0.0) + ops
+        self.mma += ops / (8192.0 if dtype in ("int8", "fp8", "int4") else 4096.0)
+
+    def add(self, counts: dict, times: float) -> None:
+        ins = self.instr
+        for k, c in counts.items():
+            ins[k] += c * times
+
+
+def tile_counts(q_len: int, kv_len: int, bm: int, bn: int, causal: bool):
+    """(query blocks, K/V tiles summed over blocks, cut (masked) tiles, max tiles per block,
+    visible (row, key) pairs) for one (batch, head).
+
+    >>> tile_counts(128, 128, 64, 64, True)
+    (2, 3, 2, 2, 8256)
+    """
+    nq = -(-q_len // bm)
+    nkv = -(-kv_len // bn)
+    if not causal:
+        return nq, nq * nkv, 0, nkv, q_len * kv_len
+    off = kv_len - q_len
+    if nq <= 8:
+        tiles = masked = tmax = 0
+        for i in range(nq):
+            r0, r1 = i * bm, min((i + 1) * bm, q_len) - 1
+            vis = min(nkv, max(0, -(-(r1 + off + 1) // bn)))
+            full = min(vis, max(0, (r0 + off + 1) // bn))
+            tiles += vis
+            masked += vis - full
+            tmax = max(tmax, vis)
+    else:  # same arithmetic, vectorized (sweeps must run >= 10k predictions/s)
+        i = np.arange(nq, dtype=np.int64)
+        r1 = np.minimum((i + 1) * bm, q_len) - 1
+        vis = np.clip(-(-(r1 + off + 1) // bn), 0, nkv)
+        full = np.minimum(vis, np.maximum(0, (i * bm + off + 1) // bn))
+        tiles, masked, tmax = int(vis.sum()), int((vis - full).sum()), int(vis.max())
+    # visible pairs: row i sees clamp(i + off + 1, 0, kv_len) keys
+    lo = max(0, -off)                                   # first row that sees a key
+    n = q_len - lo
+    first, last = lo + off + 1, q_len - 1 + off + 1     # counts for rows lo .. q_len-1
+    pairs = (first + last) * n // 2 if n > 0 else 0
+    return nq, tiles, masked, tmax, pairs
+
+
+def _regs(bm: int, bn: int, d: int, dv: int, threads: int, q_bytes: float) -> int:
+    # fp32 accumulator + fp32 score tile + Q fragment + ~40 for addresses, m, l, loop state.
+    r = (bm * dv + bm * bn + bm * d * q_bytes / 4) / threads + 40
+    return min(255, int(math.ceil(r / 8) * 8))
+
+
+def flash(name: str, *, ctas_cols: int, kv_heads_total: int, group_cols: int, q_len: int,
+          kv_len: int, bm: int, bn: int, d: int, causal: bool, qk: str, pv: str, qb: float,
+          kb: float, vb: float, kv_row_extra: float, elem: dict, row_tile: dict,
+          rows_real: int | None = None, ideal: bool = False, out_bytes: float = 2.0,
+          extra_unique: float = 0.0, stages: int = 2, warps_split_keys: bool = False) -> Launch:
+    """A FlashAttention-style forward: one CTA per (column, query block), K/V streamed in
+    ``bn`` tiles through ``stages`` shared-memory buffers.
+
+    ``ctas_cols``: (batch x heads) columns of CTAs; each owns ``q_len`` rows. ``group_cols``:
+    columns that read the same K/V (GQA group, or 1); ``kv_heads_total`` = ctas_cols /
+    group_cols K/V streams read once from HBM. ``qb, kb, vb``: bytes per element;
+    ``kv_row_extra``: scale bytes per K/V row. ``rows_real``: useful rows of a CTA (decode
+    packs a GQA group into one padded tile)."""
+    dv = d
+    warps = max(4, bm // 32)
+    threads = 32 * warps
+    smem_cta = bm * d * qb + stages * bn * (d * kb + dv * vb + kv_row_extra)
+    nq, tiles, masked, tmax, pairs = tile_counts(q_len, kv_len, bm, bn, causal)
+    lau = Launch(name, ctas_cols * nq, warps, smem_cta, _regs(bm, bn, d, dv, threads, qb))
+    rows = rows_real if rows_real is not None else q_len
+    useful = ctas_cols * pairs * (rows / q_len if rows_real is not None else 1)
+    lau.useful_tc = 2.0 * useful * (d + dv)
+    kv_unique = kv_heads_total * kv_len * (d * kb + dv * vb + kv_row_extra)
+    q_o_unique = ctas_cols * rows * (d * qb + dv * out_bytes)
+    if ideal:
+        e = useful
+        lau.add_tc(qk, 2.0 * e * d)
+        lau.add_tc(pv, 2.0 * e * dv)
+        lau.add(elem, e)
+        lau.add(row_tile, e / bn)
+        lau.instr["fp32"] += dv * e / bn        # acc rescale, per row per tile
+        lau.hbm = kv_unique + q_o_unique + extra_unique
+        return lau
+    n_tiles = ctas_cols * tiles
+    e = n_tiles * bm * bn
+    lau.add_tc(qk, 2.0 * e * d)
+    lau.add_tc(pv, 2.0 * e * dv)
+    lau.add(elem, e)
+    lau.add(MASK, ctas_cols * masked * bm * bn)
+    lau.add(row_tile, n_tiles * bm)
+    lau.instr["fp32"] += n_tiles * bm * dv       # acc *= alpha
+    # epilogue per CTA row: 1/l (MUFU.RCP), Dv FMUL, F2FP pack of O
+    lau.add({"sfu": 1.0, "fp32": dv, "int32": dv / 2}, lau.ctas * bm)
+    if pv == "int8":                             # int32 PV partials -> fp32 acc every tile
+        lau.add({"int32": dv, "fp32": dv}, n_tiles * bm)
+    kv_tile = bn * (d * kb + dv * vb + kv_row_extra)
+    lau.l2 = lau.ctas * bm * d * qb + n_tiles * kv_tile + q_o_unique - ctas_cols * rows * d * qb
+    # each warp reads the whole K/V tile (warps split rows) unless they split keys (decode)
+    lau.smem = lau.ctas * 2 * bm * d * qb + n_tiles * kv_tile * (2 if warps_split_keys else 1 + warps)
+    lau.max_share = tmax * nq / tiles if tiles else 1.0
+    # HBM: unique traffic + K/V re-reads that miss L2 (set by model.l2_miss)
+    lau.hbm = kv_unique + q_o_unique + extra_unique
+    lau.reread = (max(0.0, n_tiles * kv_tile - kv_unique), kv_unique / kv_heads_total,
+                  nq * group_cols)
+    return lau
+
+
+def _pad16(n: int) -> int:
+    return max(16, -(-n // 16) * 16)
+
+
+def _splits(cols: int, kv_len: int, bn: int, sm_count: int) -> int:
+    """Split-K factor of flash-decode: enough CTAs for ~2 per SM, at least one tile each."""
+    return max(1, min(-(-kv_len // bn), -(-2 * sm_count // cols)))
+
+
+def _combine(cols_q: int, splits: int, dv: int) -> Launch:
+    """Split-K reduction: read splits x (Dv fp32 partial + lse) per query row, write fp16 O."""
+    lau = Launch("combine", max(1, cols_q // 4), 4, 0, 32)
+    per_row = splits * (dv + 1) * 4
+    lau.hbm = lau.l2 = cols_q * (per_row + dv * 2)
+    lau.add({"sfu": splits, "fp32": splits * (dv + 3)}, cols_q)
+    return lau
+
+
+def decode(name: str, *, B: int, Hq: int, Hkv: int, q_len: int, kv_len: int, bn: int, d: int,
+           qk: str, pv: str, qb: float, kb: float, vb: float, kv_row_extra: float, elem: dict,
+           row_tile: dict, sm_count: int, ideal: bool, extra_unique: float = 0.0,
+           per_kv_elem: dict | None = None, share_group: bool = True) -> list[Launch]:
+    """Split-K flash-decode: one CTA per (batch, kv head, split) holding the GQA group's query
+    rows padded to a 16-row MMA tile (``share_group=False``: one CTA per query head, for
+    per-head token selections). ``per_kv_elem``: instructions per K/V element loaded (dequant)."""
+    heads = Hkv if share_group else Hq
+    rows = (Hq // Hkv) * q_len if share_group else q_len
+    cols = B * heads
+    s = 1 if ideal else _splits(cols, kv_len, bn, sm_count)
+    kv_split = -(-kv_len // s)
+    partial_bytes = 4.0 + 4.0 / d if s > 1 else 2.0
+    lau = flash(name, ctas_cols=cols * s, kv_heads_total=cols * s, group_cols=1, q_len=rows,
+                kv_len=kv_split, bm=_pad16(rows), bn=bn, d=d, causal=False, qk=qk, pv=pv, qb=qb,
+                kb=kb, vb=vb, kv_row_extra=kv_row_extra, elem=elem, row_tile=row_tile,
+                rows_real=rows, ideal=ideal, out_bytes=partial_bytes, extra_unique=extra_unique,
+                warps_split_keys=True)
+    if per_kv_elem:
+        lau.add(per_kv_elem, cols * s * kv_split * 2 * d)
+    out = [lau]
+    if s > 1 and not ideal:
+        out.append(_combine(B * Hq * q_len, s, d))
+    return out
