@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("qsattn.report", "run every section on the embedded defaults and write reports/REPORT.md"),
     "specs": ("qsattn.specs", "list, show or check method specs"),
+    "accuracy": ("qsattn.accuracy", "simulator accuracy of every method on synthetic tensors vs float64"),
     "roofline": ("qsattn.roofline", "analytical roofline report (sim.cost) for A100/H100/H200"),
 }
 

@@ -1,0 +1,409 @@
+"""``qsattn accuracy``: every simulated method on synthetic tensors, against float64 attention.
+
+Rows are the (spec, overrides, kv_cache) variants of ``configs/experiments/accuracy_synthetic.yaml``;
+points are (variant, input kind, causal, length, seed). Each finished point is one row of
+``reports/accuracy/results.jsonl`` (:mod:`qsattn.store`), so an interrupted run resumes where it
+stopped; ``--rerun`` recomputes. Outputs: ``reports/accuracy/README.md`` (tables, the
+INT-FlashAttention claim line) and PNG plots, each with its regenerate command at the top.
+
+Metrics (``o`` the method's float32 output, ``r`` float64 ``ref.attention`` on the same fp16
+inputs, over all rows that see at least one key):
+
+- ``rel_l2 = ||o - r||_2 / ||r||_2``; ``max_abs = max |o - r|``; ``cosine`` of the flattened outputs;
+- ``mean_rel = sum |o - r| / sum |r|`` (mean absolute error relative to the mean magnitude; an
+  elementwise |o - r| / |r| would be dominated by outputs near zero on normal inputs);
+- ``kl``: mean over rows of KL(p_method || p_true) of the attention rows. Only double_sparse
+  exposes its row distribution (the true softmax restricted to the selected keys), where it is
+  ``lse_true - lse_selected`` = -log(attention mass the selection kept), from per-row float64
+  scores one head at a time. The quantized methods do not return P, so their KL is not reported;
+- ``recall``: top-k recall of the sparse selection vs the exact scores' top-k (simulator trace);
+- ``cache_ratio``: FP16 K+V bytes / cache bytes (turbo with the KV cache; every scale, zero point
+  and the INT8 buffer counted, :mod:`sim.kvcache`), and for double_sparse ``label_overhead``:
+  label-cache bytes / FP16 K+V bytes (it keeps the full cache and adds labels).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from qsattn import provenance
+from qsattn.store import ResultStore, point_id
+
+DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "accuracy_synthetic.yaml"
+METRICS = ("rel_l2", "max_abs", "mean_rel", "cosine", "kl", "recall", "cache_ratio",
+           "label_overhead", "seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    spec: str
+    overrides: dict
+    kv_cache: bool
+
+    def load(self):
+        from sim import load_method
+        return load_method(self.spec, **self.overrides)
+
+
+@dataclass(frozen=True)
+class Study:
+    shape: dict
+    lengths: list
+    seeds: list
+    causal: list
+    inputs: dict
+    variants: list
+    claim: dict
+    path: Path
+
+    def points(self):
+        for v in self.variants:
+            for kind in self.inputs:
+                for causal in self.causal:
+                    for L in self.lengths:
+                        for seed in self.seeds:
+                            yield v, kind, causal, L, seed
+
+
+def load_study(path: str | Path, quick: bool = False) -> Study:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--config: no experiment file at {path}")
+    d = yaml.safe_load(path.read_text())
+    if not isinstance(d, dict):
+        raise ValueError(f"--config: {path} must hold a mapping, got {type(d).__name__}")
+    for key in ("shape", "lengths", "seeds", "causal", "inputs", "methods", "claim"):
+        if key not in d:
+            raise ValueError(f"--config: {path} lacks the key {key!r}")
+    variants = []
+    for name, m in d["methods"].items():
+        if not isinstance(m, dict) or "spec" not in m:
+            raise ValueError(f"--config: methods.{name} needs a 'spec'")
+        variants.append(Variant(name, m["spec"], dict(m.get("overrides") or {}),
+                                bool(m.get("kv_cache", False))))
+    inputs = dict(d["inputs"])
+    lengths, causal = list(d["lengths"]), list(d["causal"])
+    if quick:
+        qd = d.get("quick") or {}
+        lengths = list(qd.get("lengths", lengths))
+        causal = list(qd.get("causal", causal))
+        keep = qd.get("inputs")
+        if keep:
+            bad = [k for k in keep if k not in inputs]
+            if bad:
+                raise ValueError(f"--config: quick.inputs names unknown inputs {bad}")
+            inputs = {k: inputs[k] for k in keep}
+    for kind, spec in inputs.items():
+        if spec.get("dist") not in ("normal", "uniform"):
+            raise ValueError(f"--config: inputs.{kind}.dist must be normal or uniform, "
+                             f"got {spec.get('dist')!r}")
+    for v in variants:
+        v.load()                       # fail early on a bad spec or override
+    return Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
+                 dict(d["claim"]), path)
+
+
+def make_inputs(kind: str, spec: dict, shape: dict, L: int, seed: int):
+    """fp16 q [B, Hq, L, D], k, v [B, Hkv, L, D] for an input kind (deterministic in its args)."""
+    rng = np.random.default_rng([seed, L, zlib.crc32(kind.encode())])
+    B, Hq, Hkv, D = shape["batch"], shape["q_heads"], shape["kv_heads"], shape["head_dim"]
+    draw = (rng.standard_normal if spec["dist"] == "normal" else rng.random)
+    q = draw((B, Hq, L, D))
+    k = draw((B, Hkv, L, D))
+    v = draw((B, Hkv, L, D))
+    n_out = int(spec.get("outlier_channels", 0))
+    if n_out:
+        lo, hi = spec.get("outlier_scale", [10, 50])
+        for h in range(Hkv):
+            ch = rng.choice(D, size=n_out, replace=False)
+            k[:, h, :, ch] *= rng.uniform(lo, hi, size=n_out)[:, None, None]
+    return tuple(x.astype(np.float16) for x in (q, k, v))
+
+
+# --------------------------------------------------------------------------------------------
+# one point
+# --------------------------------------------------------------------------------------------
+def _sparse_kl(q, k, idx, lse_true, causal, sm) -> float:
+    """mean over rows of lse_true - lse_selected (float64, one head's scores at a time)."""
+    B, Hq, Lq, _ = q.shape
+    G = Hq // k.shape[1]
+    kls = []
+    for b in range(B):
+        for h in range(Hq):
+            s = (q[b, h].astype(np.float64) @ k[b, h // G].astype(np.float64).T) * sm
+            ix = idx[b, h]
+            ok = ix >= 0
+            sel = np.take_along_axis(s, np.where(ok, ix, 0), axis=1)
+            sel = np.where(ok, sel, -np.inf)
+            mx = sel.max(axis=1)
+            seen = np.isfinite(mx)
+            lse_sel = mx[seen] + np.log(np.exp(sel[seen] - mx[seen, None]).sum(axis=1))
+            kls.append(lse_true[b, h][seen] - lse_sel)
+    kl = np.concatenate(kls)
+    return float(np.maximum(kl, 0).mean()) if kl.size else float("nan")
+
+
+def run_point(variant: Variant, q, k, v, causal: bool) -> dict:
+    """Simulate one variant on one input and return its metrics (floats, NaN when n/a)."""
+    import ref
+    from sim.simulate import simulate
+
+    spec = variant.load()
+    sparse = spec.method == "double_sparse"
+    t0 = time.perf_counter()
+    kw = {"kv_cache": True} if variant.kv_cache else {}
+    res = simulate(q, k, v, spec, causal=causal, trace=sparse, **kw)
+    seconds = time.perf_counter() - t0
+    exact, lse = ref.attention(q, k, v, causal=causal, return_lse=True)
+    seen = np.isfinite(lse)
+    o = res.out.astype(np.float64)[seen]
+    r = exact[seen]
+    d = o - r
+    row = {
+        "rel_l2": float(np.linalg.norm(d) / np.linalg.norm(r)),
+        "max_abs": float(np.abs(d).max()),
+        "mean_rel": float(np.abs(d).sum() / np.abs(r).sum()),
+        "cosine": float((o * r).sum() / (np.linalg.norm(o) * np.linalg.norm(r))),
+        "kl": float("nan"), "recall": float("nan"), "cache_ratio": float("nan"),
+        "label_overhead": float("nan"), "seconds": seconds,
+    }
+    B, Hkv, L, D = k.shape
+    fp16_bytes = B * Hkv * L * (D + v.shape[-1]) * 2
+    if sparse:
+        tr = res.trace
+        row["recall"] = float(tr["recall_mean"])
+        row["kl"] = _sparse_kl(q, k, tr["indices"], lse, causal, 1 / math.sqrt(D))
+        row["label_overhead"] = tr["label_bytes"] / fp16_bytes
+    if variant.kv_cache:
+        from sim.kvcache import cache_nbytes, head_bits, head_priority
+        bits = head_bits(spec.kvcache, head_priority(k, v).priority)
+        row["cache_ratio"] = fp16_bytes / cache_nbytes(spec, bits, L, D, v.shape[-1], batch=B)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------------------------
+def _pid(study: Study, variant: Variant, kind: str, causal: bool, L: int, seed: int) -> str:
+    spec = variant.load()
+    return point_id(spec=spec.digest, kv_cache=variant.kv_cache, input=kind,
+                    input_spec=study.inputs[kind], shape=study.shape, L=L, causal=causal,
+                    seed=seed)
+
+
+def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: bool = True,
+              name: str = "results") -> tuple[list[dict], list[tuple[int, str]]]:
+    """Compute every missing point into ``out_dir/<name>.jsonl``; returns (rows of this study,
+    store problems found on open)."""
+    from tqdm import tqdm
+
+    store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine")
+    if store.problems:
+        for n, why in store.problems:
+            print(f"qsattn accuracy: {store.path}: line {n} set aside ({why}); recomputing it")
+    points = [(p, _pid(study, *p)) for p in study.points()]
+    todo = [(p, pid) for p, pid in points if pid not in store]
+    inputs_cache: dict = {}
+    bar = tqdm(todo, desc="accuracy", unit="pt", disable=not progress, leave=False)
+    for (variant, kind, causal, L, seed), pid in bar:
+        bar.set_postfix_str(f"{variant.name} {kind} L={L}{' causal' if causal else ''}")
+        key = (kind, L, seed)
+        if key not in inputs_cache:
+            inputs_cache.clear()
+            inputs_cache[key] = make_inputs(kind, study.inputs[kind], study.shape, L, seed)
+        q, k, v = inputs_cache[key]
+        metrics = run_point(variant, q, k, v, causal)
+        store.add(pid, {"method": variant.name, "spec": variant.spec,
+                        "overrides": variant.overrides, "kv_cache": variant.kv_cache,
+                        "input": kind, "causal": causal, "L": L, "seed": seed, **metrics})
+    rows = [store.get(pid) for _, pid in points]
+    return rows, store.problems
+
+
+def _fmt(x, spec=".2e") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _mean(rows, key):
+    vals = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def claim_lines(study: Study, rows: list[dict]) -> list[str]:
+    c = study.claim
+    out = []
+    for L in study.lengths:
+        for causal in study.causal:
+            sel = [r for r in rows if r["input"] == c["input"] and r["L"] == L
+                   and r["causal"] == causal]
+            a = _mean([r for r in sel if r["method"] == c["method"]], "mean_rel")
+            b = _mean([r for r in sel if r["method"] == c["baseline"]], "mean_rel")
+            if math.isnan(a) or math.isnan(b):
+                continue
+            ratio = a / b
+            out.append(f"- {c['input']} inputs, L = {L}, {'causal' if causal else 'non-causal'}: "
+                       f"mean relative error {c['method']} {a:.3e} vs {c['baseline']} {b:.3e}: "
+                       f"ratio **{ratio:.3f}** ({(1 - ratio) * 100:.0f}% smaller; the paper "
+                       f"claims {c['paper_ratio']:.2f}, i.e. {(1 - c['paper_ratio']) * 100:.0f}% "
+                       f"smaller)")
+    return out
+
+
+def _table(study: Study, rows: list[dict], L: int, causal: bool) -> str:
+    kinds = list(study.inputs)
+    head = ("| method | " + " | ".join(f"rel L2 {k}" for k in kinds)
+            + " | mean rel (all) | max abs (all) | cosine min | KL | recall | cache x |")
+    lines = [head, "|" + "---|" * (len(kinds) + 7)]
+    for v in study.variants:
+        rs = [r for r in rows if r["method"] == v.name and r["L"] == L and r["causal"] == causal]
+        if not rs:
+            continue
+        per = [_fmt(_mean([r for r in rs if r["input"] == k], "rel_l2")) for k in kinds]
+        cos = min(r["cosine"] for r in rs)
+        cache = _mean(rs, "cache_ratio")
+        lo = _mean(rs, "label_overhead")
+        cache_s = _fmt(cache, ".2f") if not math.isnan(cache) else (
+            f"+{lo * 100:.1f}% labels" if not math.isnan(lo) else "–")
+        lines.append(f"| `{v.name}` | " + " | ".join(per)
+                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(max(r['max_abs'] for r in rs))}"
+                     + f" | {cos:.6f} | {_fmt(_mean(rs, 'kl'))} | {_fmt(_mean(rs, 'recall'), '.3f')}"
+                     + f" | {cache_s} |")
+    return "\n".join(lines)
+
+
+def _plots(study: Study, rows: list[dict], out_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    L = max(study.lengths)
+    names = [v.name for v in study.variants]
+    for causal in study.causal:
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        width = 0.8 / max(1, len(study.inputs))
+        for i, kind in enumerate(study.inputs):
+            ys = [_mean([r for r in rows if r["method"] == n and r["input"] == kind
+                         and r["L"] == L and r["causal"] == causal], "rel_l2") for n in names]
+            ax.bar(np.arange(len(names)) + i * width, ys, width, label=kind)
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(names)) + width * (len(study.inputs) - 1) / 2)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("relative L2 error vs float64")
+        ax.set_title(f"Simulator accuracy, L = {L}, {'causal' if causal else 'non-causal'}")
+        ax.legend()
+        fig.tight_layout()
+        fname = f"rel_l2_L{L}_{'causal' if causal else 'full'}.png"
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        files.append(fname)
+    if len(study.lengths) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        kind = next(iter(study.inputs))
+        for n in names:
+            ys = [_mean([r for r in rows if r["method"] == n and r["input"] == kind
+                         and r["L"] == L_], "rel_l2") for L_ in study.lengths]
+            ax.plot(study.lengths, ys, marker="o", label=n)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(f"relative L2 error ({kind} inputs, mean over causal)")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out_dir / "rel_l2_vs_length.png", dpi=110)
+        plt.close(fig)
+        files.append("rel_l2_vs_length.png")
+    return files
+
+
+def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
+                 problems: list) -> str:
+    """Write README.md + PNGs into ``out_dir``; returns the summary markdown."""
+    files = _plots(study, rows, out_dir)
+    s = study.shape
+    setup = (f"Shape B={s['batch']}, Hq={s['q_heads']}, Hkv={s['kv_heads']}, D={s['head_dim']}, "
+             f"Lq = Lk in {study.lengths}, seeds {study.seeds}; inputs: "
+             + ", ".join(f"`{k}` ({v})" for k, v in study.inputs.items())
+             + f". Config: `{study.path.relative_to(provenance.ROOT) if study.path.is_relative_to(provenance.ROOT) else study.path}`.")
+    claim = claim_lines(study, rows)
+    parts = [provenance.header("Accuracy of the simulated methods on synthetic tensors", command),
+             setup, "",
+             "Errors against float64 `ref.attention` on the same fp16 inputs. Metric definitions: "
+             "`qsattn/accuracy.py`. Turbo `*_prefill*` rows are the INT8 compute path alone; "
+             "`turbo_int4/int2/mixed` read K/V from the progressive cache (kv_cache=True); "
+             "`*_exp2` rows turn SAS off. KL is reported where the method exposes its row "
+             "distribution (double_sparse).", "",
+             "## INT-FlashAttention's claim: \"82% smaller error than FP8\"", "",
+             *(claim or ["- (the claim's rows are not in this run)"]), ""]
+    if problems:
+        parts += ["Store lines set aside and recomputed: "
+                  + ", ".join(f"line {n} ({w})" for n, w in problems), ""]
+    for L in study.lengths:
+        for causal in study.causal:
+            parts += [f"## L = {L}, {'causal' if causal else 'non-causal'}", "",
+                      _table(study, rows, L, causal), ""]
+    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in files]
+    (out_dir / "README.md").write_text("\n".join(parts) + "\n")
+    L = max(study.lengths)
+    summary = [setup, "", "INT-FlashAttention claim (int8_flash vs fp8 E4M3, mean relative error):",
+               "", *(claim or ["- not in this run"]), "",
+               f"Non-causal, L = {L}:", "", _table(study, rows, L, False if False in study.causal
+                                                     else study.causal[0]), "",
+               f"Details and plots: [{out_dir.name}/README.md]({out_dir.name}/README.md)"]
+    return "\n".join(summary)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI and report
+# --------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="experiment YAML (default: configs/experiments/accuracy_synthetic.yaml)")
+    p.add_argument("--out", type=Path, default=provenance.ROOT / "reports" / "accuracy",
+                   help="output directory (default: reports/accuracy)")
+    p.add_argument("--quick", action="store_true", help="the config's quick subset (< 1 minute)")
+    p.add_argument("--rerun", action="store_true", help="recompute finished points")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _command(config: Path, out: Path, quick: bool) -> str:
+    cmd = "qsattn accuracy"
+    if Path(config).resolve() != DEFAULT_CONFIG.resolve():
+        cmd += f" --config {config}"
+    if Path(out).resolve() != (provenance.ROOT / "reports" / "accuracy").resolve():
+        cmd += f" --out {out}"
+    return cmd + (" --quick" if quick else "")
+
+
+def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool) -> str:
+    study = load_study(config, quick=quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, problems = run_study(study, out, rerun=rerun, progress=progress,
+                               name="results_quick" if quick else "results")
+    return write_report(study, rows, out, _command(config, out, quick), problems)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = execute(args.config, args.out, quick=args.quick, rerun=args.rerun,
+                      progress=not args.no_progress)
+    print(summary)
+    print(f"wrote {Path(args.out) / 'README.md'}")
+    return 0
+
+
+def report_section(ctx) -> str:
+    """``qsattn report`` section: the default study (quick subset with ``ctx.quick``)."""
+    return execute(DEFAULT_CONFIG, Path(ctx.out) / "accuracy", quick=ctx.quick, rerun=ctx.rerun,
+                   progress=True)

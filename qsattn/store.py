@@ -1,0 +1,178 @@
+"""A small resumable results store: one JSON object per line, keyed by a point id.
+
+Long studies (accuracy sweeps, GPU validation, model runs) write one row per finished point and
+flush it at once, so an interrupted run loses at most the point in flight; a rerun opens the same
+file and skips every id already present.
+
+File format (``*.jsonl``): each line is ``{"id": "<point id>", ...fields}``, newline-terminated.
+Invariants checked on open, each reported with its 1-based line number:
+
+- a line that is not a JSON object (typically the last one, cut by an interrupted write);
+- a row without a string ``"id"``;
+- an id that appears twice.
+
+``on_corrupt="error"`` (default) raises :class:`CorruptStoreError` listing them; ``"quarantine"``
+moves the offending lines (with their line numbers) to ``<name>.corrupt.jsonl`` next to the file,
+rewrites the file without them, and lists them in :attr:`ResultStore.problems` so the caller can
+report them; their points are then recomputed. Nothing is ever dropped silently.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "r.jsonl"
+>>> st = ResultStore(path)
+>>> pid = point_id(method="int8_flash", L=128, seed=0)
+>>> pid in st
+False
+>>> _ = st.add(pid, {"err": 0.01}); pid in ResultStore(path)
+True
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+__all__ = ["ResultStore", "CorruptStoreError", "point_id"]
+
+
+def point_id(**parts: Any) -> str:
+    """Deterministic id of a point from its defining parts (JSON-serializable values).
+
+    The id is a readable prefix plus a 16-hex digest of the parts in sorted-key JSON, so equal
+    parts give equal ids whatever the keyword order.
+
+    >>> point_id(b=1, a="x") == point_id(a="x", b=1)
+    True
+    """
+    if not parts:
+        raise ValueError("parts: expected at least one keyword part, got none")
+    try:
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    except TypeError as e:
+        raise TypeError(f"parts: expected JSON-serializable values ({e})") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CorruptStoreError(ValueError):
+    """A store file has bad lines; ``problems`` lists ``(line_number, reason)``."""
+
+    def __init__(self, path: Path, problems: list[tuple[int, str]]):
+        self.path = path
+        self.problems = problems
+        shown = "; ".join(f"line {n}: {why}" for n, why in problems[:5])
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(
+            f"path: results store {path} has {len(problems)} bad line(s): {shown}{more}; fix or "
+            f"delete them, or open it with on_corrupt='quarantine' to set them aside and recompute")
+
+
+class ResultStore:
+    """Rows keyed by point id in a JSONL file; see the module docstring.
+
+    Args:
+        path: the ``.jsonl`` file (created with its parent directories on first write).
+        rerun: start from an empty store; the previous file is kept as ``<name>.prev.jsonl``.
+        on_corrupt: "error" or "quarantine" (see module docstring).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, rerun: bool = False,
+                 on_corrupt: Literal["error", "quarantine"] = "error"):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or PathLike, got {type(path).__name__}")
+        if on_corrupt not in ("error", "quarantine"):
+            raise ValueError(f"on_corrupt: expected 'error' or 'quarantine', got {on_corrupt!r}")
+        self.path = Path(path)
+        self.problems: list[tuple[int, str]] = []
+        self._rows: dict[str, dict] = {}
+        if rerun and self.path.exists():
+            self.path.replace(self.path.with_name(self.path.stem + ".prev.jsonl"))
+        if self.path.exists():
+            self._load(on_corrupt)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _load(self, on_corrupt: str) -> None:
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        ended = raw.endswith(b"\n")
+        if ended:
+            lines = lines[:-1]
+        good: list[bytes] = []
+        bad: list[tuple[int, str, bytes]] = []
+        for n, line in enumerate(lines, start=1):
+            why = None
+            if not line.strip():
+                why = "empty line"
+            else:
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    row, why = None, f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})"
+                if why is None and not isinstance(row, dict):
+                    why = f"expected a JSON object, got {type(row).__name__}"
+                elif why is None and not isinstance(row.get("id"), str):
+                    why = "row has no string 'id'"
+                elif why is None and row["id"] in self._rows:
+                    why = f"duplicate id {row['id']!r}"
+                if why is None and n == len(lines) and not ended:
+                    why = "last line not newline-terminated (interrupted write)"
+            if why is None:
+                self._rows[row["id"]] = row
+                good.append(line)
+            else:
+                bad.append((n, why, line))
+        self.problems = [(n, why) for n, why, _ in bad]
+        if not bad:
+            return
+        if on_corrupt == "error":
+            raise CorruptStoreError(self.path, self.problems)
+        side = self.path.with_name(self.path.stem + ".corrupt.jsonl")
+        with open(side, "a", encoding="utf-8") as f:
+            for n, why, line in bad:
+                f.write(json.dumps({"line": n, "reason": why,
+                                    "text": line.decode("utf-8", "replace")}) + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(b"".join(g + b"\n" for g in good))
+        tmp.replace(self.path)
+
+    def __contains__(self, pid: str) -> bool:
+        return pid in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(list(self._rows.values()))
+
+    def get(self, pid: str) -> dict | None:
+        return self._rows.get(pid)
+
+    def rows(self) -> list[dict]:
+        """All rows in file order (a copy of the list)."""
+        return list(self._rows.values())
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, pid: str, fields: dict) -> dict:
+        """Append the row ``{"id": pid, **fields}`` and flush it to disk; returns the row.
+
+        Raises ValueError if ``pid`` is already stored (a finished point is never rewritten)."""
+        if not isinstance(pid, str) or not pid:
+            raise TypeError(f"pid: expected a non-empty str, got {pid!r}")
+        if not isinstance(fields, dict):
+            raise TypeError(f"fields: expected a dict, got {type(fields).__name__}")
+        if "id" in fields:
+            raise ValueError("fields: must not contain the key 'id' (it is the point id)")
+        if pid in self._rows:
+            raise ValueError(f"pid: point {pid!r} is already in {self.path}")
+        row = {"id": pid, **fields}
+        try:
+            line = json.dumps(row, allow_nan=True)
+        except TypeError as e:
+            raise TypeError(f"fields: expected JSON-serializable values ({e})") from None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._rows[pid] = row
+        return row

@@ -1,0 +1,505 @@
+"""TurboAttention's FlashQ KV cache: INT8 buffer + progressive INT4/INT2 storage per head.
+
+Layout and rules (docs/numerics.md, "turbo KV cache"), per (batch, KV head):
+
+- INT8 codes: K and V are quantized as the compute path does (``spec.k`` / ``spec.v``, per block
+  of ``block_n`` tokens aligned at position 0, one fp32 scale per block). The buffer length
+  ``buffer_tokens`` must equal that block, so a flushed group is exactly one INT8 block and its
+  scale travels with it.
+- Flush rule: tokens are appended one position at a time; after token ``t`` is appended (cache
+  length ``t + 1``), if the buffer holds ``buffer_tokens`` tokens it is re-quantized and emptied.
+  So when the row at absolute position ``p`` attends (after its own token was appended), keys
+  ``j < c(p) = floor((p + 1) / nb) * nb`` are read re-quantized and keys ``c(p) <= j <= p`` as
+  INT8: the buffer always holds the newest ``(p + 1) mod nb < nb`` tokens.
+- Re-quantization (``sim.numerics.requantize``, integer scale and zero): K along channels in
+  groups of ``k_group_channels`` per token (K's outliers are per channel), V along tokens in groups
+  of ``v_group_tokens`` per channel (``buffer_tokens`` must be a multiple of it). High-priority
+  heads get ``high_bits``, the ``round(low_share * Hkv)`` lowest-priority heads ``low_bits``.
+- Reading: ``to_int8`` (integer only), then the int8 tile sequence with the INT8 block scale.
+- Head priority (``range_std``): ``(max - min) * std`` over all K and V entries of the head
+  (every batch and token), from a calibration (:class:`HeadPriority`) or the call's own inputs
+  ("oracle"). Ties rank the lower head index as lower priority.
+
+Byte accounting (:meth:`TurboCache.nbytes`, per (batch, KV head)), every stored field counted:
+packed codes (``ceil(D * bits / 8)`` bytes per token for K and for V), K's scale+zero per token
+per channel group, V's scale+zero per channel per token group (``scale_bits + zero_bits``), the
+fp32 INT8 block scale of every flushed block (K and V), and the INT8 buffer at its full capacity
+``buffer_tokens`` (codes + its two fp32 scales), since that memory is reserved whatever its fill.
+
+>>> from sim import load_method
+>>> spec = load_method("turbo")
+>>> round(compression_vs_fp16(spec, tokens=4096, head_dim=128, kv_heads=32), 2)
+4.41
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checks import check_qkv
+from .numerics.intgemm import FP32_EXACT_K, int_matmul
+from .numerics.packing import pack, unpack
+from .numerics.quantize import quantize
+from .numerics.requantize import Requantized, requantize
+from .operands import quantize_operand
+
+__all__ = ["HeadPriority", "head_priority", "head_bits", "TurboCache", "cache_nbytes",
+           "compression_vs_fp16", "compressed_len", "simulate_turbo_cache"]
+
+
+# --------------------------------------------------------------------------------------------
+# head priority
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class HeadPriority:
+    """Per-KV-head priority ``(max - min) * std`` of the head's K and V entries (float64 [Hkv])."""
+
+    priority: np.ndarray
+    source: str = "oracle"
+
+    def __post_init__(self):
+        p = np.asarray(self.priority)
+        if p.ndim != 1 or p.dtype != np.float64 or not np.isfinite(p).all() or p.size == 0:
+            raise ValueError(f"priority: expected a finite float64 [Hkv] array, got {p.dtype} {p.shape}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kind": "turbo.head_priority", "source": self.source,
+                                    "priority": [float(x) for x in self.priority]}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HeadPriority":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"path: no head-priority file at {path}")
+        d = json.loads(path.read_text())
+        if d.get("kind") != "turbo.head_priority":
+            raise ValueError(f"path: {path} holds {d.get('kind')!r}, not turbo.head_priority")
+        return cls(np.asarray(d["priority"], np.float64), d["source"])
+
+
+def head_priority(k, v, *, source: str = "oracle") -> HeadPriority:
+    """``range * std`` of each KV head's K and V entries together (all batches and tokens)."""
+    B, _, Hkv, _, Lk, D, Dv, _ = check_qkv(k, k, v)
+    kk = np.asarray(k, np.float64).transpose(1, 0, 2, 3).reshape(Hkv, -1)
+    vv = np.asarray(v, np.float64).transpose(1, 0, 2, 3).reshape(Hkv, -1)
+    x = np.concatenate([kk, vv], axis=1)
+    return HeadPriority((x.max(1) - x.min(1)) * x.std(1), source)
+
+
+def head_bits(kvcache, priority: np.ndarray) -> np.ndarray:
+    """Bits per KV head: ``low_bits`` for the ``round_half_up(low_share * Hkv)`` lowest-priority
+    heads (ties: lower index first), ``high_bits`` for the rest.
+
+    >>> from sim import load_method
+    >>> head_bits(load_method("turbo").kvcache, np.array([3.0, 1.0, 2.0, 1.0])).tolist()
+    [4, 2, 4, 2]
+    """
+    p = np.asarray(priority, np.float64)
+    n_low = int(math.floor(kvcache.low_share * p.size + 0.5))
+    bits = np.full(p.size, kvcache.high_bits, np.int64)
+    bits[np.argsort(p, kind="stable")[:n_low]] = kvcache.low_bits
+    return bits
+
+
+# --------------------------------------------------------------------------------------------
+# byte accounting
+# --------------------------------------------------------------------------------------------
+def compressed_len(length: int, buffer_tokens: int) -> int:
+    """Tokens already re-quantized when the cache holds ``length`` tokens (flush rule above)."""
+    return (length // buffer_tokens) * buffer_tokens
+
+
+def _head_bytes(kvc, bits: int, tokens: int, D: int, Dv: int) -> dict:
+    tc = compressed_len(tokens, kvc.buffer_tokens)
+    gbytes = (kvc.scale_bits + kvc.zero_bits) / 8
+    return {
+        "k_codes": tc * math.ceil(D * bits / 8),
+        "v_codes": tc * math.ceil(Dv * bits / 8),
+        "k_scale_zero": tc * math.ceil(D / kvc.k_group_channels) * gbytes,
+        "v_scale_zero": math.ceil(tc / kvc.v_group_tokens) * Dv * gbytes,
+        "int8_block_scales": 2 * 4 * (tc // kvc.buffer_tokens),
+        "buffer": kvc.buffer_tokens * (D + Dv) + 2 * 4,
+    }
+
+
+def cache_nbytes(spec, bits_per_head, tokens: int, head_dim: int, v_dim: int | None = None,
+                 batch: int = 1, detail: bool = False):
+    """Bytes of the cache holding ``tokens`` tokens for heads of ``bits_per_head`` (see module
+    doc); ``detail=True`` returns the per-field sums instead of the total."""
+    kvc = _kvcache(spec)
+    if not isinstance(tokens, (int, np.integer)) or tokens < 0:
+        raise ValueError(f"tokens: expected a non-negative int, got {tokens!r}")
+    v_dim = head_dim if v_dim is None else v_dim
+    tot: dict[str, float] = {}
+    for b in np.asarray(bits_per_head).tolist():
+        for key, val in _head_bytes(kvc, int(b), int(tokens), head_dim, v_dim).items():
+            tot[key] = tot.get(key, 0) + batch * val
+    return tot if detail else sum(tot.values())
+
+
+def compression_vs_fp16(spec, *, tokens: int = 4096, head_dim: int = 128, kv_heads: int = 32,
+                        bits_per_head=None) -> float:
+    """FP16 K+V bytes / cache bytes at ``tokens`` tokens. ``bits_per_head`` defaults to the
+    spec's share: ``round(low_share * kv_heads)`` heads at low_bits."""
+    kvc = _kvcache(spec)
+    if bits_per_head is None:
+        bits_per_head = head_bits(kvc, np.arange(kv_heads, dtype=np.float64))
+    fp16 = kv_heads * tokens * head_dim * 2 * 2
+    return fp16 / cache_nbytes(spec, bits_per_head, tokens, head_dim)
+
+
+def _kvcache(spec):
+    kvc = getattr(spec, "kvcache", None)
+    if kvc is None:
+        raise ValueError(f"spec: expected a turbo spec with a kvcache section, got "
+                         f"{getattr(spec, 'method', type(spec).__name__)!r}")
+    if kvc.buffer_tokens != spec.tiling.block_n:
+        raise ValueError(f"spec.kvcache.buffer_tokens: expected the INT8 block "
+                         f"(tiling.block_n = {spec.tiling.block_n}) so a flushed group is one "
+                         f"INT8 block, got {kvc.buffer_tokens}")
+    if kvc.buffer_tokens % kvc.v_group_tokens:
+        raise ValueError(f"spec.kvcache.v_group_tokens: expected a divisor of buffer_tokens "
+                         f"({kvc.buffer_tokens}), got {kvc.v_group_tokens}")
+    for name in ("k", "v"):
+        op = getattr(spec, name)
+        if op.granularity != "per_block" or (op.block_tokens or spec.tiling.block_n) != kvc.buffer_tokens:
+            raise ValueError(f"spec.{name}: the KV cache needs per_block INT8 codes with "
+                             f"{kvc.buffer_tokens}-token blocks, got {op.granularity} "
+                             f"({op.block_tokens or spec.tiling.block_n} tokens)")
+    return kvc
+
+
+# --------------------------------------------------------------------------------------------
+# the cache
+# --------------------------------------------------------------------------------------------
+def _quant8(x: np.ndarray, op, block_n: int, name: str = "k"):
+    """The compute path's INT8 quantization (sim.operands.quantize_operand)."""
+    q = quantize_operand(np.ascontiguousarray(x), op, block_n, name)
+    return q.codes, q.scale[..., 0]          # int8 [B, H, L, D], f32 [B, H, nblocks]
+
+
+@dataclass(eq=False)
+class _Packed:
+    """One head's re-quantized store: packed codes + integer scale/zero (one batch axis kept)."""
+
+    k_codes: np.ndarray      # uint8 [B, T, ceil(D*bits/8)]
+    k_scale: np.ndarray      # uint8 [B, T, D/kg]
+    k_zero: np.ndarray       # int8
+    v_codes: np.ndarray      # uint8 [B, T, ceil(Dv*bits/8)]
+    v_scale: np.ndarray      # uint8 [B, T/vg, Dv]
+    v_zero: np.ndarray
+
+
+@dataclass(eq=False)
+class TurboCache:
+    """Progressive FlashQ KV cache for ``[B, Hkv, L, D]`` K/V (see the module docstring).
+
+    Build with :meth:`from_prefill`, grow with :meth:`append`; :meth:`int8` returns the INT8
+    codes a decode step reads (flushed part re-quantized and back to INT8 with integers only).
+    """
+
+    spec: object
+    bits: np.ndarray                     # [Hkv] bits per KV head
+    k_scale8: np.ndarray                 # f32 [B, Hkv, nblocks] INT8 block scales
+    v_scale8: np.ndarray
+    store: list                          # [Hkv] of _Packed (flushed tokens)
+    k_buf: np.ndarray                    # int8 [B, Hkv, nbuf, D]
+    v_buf: np.ndarray
+    length: int = 0
+    source: str = "oracle"
+    _Dv: int = field(default=0, repr=False)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_prefill(cls, k, v, spec, *, priority: HeadPriority | None = None) -> "TurboCache":
+        """The cache after appending all of ``k``/``v`` token by token."""
+        kvc = _kvcache(spec)
+        B, _, Hkv, _, L, D, Dv, _ = check_qkv(k, k, v)
+        pr = priority if priority is not None else head_priority(k, v)
+        if pr.priority.shape != (Hkv,):
+            raise ValueError(f"priority: expected {Hkv} KV heads, got {pr.priority.shape[0]}")
+        k8, ks = _quant8(k, spec.k, spec.tiling.block_n)
+        v8, vs = _quant8(v, spec.v, spec.tiling.block_n, "v")
+        tc = compressed_len(L, kvc.buffer_tokens)
+        bits = head_bits(kvc, pr.priority)
+        store = [cls._compress(kvc, int(bits[h]), k8[:, h, :tc], v8[:, h, :tc]) for h in range(Hkv)]
+        return cls(spec, bits, ks, vs, store, k8[:, :, tc:].copy(), v8[:, :, tc:].copy(), L,
+                   pr.source, Dv)
+
+    @staticmethod
+    def _requant(kvc, bits: int, k8h: np.ndarray, v8h: np.ndarray):
+        rk = requantize(k8h, 8, bits, axis=-1, group=kvc.k_group_channels)
+        rv = requantize(v8h, 8, bits, axis=-2, group=kvc.v_group_tokens)
+        return rk, rv
+
+    @classmethod
+    def _compress(cls, kvc, bits: int, k8h: np.ndarray, v8h: np.ndarray) -> _Packed:
+        B, T, D = k8h.shape
+        Dv = v8h.shape[-1]
+        if T == 0:
+            z = np.zeros
+            return _Packed(z((B, 0, math.ceil(D * bits / 8)), np.uint8),
+                           z((B, 0, math.ceil(D / kvc.k_group_channels)), np.uint8),
+                           z((B, 0, math.ceil(D / kvc.k_group_channels)), np.int8),
+                           z((B, 0, math.ceil(Dv * bits / 8)), np.uint8),
+                           z((B, 0, Dv), np.uint8), z((B, 0, Dv), np.int8))
+        if bits == 8:
+            raise ValueError("bits: a re-quantized head must have fewer than 8 bits")
+        rk, rv = cls._requant(kvc, bits, k8h, v8h)
+        return _Packed(pack(rk.codes, bits), rk.scale, rk.zero, pack(rv.codes, bits), rv.scale,
+                       rv.zero)
+
+    def append(self, k_new, v_new) -> "TurboCache":
+        """Append ``[B, Hkv, n, D]`` tokens (decode growth), flushing every full buffer.
+
+        The open INT8 block's scale is its absmax so far: when a new token raises it, the
+        buffer's codes are re-scaled in integers-from-float32 as ``rint(code * s_old / s_new)``
+        (half-even, f32), the cost of quantizing a block whose tokens arrive one by one. A
+        block appended whole gets exactly the codes of :meth:`from_prefill`.
+        """
+        kvc = _kvcache(self.spec)
+        B, _, Hkv, _, n, D, Dv, _ = check_qkv(k_new, k_new, v_new)
+        if (B, Hkv, D, Dv) != (self.k_buf.shape[0], self.k_buf.shape[1], self.k_buf.shape[3],
+                               self.v_buf.shape[3]):
+            raise ValueError(f"k_new: expected [B={self.k_buf.shape[0]}, Hkv={self.k_buf.shape[1]}, "
+                             f"n, D={self.k_buf.shape[3]}], got {tuple(np.shape(k_new))}")
+        nb = kvc.buffer_tokens
+        pos = 0
+        while pos < n:
+            room = nb - self.k_buf.shape[2]
+            take = min(room, n - pos)
+            self._extend(np.asarray(k_new)[:, :, pos:pos + take],
+                         np.asarray(v_new)[:, :, pos:pos + take])
+            pos += take
+            self.length += take
+            if self.k_buf.shape[2] == nb:
+                self._flush(kvc)
+        return self
+
+    def _extend(self, kc: np.ndarray, vc: np.ndarray) -> None:
+        fresh = self.k_buf.shape[2] == 0
+        for name, x, op in (("k", kc, self.spec.k), ("v", vc, self.spec.v)):
+            buf = getattr(self, f"{name}_buf")
+            sc = getattr(self, f"{name}_scale8")
+            codes_new, s_new = _quant8(x, op, self.spec.tiling.block_n, name)
+            s_new = s_new[..., 0]
+            if fresh:
+                merged_s = s_new
+                old = buf
+            else:
+                s_old = sc[..., -1]
+                merged_s = np.maximum(s_old, s_new)
+                ratio = (s_old / merged_s).astype(np.float32)[..., None, None]
+                old = np.rint(buf.astype(np.float32) * ratio).astype(np.int8)
+                if np.any(s_new < merged_s):        # requantize the new tokens on the open scale
+                    codes_new = quantize(np.ascontiguousarray(x), 8, symmetric=True,
+                                         block=(1, 1, None, None), rounding=op.rounding,
+                                         scale_dtype=op.scale_dtype,
+                                         scale=merged_s[..., None, None]).codes
+            setattr(self, f"{name}_buf", np.concatenate([old, codes_new], axis=2))
+            if fresh:
+                setattr(self, f"{name}_scale8", np.concatenate([sc, merged_s[..., None]], axis=2))
+            else:
+                sc = sc.copy()
+                sc[..., -1] = merged_s
+                setattr(self, f"{name}_scale8", sc)
+
+    def _flush(self, kvc) -> None:
+        for h, st in enumerate(self.store):
+            new = self._compress(kvc, int(self.bits[h]), self.k_buf[:, h], self.v_buf[:, h])
+            for f in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero"):
+                setattr(st, f, np.concatenate([getattr(st, f), getattr(new, f)], axis=1))
+        self.k_buf = self.k_buf[:, :, :0]
+        self.v_buf = self.v_buf[:, :, :0]
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def flushed(self) -> int:
+        return compressed_len(self.length, self.spec.kvcache.buffer_tokens)
+
+    def int8(self) -> tuple[np.ndarray, np.ndarray]:
+        """INT8 K and V codes ``[B, Hkv, length, D]`` as a decode step reads them."""
+        kvc = self.spec.kvcache
+        tc = self.flushed
+        B, Hkv, _, D = self.k_buf.shape
+        Dv = self.v_buf.shape[3]
+        k8 = np.empty((B, Hkv, self.length, D), np.int8)
+        v8 = np.empty((B, Hkv, self.length, Dv), np.int8)
+        k8[:, :, tc:] = self.k_buf
+        v8[:, :, tc:] = self.v_buf
+        if tc:
+            for h, st in enumerate(self.store):
+                bits = int(self.bits[h])
+                kg = min(kvc.k_group_channels, D)
+                rk = Requantized(unpack(st.k_codes, bits, D), st.k_scale, st.k_zero, bits, 8,
+                                 2, kg, (1, 1, kg))
+                rv = Requantized(unpack(st.v_codes, bits, Dv), st.v_scale, st.v_zero, bits, 8,
+                                 1, kvc.v_group_tokens, (1, kvc.v_group_tokens, 1))
+                k8[:, h, :tc] = rk.to_int8()
+                v8[:, h, :tc] = rv.to_int8()
+        return k8, v8
+
+    def nbytes(self, detail: bool = False):
+        """Bytes actually held: the packed arrays, scales/zeros, INT8 block scales of flushed
+        blocks (fp32) and the buffer at capacity; equals :func:`cache_nbytes` for this state."""
+        kvc = self.spec.kvcache
+        B, Hkv, _, D = self.k_buf.shape
+        Dv = self.v_buf.shape[3]
+        gb = (kvc.scale_bits + kvc.zero_bits) / 8
+        d = {"k_codes": 0, "v_codes": 0, "k_scale_zero": 0, "v_scale_zero": 0,
+             "int8_block_scales": 2 * 4 * B * Hkv * (self.flushed // kvc.buffer_tokens),
+             "buffer": B * Hkv * (kvc.buffer_tokens * (D + Dv) + 2 * 4)}
+        for st in self.store:
+            d["k_codes"] += st.k_codes.size
+            d["v_codes"] += st.v_codes.size
+            d["k_scale_zero"] += st.k_scale.size * gb
+            d["v_scale_zero"] += st.v_scale.size * gb
+        return d if detail else sum(d.values())
+
+
+# --------------------------------------------------------------------------------------------
+# cache-mode simulate
+# --------------------------------------------------------------------------------------------
+def _int_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact integer dot of int codes held in float32 (sgemm exact for inner K <= 1024)."""
+    if a.shape[-1] <= FP32_EXACT_K:
+        return a @ b
+    return int_matmul(a.astype(np.int8), b.astype(np.int8)).astype(np.float32)
+
+
+def _priority_for(calibration, k, v, Hkv) -> HeadPriority:
+    if calibration is None:
+        return head_priority(k, v)
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = HeadPriority.load(calibration)
+    if not isinstance(calibration, HeadPriority):
+        raise TypeError(f"calibration: expected a sim.kvcache.HeadPriority, a path to one, or "
+                        f"None; got {type(calibration).__name__}")
+    if calibration.priority.shape != (Hkv,):
+        raise ValueError(f"calibration: expected a priority per KV head ({Hkv}), got "
+                         f"{calibration.priority.shape[0]}")
+    return calibration
+
+
+def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
+                         calibration=None, trace: bool = False):
+    """Turbo with K/V read from the progressive cache (``simulate(..., kv_cache=True)``).
+
+    Row ``i`` is the query at absolute position ``p = i + Lk - Lq`` (causal) and reads the cache
+    as it is after token ``p`` was appended: keys ``j < compressed_len(p + 1)`` re-quantized
+    (INT4/INT2 -> INT8 with integers), the rest as INT8. Without ``causal`` every row reads the
+    cache after all ``Lk`` tokens (``compressed_len(Lk)`` keys re-quantized). Then the int8 tile
+    sequence of docs/numerics.md (turbo) with the spec's EXP (SAS or exp2): S_int from the row's
+    K codes, ``(f32(S_int) * qf) * k_scale``, PQUANT, ``O_int = P8 . V8`` (the row's V codes),
+    ``f32(O_int) * vf``.
+
+    Trace: ``head_bits`` [Hkv], ``priority``, ``calibration`` ("oracle" or the source),
+    ``compressed`` [Lq] (re-quantized keys per row), ``k_cache_int8`` / ``v_cache_int8`` (the
+    final cache read back as INT8), ``cache_bytes`` (per field) and ``compression_vs_fp16``,
+    and the engine's ``m``/``l``/``alpha`` per tile ``[B, Hq, Lq, n_tiles]``.
+    """
+    from .checks import check_sm_scale, last_visible_key
+    from .flash import online_softmax
+    from .operands import pquant, token_scale, v_tile_factor
+    from .simulate import SimResult, _exp_fns, qk_scale_of
+
+    if spec.method != "turbo":
+        raise ValueError(f"spec: expected a turbo spec, got method {spec.method!r}")
+    kvc = _kvcache(spec)
+    B, Hq, Hkv, Lq, Lk, D, Dv, G = check_qkv(q, k, v)
+    sm = check_sm_scale(sm_scale, D)
+    pr = _priority_for(calibration, k, v, Hkv)
+    cache = TurboCache.from_prefill(k, v, spec, priority=pr)
+    k_hat, v_hat = cache.int8()
+    bm, bn = spec.tiling.block_m, spec.tiling.block_n
+    Q = quantize_operand(np.ascontiguousarray(q), spec.q, bm, "q")
+    K = quantize_operand(np.ascontiguousarray(k), spec.k, bn, "k")
+    V = quantize_operand(np.ascontiguousarray(v), spec.v, bn, "v")
+    qs, ks_all = token_scale(Q, Lq), token_scale(K, Lk)
+    pq = spec.p
+    if pq.levels > 127:
+        raise ValueError(f"spec.p.levels: expected <= 127 for int8 P codes, got {pq.levels}")
+    qk_scale = qk_scale_of(sm)
+    exp, rescale = _exp_fns(spec)
+    levels = np.float32(pq.levels)
+
+    pos = np.arange(Lq) + (Lk - Lq) if causal else np.full(Lq, Lk - 1)
+    comp = np.where(pos >= 0, (np.maximum(pos, -1) + 1) // kvc.buffer_tokens
+                    * kvc.buffer_tokens, 0)
+    n_tiles = -(-Lk // bn)
+    out = np.zeros((B, Hq, Lq, Dv), np.float32)
+    tm = tl = ta = None
+    if trace:
+        tm = np.full((B, Hq, Lq, n_tiles), -np.inf, np.float32)
+        tl = np.zeros((B, Hq, Lq, n_tiles), np.float32)
+        ta = np.ones((B, Hq, Lq, n_tiles), np.float32)
+    R = G * Lq
+    row_pos = np.tile(pos, G)
+    row_comp = np.tile(comp, G)
+    keys = np.arange(Lk)
+    for b in range(B):
+        for g in range(Hkv):
+            heads = slice(g * G, (g + 1) * G)
+            qc = Q.codes[b, heads].reshape(R, D).astype(np.float32)
+            qf = (qs[b, heads].reshape(R).astype(np.float32) * qk_scale)[:, None]
+            kr = np.ascontiguousarray(K.codes[b, g].T.astype(np.float32))
+            kh = np.ascontiguousarray(k_hat[b, g].T.astype(np.float32))
+            vr, vh = V.codes[b, g].astype(np.float32), v_hat[b, g].astype(np.float32)
+            ksg = np.asarray(ks_all[b, g], np.float32)
+            vf = [v_tile_factor(V, pq.levels, b, g, t, bn) for t in range(n_tiles)]
+
+            def hat(sl):
+                return keys[sl][None, :] < row_comp[:, None]
+
+            def scores(sl):
+                S = np.where(hat(sl), _int_dot(qc, kh[:, sl]), _int_dot(qc, kr[:, sl]))
+                S = S * qf
+                S *= ksg[None, sl]
+                return S.astype(np.float32)
+
+            def valid(sl):
+                if not causal:
+                    return None
+                return keys[sl][None, :] <= row_pos[:, None]
+
+            def pv(p, sl):
+                codes = pquant(p, pq)
+                if spec.softmax.exp == "sas" and not pq.saturate and codes.max() > 127:
+                    raise ValueError("spec.p.saturate: a P code exceeds 127; set p.saturate")
+                c32 = codes.astype(np.float32)
+                m = hat(sl)
+                O = _int_dot(np.where(m, c32, 0), vh[sl]) + _int_dot(np.where(m, 0, c32), vr[sl])
+                contrib = O * vf[sl.start // bn]
+                psum = (p if pq.rowsum == "unquantized" else c32 / levels).sum(
+                    axis=1, dtype=np.float32)
+                return contrib, psum
+
+            sub = {} if trace else None
+            og = out[b, heads].reshape(R, Dv)
+            og[:] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=valid, rows=R,
+                                   dv=Dv, trace=sub, rescale=rescale)
+            if trace:
+                for name, arr in (("m", tm), ("l", tl), ("alpha", ta)):
+                    arr[b, heads] = sub[name].T.reshape(G, Lq, n_tiles)
+    fp16 = B * Hkv * Lk * (D + Dv) * 2
+    nbytes = cache.nbytes(detail=True)
+    info = {"kv_cache": True, "calibration": pr.source, "head_bits": cache.bits.tolist(),
+            "cache_bytes": float(sum(nbytes.values())),
+            "compression_vs_fp16": fp16 / sum(nbytes.values())}
+    tr = None
+    if trace:
+        tr = {"method": "turbo", "kv_cache": True, "qk_scale": qk_scale,
+              "calibration": pr.source, "priority": pr.priority, "head_bits": cache.bits,
+              "compressed": comp, "k_cache_int8": k_hat, "v_cache_int8": v_hat,
+              "k_codes": K.codes, "v_codes": V.codes, "q_codes": Q.codes,
+              "cache_bytes": nbytes, "compression_vs_fp16": info["compression_vs_fp16"],
+              "m": tm, "l": tl, "alpha": ta}
+    return SimResult(out, tr, spec, info)
