@@ -11,6 +11,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("qsattn.report", "run every section on the embedded defaults and write reports/REPORT.md"),
     "specs": ("qsattn.specs", "list, show or check method specs"),
+    "bench": ("qsattn.bench", "time the Triton kernels against SDPA/SageAttention on a CUDA GPU"),
+    "calibrate": ("qsattn.calibrate", "measure this GPU's ceilings into configs/hardware/measured/ (GPU)"),
+    "validate": ("qsattn.validate", "simulator vs kernel numerics, predicted vs measured time (GPU)"),
     "accuracy": ("qsattn.accuracy", "simulator accuracy of every method on synthetic tensors vs float64"),
     "roofline": ("qsattn.roofline", "analytical roofline report (sim.cost) for A100/H100/H200"),
 }

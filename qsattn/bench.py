@@ -1,0 +1,410 @@
+"""``qsattn bench``: time the prefill kernels against their peers on a CUDA GPU.
+
+Runs, in one process: (1) a numerics check of every prefill kernel against ``sim.simulate``
+(integers identical, output within the per-method bound of tests/gpu/test_prefill_kernels.py)
+at the config's ``check`` size; (2) a launch-config sweep at the target point; (3) the target
+point (B=4, H=32, D=128, L=8K, causal and not) for every method and peer, our integer methods
+both with and without their quantization kernels, turbo also with ``softmax.exp=exp2``;
+(4) a sweep over L. Peers: torch SDPA with the FLASH_ATTENTION and CUDNN_ATTENTION backends
+(fp16) and SageAttention 1.0.6 (``sageattn``) when importable. Times are CUDA-event medians over
+rotating input sets larger than L2 (:mod:`gpu.bench`). Results go to ``<out>/prefill.json`` and
+``<out>/prefill.md`` with GPU, versions, git revision and the command.
+
+Without a CUDA GPU it says so and how to run it on the device machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from qsattn import provenance
+
+DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "bench_h100.yaml"
+DEFAULT_OUT = provenance.ROOT / "reports" / "bench"
+DEVICE_HINT = ("qsattn bench needs a CUDA GPU (torch.cuda.is_available() is False here).\n"
+               "Run it on the device machine, e.g. with the device tool's `run`:\n"
+               "  PYTHONUNBUFFERED=1 python3 -m qsattn bench --out $OUT\n"
+               "(add the SageAttention wheel with carry ['.whl'] and `pip install --target "
+               "/tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site` first), then copy "
+               "$OUT/prefill.{json,md} into reports/bench/.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="experiment YAML (default: configs/experiments/bench_h100.yaml)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep")
+
+
+def _load_config(path: Path) -> dict:
+    import yaml
+    if not path.exists():
+        raise FileNotFoundError(f"--config: {path} does not exist")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict) or "prefill" not in cfg:
+        raise ValueError(f"--config: {path} needs a 'prefill' section")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+def _numerics_check(c: dict, log) -> list[dict]:
+    """GPU kernels vs sim.simulate: codes, scales, S_int, P codes, O_int, output ulps."""
+    import numpy as np
+    import torch
+
+    import gpu
+    from gpu.ops import resolve_spec
+    from sim import simulate
+    rows = []
+    B, Hq, Hkv, Lq, Lk, D = (c[k] for k in ("batch", "heads", "kv_heads", "q_length",
+                                             "kv_length", "head_dim"))
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(B, Hq, Lq, D, generator=g).half().cuda()
+    k = torch.randn(B, Hkv, Lk, D, generator=g)
+    k[..., :2] *= 4
+    k = k.half().cuda()
+    v = torch.randn(B, Hkv, Lk, D, generator=g).half().cuda()
+    vis = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
+    for method in ("fp16_flash", "int8_flash", "turbo"):
+        for causal in (False, True):
+            spec = resolve_spec(method, None, q.dtype)
+            tr = gpu.attention_trace(q, k, v, method=method, causal=causal)
+            t0 = time.perf_counter()
+            sim = simulate(*(x.float().cpu().numpy() for x in (q, k, v)), spec, causal=causal,
+                           trace=True)
+            st = sim.trace
+            m = np.broadcast_to(vis if causal else np.ones_like(vis), (B, Hq, Lq, Lk))
+            row = {"method": method, "causal": causal, "shape": [B, Hq, Hkv, Lq, Lk, D],
+                   "sim_s": round(time.perf_counter() - t0, 1)}
+            if spec.integer:
+                row["codes_scales_equal"] = all(
+                    np.array_equal(tr[f"{n}_codes"].cpu().numpy(), st[f"{n}_codes"]) and
+                    np.array_equal(tr[f"{n}_scale"].cpu().numpy().ravel(),
+                                   st[f"{n}_scale"].ravel()) for n in ("q", "k", "v"))
+                row["s_int_equal"] = bool(np.array_equal(tr["S"].cpu().numpy()[m], st["s_int"][m]))
+                pk = tr["P"].cpu().numpy()
+                row["p_code_diff"] = int(np.count_nonzero(pk != st["p_codes"]))
+                row["p_codes"] = int(pk.size)
+                row["o_int_equal"] = bool(np.array_equal(tr["O_int"].cpu().numpy(), st["o_int"]))
+            else:
+                sk = tr["S"].cpu().numpy()[m]
+                ss = st["s"][m] / st["qk_scale"]
+                row["s_max_rel"] = float(np.max(np.abs(sk - ss)) / np.max(np.abs(ss)))
+            out_k = tr["out"].float().cpu().numpy()
+            out_s = sim.out.astype(np.float64)
+            ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(out_s), 2.0**-14))) - 10)
+            ulps = np.abs(out_k - out_s) / np.maximum(ulp, 2.0**-16)
+            row["out_max_ulp"] = float(ulps.max())
+            row["out_share_le_1ulp"] = float(np.mean(ulps <= 1))
+            row["out_share_le_2ulp"] = float(np.mean(ulps <= 2))
+            log(f"  check {method:10s} causal={causal!s:5s} " + ", ".join(
+                f"{a}={b}" for a, b in row.items() if a not in ("method", "causal", "shape")))
+            rows.append(row)
+    return rows
+
+
+def _accuracy(method_fns: dict, B, H, L, D, causal, log) -> dict:
+    """Relative L2 error of each output vs fp64 attention on a slice of heads."""
+    import torch
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(B, H, L, D, generator=g).half().cuda() for _ in range(3))
+    hs = slice(0, 2)
+    qd, kd, vd = (x[:1, hs].double() for x in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, is_causal=causal)
+    res = {}
+    for name, fn in method_fns.items():
+        out = fn(q, k, v)[:1, hs].double()
+        res[name] = float((out - ref).norm() / ref.norm())
+    log("  rel. L2 error vs fp64 (L=%d, causal=%s): " % (L, causal) +
+        ", ".join(f"{a} {b:.2e}" for a, b in res.items()))
+    return res
+
+
+def _run_bench(cfg: dict, args, log) -> dict:
+    import torch
+
+    import gpu
+    from gpu.bench import attention_flops, time_cuda
+    from gpu.ops import attention_quantized, quantize_qkv, resolve_spec
+    from sim import load_method
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    P = cfg["prefill"]
+    B, H, Hkv, D = P["batch"], P["heads"], P["kv_heads"], P["head_dim"]
+    warm, rep = P.get("warmup", 5), P.get("rep", 20)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    result = {"config": cfg, "rows": [], "tune": [], "check": [], "accuracy": {}}
+    try:
+        from sageattention import sageattn
+    except Exception as e:  # noqa: BLE001 - any import failure means "peer absent"
+        sageattn = None
+        log(f"  SageAttention not importable ({type(e).__name__}: {e}); peer skipped")
+
+    def mk(L):
+        def make():
+            return tuple(torch.randn(B, h, L, D, device="cuda", dtype=torch.float16)
+                         for h in (H, Hkv, Hkv))
+        return make
+
+    def sdpa(backend):
+        def f(q, k, v, causal):
+            with sdpa_kernel([backend]):
+                return torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=causal, enable_gqa=H != Hkv)
+        return f
+
+    launch_best = {}
+
+    def ours(method, spec, launch, quant=True):
+        def f(q, k, v, causal):
+            sm = 1.0 / math.sqrt(D)
+            if spec.integer:
+                qq, kq, vq = quantize_qkv(q, k, v, spec, check=False)
+                return attention_quantized(qq, kq, vq, spec, causal=causal, sm_scale=sm,
+                                           out_dtype=q.dtype, launch=launch)
+            return attention_quantized(None, None, None, spec, causal=causal, sm_scale=sm,
+                                       out_dtype=q.dtype, q=q, k=k, v=v, launch=launch)
+
+        def attn_only_inputs(L):
+            base = mk(L)
+
+            def make():
+                q, k, v = base()
+                return (q, *quantize_qkv(q, k, v, spec, check=False))
+            return make
+
+        def g(q, qq, kq, vq, causal):
+            return attention_quantized(qq, kq, vq, spec, causal=causal, sm_scale=1 / math.sqrt(D),
+                                       out_dtype=q.dtype, launch=launch)
+
+        def qonly(q, k, v, causal):
+            return quantize_qkv(q, k, v, spec, check=False)
+        return f, g, attn_only_inputs, qonly
+
+    def measure(name, fn, make, L, causal, **extra):
+        t = time_cuda(lambda *a: fn(*a, causal), make, warmup=warm, rep=rep)
+        fl = attention_flops(B, H, L, L, D, causal)
+        row = {"name": name, "L": L, "causal": causal, "ms": t["ms"], "spread": t["spread"],
+               "tflops": fl / t["ms"] * 1e-9, **extra}
+        result["rows"].append(row)
+        log(f"  {name:28s} L={L:6d} causal={causal!s:5s} {t['ms']:8.3f} ms  "
+            f"{row['tflops']:7.1f} TOP/s  (spread {t['spread']:.2f})")
+        return row
+
+    specs = {m: resolve_spec(m, None, torch.float16) for m in ("fp16_flash", "int8_flash", "turbo")}
+    Lt = P["target_length"]
+
+    if "check" not in skip and "check" in cfg:
+        log("== numerics: GPU kernels vs sim.simulate")
+        result["check"] = _numerics_check(cfg["check"], log)
+
+    # -- launch sweep at the target point ----------------------------------------------------
+    for m in specs:
+        launch_best[m] = {"block_n": specs[m].tiling.block_n, "launch": None}
+    if "tune" not in skip:
+        log(f"== launch sweep at L={Lt} (attention kernel only; non-causal)")
+        for m, spec0 in specs.items():
+            best = None
+            for bn in P.get("tune_block_n", [spec0.tiling.block_n]):
+                spec = spec0.replace(tiling__block_n=bn)
+                for bm, nw, ns in P["tune_launch"]:
+                    launch = {"block_m": bm, "num_warps": nw, "num_stages": ns}
+                    f, g, ai, _ = ours(m, spec, launch)
+                    try:
+                        if spec.integer:
+                            row = measure(f"tune {m} bn{bn} bm{bm} w{nw} s{ns}", g, ai(Lt), Lt,
+                                          False, tune=True)
+                        else:
+                            row = measure(f"tune {m} bn{bn} bm{bm} w{nw} s{ns}", f, mk(Lt), Lt,
+                                          False, tune=True)
+                    except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
+                        log(f"  tune {m} bn{bn} {launch}: failed ({type(e).__name__}: "
+                            f"{str(e)[:120]})")
+                        continue
+                    result["tune"].append({"method": m, "block_n": bn, **launch, "ms": row["ms"]})
+                    if best is None or row["ms"] < best[0]:
+                        best = (row["ms"], bn, launch)
+            launch_best[m] = {"block_n": best[1], "launch": best[2]}
+            log(f"  best {m}: block_n={best[1]} {best[2]} {best[0]:.3f} ms")
+    result["launch_best"] = launch_best
+
+    def spec_for(m):
+        return specs[m].replace(tiling__block_n=launch_best[m]["block_n"])
+
+    # -- the target point ---------------------------------------------------------------------
+    peers = {"sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION),
+             "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
+    if sageattn is not None:
+        peers["sageattn_1.0.6"] = lambda q, k, v, causal: sageattn(
+            q, k, v, tensor_layout="HND", is_causal=causal)
+    log(f"== target point B={B} H={H} Hkv={Hkv} D={D} L={Lt}")
+    for causal in (False, True):
+        for name, fn in peers.items():
+            try:
+                measure(name, fn, mk(Lt), Lt, causal, kind="peer")
+            except Exception as e:  # noqa: BLE001
+                log(f"  {name}: failed ({type(e).__name__}: {str(e)[:160]})")
+        for m in specs:
+            lb = launch_best[m]
+            spec = spec_for(m)
+            f, g, ai, qo = ours(m, spec, lb["launch"])
+            measure(f"{m}", f, mk(Lt), Lt, causal, kind="ours", block_n=lb["block_n"],
+                    launch=lb["launch"])
+            if spec.integer:
+                measure(f"{m} (attention only)", g, ai(Lt), Lt, causal, kind="ours-excl-quant")
+                measure(f"{m} (quantization only)", qo, mk(Lt), Lt, causal, kind="stage")
+            if m == "turbo":
+                for label, sp in (("turbo exp2 (attention only)",
+                                   spec.replace(softmax__exp="exp2")),
+                                  ("int8_flash spec-tile bn64 (attn only)",
+                                   specs["int8_flash"])):
+                    _, g2, ai2, _ = ours(m, sp, lb["launch"])
+                    try:
+                        measure(label, g2, ai2(Lt), Lt, causal, kind="variant")
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {label}: failed ({type(e).__name__}: {str(e)[:160]})")
+        fns = {"sdpa_cudnn_fp16": lambda q, k, v: peers["sdpa_cudnn"](q, k, v, causal)}
+        for m in specs:
+            fns[m] = (lambda m: lambda q, k, v: ours(m, spec_for(m),
+                                                     launch_best[m]["launch"])[0](q, k, v, causal))(m)
+        if sageattn is not None:
+            fns["sageattn"] = lambda q, k, v: peers["sageattn_1.0.6"](q, k, v, causal)
+        result["accuracy"][f"causal={causal}"] = _accuracy(fns, B, H, 2048, D, causal, log)
+
+    # -- sweep over L ---------------------------------------------------------------------------
+    if "sweep" not in skip:
+        log("== sweep over L")
+        for L in P["sweep_lengths"]:
+            if L == Lt:
+                continue
+            for causal in (False, True):
+                for name in ("sdpa_cudnn", "sdpa_flash", "sageattn_1.0.6"):
+                    if name in peers:
+                        try:
+                            measure(name, peers[name], mk(L), L, causal, kind="peer", sweep=True)
+                        except Exception as e:  # noqa: BLE001
+                            log(f"  {name} L={L}: failed ({type(e).__name__})")
+                for m in specs:
+                    f, _, _, _ = ours(m, spec_for(m), launch_best[m]["launch"])
+                    measure(m, f, mk(L), L, causal, kind="ours", sweep=True)
+    return result
+
+
+def _markdown(result: dict, command: str) -> str:
+    rows = [r for r in result["rows"] if not r.get("tune")]
+    Lt = result["config"]["prefill"]["target_length"]
+    lines = [provenance.header("Prefill kernels vs peers", command), ""]
+    if result.get("check"):
+        lines += ["## Numerics: GPU kernels vs sim.simulate", "",
+                  "| method | causal | codes+scales | S_int | P codes differing | O_int | "
+                  "max ulp | <=1 ulp | <=2 ulp |", "|---|---|---|---|---|---|---|---|---|"]
+        for c in result["check"]:
+            lines.append(f"| {c['method']} | {c['causal']} | {c.get('codes_scales_equal', '-')} | "
+                         f"{c.get('s_int_equal', c.get('s_max_rel', '-'))} | "
+                         f"{c.get('p_code_diff', '-')}/{c.get('p_codes', '-')} | "
+                         f"{c.get('o_int_equal', '-')} | {c['out_max_ulp']:.2f} | "
+                         f"{c['out_share_le_1ulp']:.5f} | {c['out_share_le_2ulp']:.5f} |")
+        lines.append("")
+    lines += [f"## Target point L={Lt}", "",
+              "| kernel | causal | ms | TOP/s | x cuDNN | x FA2 (SDPA) | x Sage |",
+              "|---|---|---|---|---|---|---|"]
+    for causal in (False, True):
+        pts = [r for r in rows if r["L"] == Lt and r["causal"] == causal]
+        ref = {r["name"]: r["ms"] for r in pts}
+        for r in pts:
+            def ratio(peer):
+                return f"{ref[peer] / r['ms']:.2f}" if peer in ref else "-"
+            lines.append(f"| {r['name']} | {causal} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+                         f"{ratio('sdpa_cudnn')} | {ratio('sdpa_flash')} | "
+                         f"{ratio('sageattn_1.0.6')} |")
+    lines += ["", "Ratios are peer time / kernel time, from the same run (>1: faster than the "
+              "peer). TOP/s counts 4·B·H·D per visible (row, key) pair.", ""]
+    if result.get("launch_best"):
+        lines += ["## Launch configs used", ""]
+        for m, lb in result["launch_best"].items():
+            lines.append(f"- {m}: spec override tiling.block_n={lb['block_n']}, launch {lb['launch']}")
+        lines.append("")
+    sweep = [r for r in rows if r.get("sweep") or r["L"] == Lt and r.get("kind") in ("peer", "ours")]
+    if sweep:
+        lines += ["## Sweep over L (ms)", ""]
+        names = sorted({r["name"] for r in sweep})
+        Ls = sorted({r["L"] for r in sweep})
+        for causal in (False, True):
+            lines += [f"causal={causal}", "", "| kernel | " + " | ".join(map(str, Ls)) + " |",
+                      "|---" * (len(Ls) + 1) + "|"]
+            for n in names:
+                cells = []
+                for L in Ls:
+                    m = [r for r in sweep if r["name"] == n and r["L"] == L and r["causal"] == causal]
+                    cells.append(f"{m[0]['ms']:.3f}" if m else "-")
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if result.get("accuracy"):
+        lines += ["## Accuracy (relative L2 error vs fp64, B=1, 2 heads, L=2048)", ""]
+        for k, d in result["accuracy"].items():
+            lines.append(f"- {k}: " + ", ".join(f"{a} {b:.2e}" for a, b in d.items()))
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        print(DEVICE_HINT)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = provenance.command_line()
+
+    def log(msg):
+        print(msg, flush=True)
+    log(f"qsattn bench on {provenance.machine()}")
+    result = _run_bench(cfg, args, log)
+    result["provenance"] = {"command": command, "git": provenance.git_revision(),
+                            "machine": provenance.machine(), "versions": provenance.versions(),
+                            "gpu": torch.cuda.get_device_name(),
+                            "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (args.out / "prefill.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / "prefill.md").write_text(_markdown(result, command))
+    log(f"wrote {args.out / 'prefill.json'} and {args.out / 'prefill.md'}")
+    return 0
+
+
+def report_section(ctx) -> str:
+    """The latest committed results in reports/bench/ (no GPU needed), or how to make them."""
+    md = Path(ctx.out) / "bench" / "prefill.md"
+    js = Path(ctx.out) / "bench" / "prefill.json"
+    if not js.exists():
+        return ("No benchmark results yet. They need a CUDA GPU:\n\n```\n" + DEVICE_HINT + "\n```\n")
+    res = json.loads(js.read_text())
+    pv = res.get("provenance", {})
+    Lt = res["config"]["prefill"]["target_length"]
+    rows = [r for r in res["rows"] if r["L"] == Lt and not r.get("tune")]
+    out = [f"Measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
+           f"{pv.get('git', '?')} (`{pv.get('command', '?')}`); full tables in "
+           f"[reports/bench/prefill.md](bench/prefill.md).", "",
+           "| kernel | causal | ms | x cuDNN | x Sage |", "|---|---|---|---|---|"]
+    for causal in (False, True):
+        ref = {r["name"]: r["ms"] for r in rows if r["causal"] == causal}
+        for r in rows:
+            if r["causal"] != causal:
+                continue
+            c = ref.get("sdpa_cudnn")
+            s = ref.get("sageattn_1.0.6")
+            out.append(f"| {r['name']} | {causal} | {r['ms']:.3f} | "
+                       f"{c / r['ms']:.2f} | " + (f"{s / r['ms']:.2f}" if s else "-") + " |"
+                       if c else f"| {r['name']} | {causal} | {r['ms']:.3f} | - | - |")
+    _ = md
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    from qsattn.cli import main
+    sys.exit(main(["bench", *sys.argv[1:]]))

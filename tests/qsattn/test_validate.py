@@ -1,0 +1,179 @@
+"""qsattn validate on the CPU: summary math on hand-built rows, the results store as validate uses
+it (resume, skip, corrupt/truncated lines reported), the no-GPU message, the report section, and
+the numerics comparison itself on a small shape through the Triton interpreter."""
+import os
+
+if os.environ.get("QSATTN_GPU_TESTS") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"   # before anything imports gpu.kernels
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from qsattn import cli, validate
+from qsattn import validation_summary as vs
+from qsattn.calibrate import DEVICE_COMMAND, NO_GPU_EXIT
+from qsattn.store import CorruptStoreError, ResultStore, point_id
+
+
+def row(method, shape, meas, tiled, cal, bound="tensor", ints=None):
+    return {"method": method, "label": shape, "shape_key": shape, "measured_us": meas,
+            "pred_us": {"tiled": tiled, "calibrated": cal}, "bound": {"calibrated": bound},
+            "numerics": None if ints is None else {"ints": ints, "ulp_bound": 2,
+                                                   "within_ulp_pct": 99.5, "heads": 1}}
+
+
+ROWS = [
+    # shape A: fp16 100 us, int8 50 us (2.0x measured)
+    row("fp16_flash", "A", 100.0, 90.0, 105.0),           # errs tiled .10, cal .05
+    row("int8_flash", "A", 50.0, 60.0, 40.0, "xu"),         # errs tiled .20, cal .20
+    # shape B: fp16 200 us, int8 80 us (2.5x measured)
+    row("fp16_flash", "B", 200.0, 200.0, 210.0),          # errs 0, .05
+    row("int8_flash", "B", 80.0, 100.0, 92.0, "hbm"),       # errs .25, .15
+    # shape C: int8 only (no baseline: no ratio)
+    row("int8_flash", "C", 10.0, 10.0, 10.0),             # errs 0, 0
+]
+
+
+def test_rel_err_and_medians_by_hand():
+    assert vs.rel_err(ROWS[0], "tiled") == pytest.approx(0.10)
+    assert vs.rel_err({"measured_us": 10.0, "pred_us": {}}, "tiled") is None
+    assert vs.rel_err({"measured_us": 0.0, "pred_us": {"tiled": 1.0}}, "tiled") is None
+    # tiled: .10 .20 0 .25 0 -> median .10; calibrated: .05 .20 .05 .15 0 -> median .05
+    assert vs.median_rel_err(ROWS, "tiled") == pytest.approx(0.10)
+    assert vs.median_rel_err(ROWS, "calibrated") == pytest.approx(0.05)
+    assert vs.median_rel_err([], "tiled") is None
+
+
+def test_speedup_ratio_errors_by_hand():
+    sr = vs.speedup_ratios(ROWS, "calibrated")
+    assert [(s["label"], s["method"]) for s in sr] == [("A", "int8_flash"), ("B", "int8_flash")]
+    # A: measured 100/50 = 2.0, predicted 105/40 = 2.625 -> err .3125
+    # B: measured 200/80 = 2.5, predicted 210/92 = 2.28261 -> err .086957
+    assert sr[0]["measured"] == pytest.approx(2.0) and sr[0]["predicted"] == pytest.approx(2.625)
+    assert sr[0]["err"] == pytest.approx(0.3125)
+    assert sr[1]["err"] == pytest.approx(abs(210 / 92 - 2.5) / 2.5)
+    assert vs.median_ratio_err(ROWS, "calibrated") == pytest.approx(
+        (0.3125 + abs(210 / 92 - 2.5) / 2.5) / 2)
+
+
+def test_outliers_worst_first_with_bound():
+    out = vs.outliers(ROWS, "calibrated", threshold=0.10)
+    assert [(o["label"], o["bound"]) for o in out] == [("A", "xu"), ("B", "hbm")]
+    assert out[0]["err"] == pytest.approx(0.20) and out[1]["err"] == pytest.approx(0.15)
+    assert vs.outliers(ROWS, "calibrated", threshold=0.5) == []
+
+
+def test_exp_free_identical_counts_only_exp_free():
+    rows = [row("int8_flash", "A", 1, 1, 1, ints={
+                "q_codes": {"identical_pct": 100.0, "exp_free": True},
+                "S": {"identical_pct": 100.0, "exp_free": True},
+                "P": {"identical_pct": 97.0, "exp_free": False}}),
+            row("turbo", "A", 1, 1, 1, ints={
+                "P": {"identical_pct": 99.9, "exp_free": True}})]
+    ok, tot, bad = vs.exp_free_identical(rows)
+    assert (ok, tot) == (2, 3)
+    assert bad == ["turbo A: P 99.9000%"]
+
+
+def test_markdown_shows_targets_outliers_and_not_run(tmp_path):
+    text = vs.markdown(ROWS, not_run=["decode turbo: gpu.decode does not exist yet"],
+                       images=["pred_vs_meas.png"])
+    print(text)
+    assert "calibrated tier: 5.0% (meets <= 10%)" in text
+    assert "misses <= 10%" in text                       # ratio median ~ 19.9%
+    assert "| int8_flash | A | 50.0 | 40.0 | 20.0% | xu |" in text
+    assert "decode turbo: gpu.decode does not exist yet" in text
+    assert "![pred_vs_meas](pred_vs_meas.png)" in text
+    png = vs.scatter(ROWS, tmp_path / "s.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_store_resume_skip_and_corruption_as_validate_uses_it(tmp_path):
+    path = tmp_path / validate.STORE_NAME
+    pids = [point_id(method=m, shape={"q_len": 8}) for m in ("a", "b", "c")]
+    st = ResultStore(path)
+    st.add(pids[0], {"measured_us": 1.0})
+    st.add(pids[1], {"measured_us": 2.0})
+    # A rerun sees the finished points and computes only the rest.
+    again = ResultStore(path)
+    assert [p for p in pids if p not in again] == [pids[2]]
+    # A write cut off mid-line is reported with its line number, not dropped.
+    with open(path, "a") as f:
+        f.write('{"id": "' + pids[2] + '", "measured_')
+    with pytest.raises(CorruptStoreError, match="line 3"):
+        ResultStore(path)
+    # Quarantine keeps the bad line aside and lets the point be recomputed.
+    q = ResultStore(path, on_corrupt="quarantine")
+    assert q.problems and q.problems[0][0] == 3 and pids[2] not in q
+    side = json.loads(path.with_name("results.corrupt.jsonl").read_text().splitlines()[0])
+    assert side["line"] == 3
+
+
+def test_sim_heads_subsamples_whole_groups():
+    s = dict(q_heads=32, kv_heads=8, q_len=64, kv_len=64)
+    assert validate.sim_heads(s, 8, 1 << 24) == (8, 2)
+    assert validate.sim_heads(s, 6, 1 << 24) == (4, 1)
+    assert validate.sim_heads(dict(s, kv_heads=32), 3, 1 << 24) == (3, 3)
+    assert validate.sim_heads(s, 8, 64 * 64 * 5) == (4, 1)
+
+
+def test_default_config_loads_and_bad_config_is_named(tmp_path):
+    cfg = validate.load_config(validate.DEFAULT_CONFIG)
+    assert cfg["prefill_methods"] == ["fp16_flash", "int8_flash", "turbo"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prefill_methods: [fp16_flash]\nshapes: [{batch: 1}]\n"
+                   "numerics: {ulp_bound: {fp16_flash: 2}}\n")
+    with pytest.raises(ValueError, match=r"shapes\[0\]"):
+        validate.load_config(bad)
+    bad.write_text("prefill_methods: [turbo]\nshapes: []\n")
+    with pytest.raises(ValueError, match="shapes"):
+        validate.load_config(bad)
+
+
+def test_no_gpu_message(monkeypatch, capsys):
+    monkeypatch.setattr(validate, "cuda_available", lambda: False)
+    rc = cli.main(["validate"])
+    err = capsys.readouterr().err
+    print(err)
+    assert rc == NO_GPU_EXIT != 0
+    assert "needs a CUDA GPU" in err and DEVICE_COMMAND in err
+
+
+def test_report_section_with_and_without_summary(tmp_path, monkeypatch):
+    monkeypatch.setattr(validate, "REPORT_DIR", tmp_path / "none")
+    ctx = SimpleNamespace(out=tmp_path)
+    text = validate.report_section(ctx)
+    assert "No GPU validation results" in text and DEVICE_COMMAND in text
+    dated = [dict(r, device="NVIDIA H100 80GB HBM3", date=f"2025-01-0{i + 1} 00:00 UTC")
+             for i, r in enumerate(ROWS)]
+    summary = validate.write_summary(dated, tmp_path / "validation", command="qsattn validate",
+                                     not_run=[])
+    text = validate.report_section(ctx)
+    print(text)
+    assert ("Measured on NVIDIA H100 80GB HBM3 between 2025-01-01 00:00 UTC and 2025-01-05"
+            in text) and "#### Targets" in text
+    assert "calibrated tier: 5.0%" in text and str(summary.name) in text
+
+
+def test_numerics_on_a_small_shape_through_the_interpreter():
+    import torch
+
+    from gpu.ops import resolve_spec
+    dev = "cuda" if os.environ.get("QSATTN_GPU_TESTS") == "1" else "cpu"
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 17, 64, generator=g).half().to(dev)
+    k = torch.randn(1, 1, 97, 64, generator=g).half().to(dev)
+    v = torch.randn(1, 1, 97, 64, generator=g).half().to(dev)
+    for method in ("int8_flash", "turbo"):
+        spec = resolve_spec(method, None, q.dtype)
+        nm = validate.numerics(method, spec, q, k, v, True, 2, 1, 2.0)
+        print(method, json.dumps({k_: v_ for k_, v_ in nm.items() if k_ != "ints"}),
+              {k_: d["identical_pct"] for k_, d in nm["ints"].items()})
+        for name in ("q_codes", "k_codes", "v_codes", "S"):
+            assert nm["ints"][name]["exp_free"] and nm["ints"][name]["identical_pct"] == 100.0
+        assert nm["ints"]["P"]["exp_free"] == (method == "turbo")
+        assert 0.0 <= nm["within_ulp_pct"] <= 100.0
+        assert math.isfinite(nm["kernel_rel_l2"]) and nm["kernel_rel_l2"] < 0.05
