@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata as _md
+import os
 import platform
 import shlex
 import subprocess
@@ -14,7 +15,11 @@ _PACKAGES = ("numpy", "numba", "scipy", "torch", "triton", "transformers")
 
 
 def git_revision(root: Path = ROOT) -> str:
-    """Short revision, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    """Short revision, with '+dirty' when tracked files differ from it.
+
+    Outside a git checkout (e.g. a copy of the tree sent to a GPU machine) the revision comes
+    from ``$QSATTN_GIT_REVISION`` (set it in the remote command), else 'unknown'."""
+    env = os.environ.get("QSATTN_GIT_REVISION")
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True,
                              capture_output=True, check=True).stdout.strip()
@@ -22,7 +27,7 @@ def git_revision(root: Path = ROOT) -> str:
                                text=True, capture_output=True, check=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return env or "unknown"
 
 
 def versions() -> dict[str, str]:
@@ -45,7 +50,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
     desc = f"{cpu}, {os.cpu_count()} cores"
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
