@@ -61,6 +61,12 @@ LOG2E = 1.4426950408889634  # float64 log2(e)
 TRACE_LIMIT = 1 << 25  # B * Hq * Lq * Lk entries for trace=True
 _MAX_ROWS = 1 << 16  # rows per engine pass
 _CHUNK_TILES = 8  # key tiles per score GEMM
+# Without a trace, int8_flash / turbo run the per-tile elementwise work in the numba kernels of
+# sim._fused, bit-identical to the numpy closures below (tests/sim/test_fused.py compares
+# them); False forces the numpy path (the reference).
+_FUSED = True
+_PV_BLAS = False  # fused path: PV dot on BLAS (True) or inside the numba tile kernel (False:
+# no BLAS thread hand-off per tile, which stalls for ms on a loaded machine)
 
 
 @dataclass
@@ -207,6 +213,15 @@ class _Visibility:
         return np.arange(sl.start, sl.stop)[None, :] <= self.last[:, None]
 
 
+def _fused_eligible(spec: MethodSpec) -> bool:
+    """Whether the numba kernels of :mod:`sim._fused` cover ``spec`` (no trace wanted): integer
+    methods with fp16 PQUANT and exp2 or fp16 SAS. Everything else runs the numpy closures."""
+    if not (_FUSED and spec.integer and spec.p.arithmetic == "fp16"):
+        return False
+    sm = spec.softmax
+    return sm.exp == "exp2" or (sm.exp == "sas" and sm.sas.arithmetic == "fp16")
+
+
 def _exp_fns(spec: MethodSpec):
     if spec.softmax.exp == "sas":
         sas = spec.softmax.sas
@@ -238,6 +253,7 @@ def _dense(q, k, v, spec, shp, causal, sm_scale, want_trace) -> SimResult:
         ops = _FloatOperands(q, k, v, spec, qk_scale, tr)
     out = np.zeros((B, Hq, Lq, Dv), np.float32)
     R = G * Lq
+    fused = tr is None and _fused_eligible(spec)
     for b in range(B):
         for g in range(Hkv):
             heads = slice(g * G, (g + 1) * G)
@@ -245,10 +261,13 @@ def _dense(q, k, v, spec, shp, causal, sm_scale, want_trace) -> SimResult:
             og = out[b, heads].reshape(R, Dv)  # view
             for r0 in range(0, R, _MAX_ROWS):
                 r1 = min(R, r0 + _MAX_ROWS)
+                vis = _Visibility(causal, r0, r1, Lq, Lk)
+                if fused:
+                    og[r0:r1] = group.run_fused(r0, r1, vis, rescale or exp)
+                    continue
                 sub = None if tr is None else {}
                 scores, pv = group.closures(r0, r1, sub)
-                og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn,
-                                           valid=_Visibility(causal, r0, r1, Lq, Lk),
+                og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=vis,
                                            rows=r1 - r0, dv=Dv, trace=sub, rescale=rescale)
                 if tr is not None:
                     _store_rows(tr, sub, b, heads, r0, r1, Lq)
@@ -369,6 +388,86 @@ class _IntGroup:
             return contrib, psum
 
         return scores, pv
+
+    def run_fused(self, r0, r1, vis, rescale):
+        """Rows r0:r1 through every key tile with the numba kernels; float32 ``[rows, Dv]``.
+
+        The same sequence as :func:`sim.flash.online_softmax` driving :meth:`closures`, without
+        a trace: tiles past every row's last visible key are skipped, the others masked per row
+        by ``vis.last`` (all keys visible without causal)."""
+        from . import _fused as F
+        from .operands import _pquant_table_f32
+        from .softmax import _poly_table
+
+        ops, pq, bn, Lk = self.ops, self.ops.pq, self.ops.bn, self.ops.Lk
+        rows, Dv = r1 - r0, self.vc.shape[1]
+        qc, qf = self.qc[r0:r1], np.ascontiguousarray(self.qf[r0:r1])
+        if vis.causal:
+            last, hi = np.ascontiguousarray(vis.last, np.int64), vis.hi
+        else:
+            last, hi = np.full(rows, Lk - 1, np.int64), Lk - 1
+        ptab = _pquant_table_f32(pq.levels, pq.rounding, pq.saturate)
+        levels, quantized = np.float32(pq.levels), pq.rowsum == "quantized"
+        sas = ops.spec.softmax.sas if ops.spec.softmax.exp == "sas" else None
+        if sas is not None:
+            poly_tab = _poly_table(tuple(float(c) for c in sas.coefficients))
+            lut = np.float32(2.0) ** -np.arange(sas.lut_entries, dtype=np.float32)
+            thr = np.float32(sas.threshold)
+            f16_to_f32 = _f16_values()
+        chunk = _ScoreChunks(lambda c: _exact_dot(qc, self.kc[c].T), bn, Lk)
+        m = np.full(rows, -np.inf, np.float32)
+        m_new = np.empty(rows, np.float32)
+        l = np.zeros(rows, np.float32)
+        acc = np.zeros((rows, Dv), np.float32)
+        O = np.empty((rows, Dv), np.float32)
+        psum = np.empty(rows, np.float32)
+        bufs = {}
+        if sas is None:  # placeholders of the right types for the SAS arguments
+            thr, lut, poly_tab, f16_to_f32 = np.float32(0), ptab, ptab, ptab
+        for t in range(-(-Lk // bn)):
+            c0, c1 = t * bn, min((t + 1) * bn, Lk)
+            if c0 > hi:
+                continue  # masked for every row: state unchanged (online_softmax skips it)
+            n = c1 - c0
+            if n not in bufs:
+                bufs[n] = (np.empty((rows, n), np.float32),
+                           np.empty((rows, n) if sas is None else (1, 1), np.float64),
+                           np.empty((rows, n), np.float32))
+            x, e64 = bufs[n][:2]
+            F.scores_x(chunk(slice(c0, c1)), c0, qf, self.ks[c0:c1], last, m, x, m_new)
+            seen = m_new != -np.inf
+            fresh = m == -np.inf
+            d = np.where(fresh, np.float32(0), m - np.where(seen, m_new, np.float32(0)))
+            alpha = np.asarray(rescale(d), np.float32)
+            alpha = np.where(fresh, np.where(seen, np.float32(0), np.float32(1)), alpha)
+            if sas is None:  # exp2_f32(x) = f32(np.exp2(f64(x))); the last cast in finish_tile
+                np.copyto(e64, x)
+                np.exp2(e64, out=e64)
+            vf = np.atleast_1d(np.asarray(self.vf[t], np.float32))
+            if _PV_BLAS:
+                codes = bufs[n][2]
+                cmax = F.codes_tile(x, e64, sas is not None, thr, lut, poly_tab, f16_to_f32,
+                                    ptab, quantized, levels, codes, psum)
+                np.matmul(codes, self.vc[c0:c1], out=O)  # O_int, exact (K <= 256)
+                F.acc_tile(acc, alpha, O, vf)
+            else:
+                cmax = F.finish_tile(x, e64, sas is not None, thr, lut, poly_tab, f16_to_f32,
+                                     ptab, quantized, levels, self.vc[c0:c1], vf, alpha, acc,
+                                     psum)
+            if ops.guard and cmax > 127:
+                raise ValueError("spec.p.saturate: a P code exceeds 127 (the SAS output is above "
+                                 "1); set p.saturate: true or refit the SAS coefficients")
+            l = l * alpha + psum
+            m, m_new = m_new, m
+        out = np.zeros((rows, Dv), np.float32)
+        pos = l > 0
+        out[pos] = acc[pos] / l[pos, None]
+        return out
+
+
+def _f16_values() -> np.ndarray:
+    """float32 value of every fp16 bit pattern (index = pattern)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 class _FloatOperands:
