@@ -27,8 +27,11 @@ import math
 import numpy as np
 
 # Thread-instruction classes and the pipe ("unit") that executes each.
-UNIT_OF = {"fp32": "fma", "fp16x2": "fma", "int32": "alu", "sfu": "xu", "cvt": "xu"}
-INSTR = ("fp32", "fp16x2", "int32", "sfu", "cvt")
+# ``other``: instructions that only take an issue slot in this model (MMA, copies, shuffles,
+# barriers, uniform-datapath ops), counted by the SASS mixes of ``mixes``.
+UNIT_OF = {"fp32": "fma", "fp16x2": "fma", "int32": "alu", "sfu": "xu", "cvt": "xu",
+           "other": "issue"}
+INSTR = ("fp32", "fp16x2", "int32", "sfu", "cvt", "other")
 
 # Per score element of the online softmax (FA2 / Triton tutorial, exp2 domain):
 #   FFMA s*scale - m, FMNMX row max, MUFU.EX2, FADD row sum, F2FP pack P to 16 bit (2 per instr).
@@ -134,7 +137,8 @@ def flash(name: str, *, ctas_cols: int, kv_heads_total: int, group_cols: int, q_
           kv_len: int, bm: int, bn: int, d: int, causal: bool, qk: str, pv: str, qb: float,
           kb: float, vb: float, kv_row_extra: float, elem: dict, row_tile: dict,
           rows_real: int | None = None, ideal: bool = False, out_bytes: float = 2.0,
-          extra_unique: float = 0.0, stages: int = 2, warps_split_keys: bool = False) -> Launch:
+          extra_unique: float = 0.0, stages: int = 2, warps_split_keys: bool = False,
+          warps: int | None = None, mix=None) -> Launch:
     """A FlashAttention-style forward: one CTA per (column, query block), K/V streamed in
     ``bn`` tiles through ``stages`` shared-memory buffers.
 
@@ -142,9 +146,11 @@ def flash(name: str, *, ctas_cols: int, kv_heads_total: int, group_cols: int, q_
     columns that read the same K/V (GQA group, or 1); ``kv_heads_total`` = ctas_cols /
     group_cols K/V streams read once from HBM. ``qb, kb, vb``: bytes per element;
     ``kv_row_extra``: scale bytes per K/V row. ``rows_real``: useful rows of a CTA (decode
-    packs a GQA group into one padded tile)."""
+    packs a GQA group into one padded tile). ``warps``: warps per CTA (default: one per 32
+    rows, at least 4). ``mix``: a :class:`.mixes.Mix` of SASS counts per thread per tile,
+    which replaces ``elem``/``row_tile`` and the accumulator/epilogue counts of the loop."""
     dv = d
-    warps = max(4, bm // 32)
+    warps = warps or max(4, bm // 32)
     threads = 32 * warps
     smem_cta = bm * d * qb + stages * bn * (d * kb + dv * vb + kv_row_extra)
     nq, tiles, masked, tmax, pairs = tile_counts(q_len, kv_len, bm, bn, causal)
@@ -154,10 +160,20 @@ def flash(name: str, *, ctas_cols: int, kv_heads_total: int, group_cols: int, q_
     lau.useful_tc = 2.0 * useful * (d + dv)
     kv_unique = kv_heads_total * kv_len * (d * kb + dv * vb + kv_row_extra)
     q_o_unique = ctas_cols * rows * (d * qb + dv * out_bytes)
+    per_tile = None
+    if mix is not None:
+        # scores and accumulator elements one thread holds per K/V tile
+        x = bm * bn / threads
+        per_tile = mix.per_thread_tile(x, bm * dv / threads)
     if ideal:
         e = useful
         lau.add_tc(qk, 2.0 * e * d)
         lau.add_tc(pv, 2.0 * e * dv)
+        if per_tile is not None:
+            lau.add(per_tile, e / x)
+            lau.mma = 0.0                       # the MMA instructions are in the mix's "other"
+            lau.hbm = kv_unique + q_o_unique + extra_unique
+            return lau
         lau.add(elem, e)
         lau.add(row_tile, e / bn)
         lau.instr["fp32"] += dv * e / bn        # acc rescale, per row per tile
@@ -167,14 +183,18 @@ def flash(name: str, *, ctas_cols: int, kv_heads_total: int, group_cols: int, q_
     e = n_tiles * bm * bn
     lau.add_tc(qk, 2.0 * e * d)
     lau.add_tc(pv, 2.0 * e * dv)
-    lau.add(elem, e)
     lau.add(MASK, ctas_cols * masked * bm * bn)
-    lau.add(row_tile, n_tiles * bm)
-    lau.instr["fp32"] += n_tiles * bm * dv       # acc *= alpha
     # epilogue per CTA row: 1/l (MUFU.RCP), Dv FMUL, F2FP pack of O
     lau.add({"sfu": 1.0, "fp32": dv, "int32": dv / 2}, lau.ctas * bm)
-    if pv == "int8":                             # int32 PV partials -> fp32 acc every tile
-        lau.add({"int32": dv, "fp32": dv}, n_tiles * bm)
+    if per_tile is not None:
+        lau.add(per_tile, n_tiles * threads)
+        lau.mma = 0.0                            # the MMA instructions are in the mix's "other"
+    else:
+        lau.add(elem, e)
+        lau.add(row_tile, n_tiles * bm)
+        lau.instr["fp32"] += n_tiles * bm * dv   # acc *= alpha
+        if pv == "int8":                         # int32 PV partials -> fp32 acc every tile
+            lau.add({"int32": dv, "fp32": dv}, n_tiles * bm)
     kv_tile = bn * (d * kb + dv * vb + kv_row_extra)
     lau.l2 = lau.ctas * bm * d * qb + n_tiles * kv_tile + q_o_unique - ctas_cols * rows * d * qb
     # each warp reads the whole K/V tile (warps split rows) unless they split keys (decode)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from . import kernels as K
+from .mixes import mix_for
 from .shape import Shape
 
 KERNELS = {
@@ -56,8 +57,10 @@ def _scale_bytes(spec_op) -> float:
 
 
 def build(spec, shape: Shape, *, phase: str, kernel: str, sm_count: int,
-          ideal: bool) -> list[K.Launch]:
-    """The launches of one (spec, shape, phase, kernel); see the module table."""
+          ideal: bool, launch: dict | None = None) -> list[K.Launch]:
+    """The launches of one (spec, shape, phase, kernel); see the module table. ``launch``
+    (prefill): the program tile ``block_m`` (default ``tiling.block_m``), ``num_warps``
+    (default one per 32 rows, at least 4) and ``num_stages`` (K/V buffers, default 2)."""
     allowed = KERNELS[spec.method][phase]
     if kernel not in allowed:
         raise ValueError(f"kernel: expected one of {list(allowed)} for method {spec.method!r} "
@@ -66,8 +69,15 @@ def build(spec, shape: Shape, *, phase: str, kernel: str, sm_count: int,
     B, Hq, Hkv, Lq, Lk, D = s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len, s.head_dim
     common = dict(bn=t.block_n, d=D)
     if phase == "prefill":
+        lc = launch or {}
         pre = dict(ctas_cols=B * Hq, kv_heads_total=B * Hkv, group_cols=s.group, q_len=Lq,
-                   kv_len=Lk, bm=t.block_m, causal=s.causal, ideal=ideal, **common)
+                   kv_len=Lk, bm=int(lc.get("block_m", t.block_m)), causal=s.causal,
+                   ideal=ideal, warps=lc.get("num_warps"), stages=int(lc.get("num_stages", 2)),
+                   **common)
+        if kernel == "fp16_flash" and spec.operands.format in ("fp16", "bf16"):
+            return [K.flash(kernel, qk=spec.operands.format, pv=spec.operands.format, qb=2.0,
+                            kb=2.0, vb=2.0, kv_row_extra=0.0, elem=K.SOFTMAX_FP16,
+                            row_tile=K.ROW_TILE_EXP, mix=mix_for(kernel, "exp2"), **pre)]
         if kernel in ("fp16_flash", "fp8_flash"):
             fmt = spec.operands.format
             by = _FLOAT_BYTES[fmt]
@@ -84,9 +94,10 @@ def build(spec, shape: Shape, *, phase: str, kernel: str, sm_count: int,
         elem, row = _int_softmax(spec)
         kextra = _scale_bytes(spec.k) if spec.k.granularity == "per_token" else \
             _scale_bytes(spec.k) / t.block_n
+        mix = mix_for(kernel, spec.softmax.exp) if _int_tc(spec) == "int8" else None
         return [K.flash(kernel, qk=_int_tc(spec), pv="int8", qb=spec.q.bits / 8,
                         kb=spec.k.bits / 8, vb=spec.v.bits / 8, kv_row_extra=kextra,
-                        elem=elem, row_tile=row, **pre)]
+                        elem=elem, row_tile=row, mix=mix, **pre)]
     # ---- decode ----------------------------------------------------------------------------
     dec = dict(B=B, Hq=Hq, Hkv=Hkv, q_len=Lq, kv_len=Lk, sm_count=sm_count, ideal=ideal, **common)
     if kernel == "flash_decode":

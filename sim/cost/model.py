@@ -6,18 +6,22 @@ Per launch (``tier="tiled"``; ``"calibrated"`` is the same on the measured ceili
    threads and the CTA limit. A tile that does not fit one CTA's shared memory raises.
 2. Unit busy times per SM: tensor (ops / per-dtype rate), fma (FP32 + FP16x2 instructions),
    alu (INT32, I2FP/F2FP), xu (MUFU + XU conversions), smem (bytes / bandwidth).
-3. Overlap: the ``c`` CTAs resident on an SM give ``k = c * warps / schedulers`` warps per
-   scheduler. One warp runs its phases in dependency order (QK^T -> softmax -> PV), so with
-   k = 1 the units' times add; k warps interleave, so at most k units are busy at once and
-   no unit is faster than its own ceiling::
+3. Overlap. Within a CTA, tensor-core and CUDA-core work serialize: the kernels are
+   FA2-style without warp specialization, each warpgroup waits for its QK^T wgmma before the
+   softmax and issues PV after it (SASS: ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` after QK^T, a CTA
+   ``BAR.SYNC`` every K/V tile). The CUDA-core pipes (fma, alu, xu; smem on Ampere, where
+   operands go through ldmatrix) run concurrently, but every instruction needs an issue slot
+   of the SM's 4 schedulers (1 warp instruction/clk each), so their joint time is
+   ``max(issue, max_u pipe_u)``. Co-resident CTAs share the SM without overlapping each
+   other's phases (measured: int8_flash at 2 CTAs/SM runs 4330 clk per pair of tiles,
+   tensor + issue = 4256, max = 2460; reports/roofline/README.md)::
 
-       T_wave = max(max_u c*t_u, sum_u c*t_u / min(k, #busy units))
+       T_cta  = t_tensor + max(t_issue, max_u t_u)
+       T_wave = c * T_cta
 
-   (k = 1: the sum, FA2 with one warp per scheduler; k >= #units: the max, perfect
-   overlap.) This is why FP16 attention on H100 is far from the tensor-core roofline: MUFU
-   time is as long as MMA time and FA2-style kernels cannot hide it (FlashAttention-3, Sec. 3).
+   ``overlap`` (the max/sum interpolation over warps per scheduler) is kept for callers.
 4. Waves: rounds = ceil(CTAs / (SMs * c)), compute = T_wave * rounds, at least the longest
-   CTA alone (causal imbalance); issue (warp instructions / 4 per clock) is a ceiling too.
+   CTA alone (causal imbalance).
 5. Memory: K/V tiles stream asynchronously (cp.async / TMA double buffering), so memory
    overlaps compute: t = max(compute, t_HBM, t_L2) + launch overhead. HBM bytes = unique
    bytes + K/V re-reads that miss L2: the in-flight K/V streams (CTAs of one stream are
@@ -207,13 +211,17 @@ def _launch_time(r: _Rates, lau: Launch):
     c = max(1, min(occ, math.ceil(lau.ctas / r.sm)))
     rounds = math.ceil(lau.ctas / (r.sm * c))
     ut = unit_times(r, lau)
-    per_cta = {u: t / lau.ctas for u, t in ut.items()}
-    k = c * lau.warps / 4.0
-    wave = overlap({u: c * t for u, t in per_cta.items()}, k)
-    longest = overlap({u: t * lau.max_share for u, t in per_cta.items()}, lau.warps / 4.0)
+    if r.hw.arch == "hopper":
+        # wgmma reads its shared-memory operands itself (no ldmatrix through the LSU path);
+        # cp.async/LDGSTS and LDS instructions are counted as issue slots by the mixes
+        ut["smem"] = 0.0
     warp_instr = sum(lau.instr.values()) / 32.0 + lau.mma
-    t_issue = warp_instr / (r.issue * r.sm)
-    compute = max(wave * rounds, longest, t_issue)
+    t_issue = warp_instr / r.issue            # SM-seconds, as unit_times
+    cuda = max(t_issue, *(t for u, t in ut.items() if u != "tensor"))
+    per_cta = (ut["tensor"] + cuda) / lau.ctas
+    wave = c * per_cta
+    longest = per_cta * lau.max_share
+    compute = max(wave * rounds, longest)
     active = min(r.sm, lau.ctas) / r.sm
     hbm = lau.hbm + lau.reread[0] * l2_miss(r, lau, r.sm * c)
     t_hbm = hbm / (r.hbm * active)
@@ -221,20 +229,20 @@ def _launch_time(r: _Rates, lau: Launch):
     body = max(compute, t_hbm, t_l2)
     # breakdown: compute split over units by busy share; exposed memory; launch
     bd = {}
-    tot = sum(ut.values())
-    for u, t in ut.items():
-        if t > 0:
-            bd[u] = compute * t / tot if tot else 0.0
-    if tot == 0 and compute > 0:
-        bd["issue"] = compute
+    ser = ut["tensor"] + cuda
+    cu = {u: t for u, t in ut.items() if u != "tensor" and t > 0}
+    cu["issue"] = t_issue
+    top = max(cu, key=cu.get)       # the CUDA-core share goes to its binding pipe
+    if ser > 0:
+        if ut["tensor"] > 0:
+            bd["tensor"] = compute * ut["tensor"] / ser
+        if cuda > 0:
+            bd[top] = compute * cuda / ser
     if body > compute:
         bd["hbm" if t_hbm >= t_l2 else "l2"] = body - compute
     bd["launch"] = r.launch
     if body == compute:
-        if t_issue >= wave * rounds and t_issue >= longest:
-            bound = "issue"
-        else:
-            bound = max(ut, key=ut.get)
+        bound = "tensor" if ut["tensor"] >= cuda else top
     else:
         bound = "hbm" if t_hbm >= t_l2 else "l2"
     if r.launch > body:
@@ -253,13 +261,15 @@ def _roofline_time(r: _Rates, lau: Launch):
 
 
 def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str | None = None,
-            tier: str = "tiled", clock: str = "boost") -> Prediction:
+            tier: str = "tiled", clock: str = "boost", launch: dict | None = None) -> Prediction:
     """Predict one attention call.
 
     ``spec``: a MethodSpec or method name; ``hardware``: a Hardware or its name/path;
     ``kernel``: None for the method's default (``sim.cost.methods.KERNELS`` lists the choices,
     e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
-    boost | sustained.
+    boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
+    "num_warps", "num_stages"}`` (any subset; gpu.ops.default_launch is 128 / 8 / 3 at D=128),
+    default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
 
     >>> p = predict("fp16_flash", Shape(4, 32, 32, 4096, 4096, 64), "a100_80gb_sxm")
     >>> p.bound, round(p.time * 1e3, 2) > 0
@@ -273,6 +283,8 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         raise ValueError(f"phase: expected one of {PHASES}, got {phase!r}")
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
+    if launch is not None:
+        _check_launch(launch)
     hw = load_hardware(hardware)
     if tier == "calibrated":
         hw = _calibrated(hw)
@@ -280,7 +292,8 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         kernel = methods.default_kernel(spec, phase)
     r = _rates(hw, clock)
     ideal = tier == "roofline"
-    launches = methods.build(spec, shape, phase=phase, kernel=kernel, sm_count=r.sm, ideal=ideal)
+    launches = methods.build(spec, shape, phase=phase, kernel=kernel, sm_count=r.sm, ideal=ideal,
+                             launch=launch)
     total, bd, tc, ins = 0.0, {}, {}, dict.fromkeys(UNIT_OF, 0.0)
     hbm = l2 = smem = useful = 0.0
     worst, bound, info = -1.0, "", []
@@ -308,6 +321,23 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         info.append((lau.name, lau.ctas, occ, rounds, t))
     return Prediction(spec.method, kernel, phase, tier, hw.name, shape, total, bound, hbm, l2,
                       smem, tc, ins, useful, bd, tuple(info))
+
+
+_LAUNCH_KEYS = ("block_m", "num_warps", "num_stages")
+
+
+def _check_launch(launch) -> None:
+    if not isinstance(launch, dict):
+        raise TypeError(f"launch: expected a dict with keys from {_LAUNCH_KEYS}, "
+                        f"got {type(launch).__name__}")
+    for k, v in launch.items():
+        if k not in _LAUNCH_KEYS:
+            raise ValueError(f"launch: expected keys from {_LAUNCH_KEYS}, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"launch[{k!r}]: expected a positive integer, got {v!r}")
+    if "num_warps" in launch and launch["num_warps"] % 4:
+        raise ValueError(f"launch['num_warps']: expected a multiple of 4 (warpgroups), "
+                         f"got {launch['num_warps']}")
 
 
 _SPECS: dict = {}

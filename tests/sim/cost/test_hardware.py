@@ -90,6 +90,7 @@ def cfgdir(tmp_path, monkeypatch):
 
 
 def test_calibrated_without_file_names_it(cfgdir):
+    (cfgdir / "hardware" / "measured" / "h100_sxm.yaml").unlink(missing_ok=True)
     s = Shape(1, 8, 8, 1024, 1024, 64)
     with pytest.raises(FileNotFoundError, match=r"measured/h100_sxm\.yaml"):
         predict("fp16_flash", s, "h100_sxm", tier="calibrated")

@@ -35,8 +35,12 @@ def test_one_tile_fp16_counts():
                            sm_count=108, ideal=False)
     assert lau.ctas == 1 and lau.warps == 4
     assert lau.tc == {"fp16": 2 * 64 * 64 * 64 * 2}          # QK^T + PV
-    assert lau.instr["sfu"] == 64 * 64 + 64 + 64               # exp2 + alpha + 1/l per row
-    assert lau.instr["fp32"] == 3 * 4096 + 4 * 64 + 64 * 64 + 64 * 64  # softmax, m/l, rescale, O
+    # SASS mix (sim.cost.mixes.FP16) at 64 x 64 / 128 threads = 32 scores per thread, exactly
+    # its block_n=64 point; D=64 holds 32 instead of 64 accumulator elements per thread (one
+    # FMUL each fewer); epilogue per row: MUFU.RCP + D FMUL.
+    assert lau.instr["sfu"] == 34 * 128 + 64
+    assert lau.instr["fp32"] == (181 - 32) * 128 + 64 * 64
+    assert lau.instr["other"] == 89 * 128 and lau.mma == 0.0   # MMAs issue inside the mix
     assert lau.hbm == 4 * 64 * 64 * 2                          # Q, K, V read once, O written
     assert lau.l2 == 4 * 64 * 64 * 2
     tile = 64 * 64 * 2 * 2
@@ -80,6 +84,44 @@ def test_causal_halves_prefill_work():
     ratio = c.tensor_ops["fp16"] / a.tensor_ops["fp16"]
     assert 0.5 < ratio < 0.52            # diagonal tiles computed whole
     assert 0.45 < c.time / a.time < 0.62
+
+
+def test_mix_interpolates_between_its_sass_points():
+    from sim.cost.mixes import FP16, INT8, mix_for
+    assert FP16.per_thread_tile(64, 64)["fp32"] == 283        # block_n=128 point
+    assert FP16.per_thread_tile(48, 64)["sfu"] == 50          # halfway
+    assert INT8.per_thread_tile(64, 32)["int32"] == 427 - 32  # one I2FP per acc element fewer
+    assert mix_for("turbo", "sas").at64.get("sfu", 0) == 0    # SAS: no MUFU
+    assert mix_for("sage_v1", "exp2") is None
+
+
+def test_launch_config_changes_occupancy_and_is_validated():
+    s = Shape(4, 32, 32, 8192, 8192, 128)
+    a = predict("int8_flash", s, "h100_sxm", launch={"block_m": 64, "num_warps": 4})
+    b = predict("int8_flash", s, "h100_sxm", launch={"block_m": 64, "num_warps": 4,
+                                                       "num_stages": 3})
+    assert a.launches[0][2] >= b.launches[0][2] >= 1          # more stages: more smem per CTA
+    with pytest.raises(ValueError, match="num_warps"):
+        predict("int8_flash", s, "h100_sxm", launch={"num_warps": 6})
+    with pytest.raises(ValueError, match="launch"):
+        predict("int8_flash", s, "h100_sxm", launch={"warps": 4})
+    with pytest.raises(TypeError, match="launch"):
+        predict("int8_flash", s, "h100_sxm", launch=[64])
+
+
+def test_tensor_and_cuda_core_work_serialize():
+    # time >= tensor-only time + issue-only time of the same launch (no overlap)
+    from sim.cost.model import _rates, unit_times
+    s = Shape(4, 32, 32, 8192, 8192, 128)
+    hw = load_hardware("h100_sxm")
+    p = predict("fp16_flash", s, hw, launch={"block_m": 128, "num_warps": 8, "num_stages": 3})
+    (lau,) = methods.build(load_method("fp16_flash"), s, phase="prefill", kernel="fp16_flash",
+                           sm_count=132, ideal=False,
+                           launch={"block_m": 128, "num_warps": 8, "num_stages": 3})
+    r = _rates(hw, "boost")
+    ut = unit_times(r, lau)
+    issue = (sum(lau.instr.values()) / 32) / r.issue
+    assert p.time >= (ut["tensor"] + issue) / 132
 
 
 # -- overlap --------------------------------------------------------------------------------
