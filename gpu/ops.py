@@ -136,6 +136,14 @@ def check_prefill_spec(spec: MethodSpec) -> None:
                              f"got {sas.degree}")
         if sas.lut_entries > 126:
             raise ValueError(f"spec.softmax.sas.lut_entries: at most 126, got {sas.lut_entries}")
+        if sas.arithmetic == "fp16" and sas.lut_entries <= 13:
+            # the kernel skips f16(LUT[n] * poly), exact while the product is a normal fp16
+            from sim.softmax import fp16_unit_interval, sas_poly
+            pmin = float(np.min(sas_poly(sas.coefficients, fp16_unit_interval(), "fp16")))
+            if pmin < 2.0 ** (sas.lut_entries - 15):
+                raise ValueError(f"spec.softmax.sas.coefficients: poly(f) must stay >= "
+                                 f"2^(lut_entries - 15) on [0, 1] (LUT[n] * poly a normal fp16), "
+                                 f"got min {pmin!r}")
 
 
 def _group_tokens(oq: OperandQuant, tile: int, length: int) -> int:
@@ -273,6 +281,20 @@ def default_launch(D: int, Lq: int, integer: bool, causal: bool) -> dict:
     return {"block_m": 128, "num_warps": 8, "num_stages": 3 if D == 128 else 4}
 
 
+def _p_mode(p) -> int:
+    """PQUANT kernel path (gpu.kernels.flash_fwd): 1 = fp16 half_up/half_away (p >= 0: the same),
+    2 = fp32 half_even, 0 = generic. Saturation is a no-op for p in [0, 1] with codes <= levels,
+    but only the generic path applies it; 1 also keeps the unquantized rowsum."""
+    if p.saturate:
+        return 0
+    if p.arithmetic == "fp16" and p.rounding in ("half_up", "half_away") and \
+            p.rowsum == "unquantized":
+        return 1
+    if p.arithmetic == "fp32" and p.rounding == "half_even":
+        return 2
+    return 0
+
+
 def _sas_constants(spec: MethodSpec) -> dict:
     if spec.softmax.exp != "sas":
         return dict(SAS=False, THRESHOLD=0.0, LUT_ENTRIES=1, C0=1.0, C1=0.0, C2=0.0, C3=0.0,
@@ -330,10 +352,11 @@ def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale:
         p = spec.p
         pconst = dict(LEVELS=int(p.levels), P_FP16=p.arithmetic == "fp16",
                       P_ROUNDING=ROUNDING_IDS[p.rounding], P_SATURATE=bool(p.saturate),
-                      ROWSUM_Q=p.rowsum == "quantized")
+                      ROWSUM_Q=p.rowsum == "quantized", P_MODE=_p_mode(p))
         op = "fp16"
     else:
-        pconst = dict(LEVELS=127, P_FP16=True, P_ROUNDING=0, P_SATURATE=False, ROWSUM_Q=False)
+        pconst = dict(LEVELS=127, P_FP16=True, P_ROUNDING=0, P_SATURATE=False, ROWSUM_Q=False,
+                      P_MODE=0)
         op = spec.operands.format
     import triton.language as tl
     qk_scale = float(np.float32(sm_scale * LOG2E))
@@ -345,7 +368,7 @@ def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale:
         HEAD_D=D, BLOCK_M=bm, BLOCK_N=bn, INT8=integer,
         OP_DTYPE=tl.bfloat16 if op == "bf16" else tl.float16, CAUSAL=bool(causal),
         Q_GROUP=qg, K_GROUP=kg, V_GROUP=vg, **pconst, **_sas_constants(spec),
-        EXACT_FMA_F64=interpreting(), TRACE=bool(trace),
+        EXACT_FMA_F64=interpreting(), USE_ASM=not interpreting(), TRACE=bool(trace),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
         enable_fp_fusion=False)
     if trace:

@@ -6,6 +6,13 @@ dot(f16(p), v)``) and the integer path (``S_int = dot(q8, k8^T)`` int32, scores
 ``(f32(S_int) * qf) * k_scale``, P quantized to codes, ``O_int = dot(P8, v8)`` int32, ``PV =
 f32(O_int) * vf``); ``SAS`` replaces exp2 by :func:`.sas.sas_exp2` / :func:`.sas.sas_rescale`.
 
+Per-score work avoids the XU (MUFU/conversion) unit where the contract allows: ``f32(S_int)``
+and ``f32(O_int)`` by :func:`.sas.i2f_exact` (|S_int| <= D * 127^2 and |O_int| <= BLOCK_N *
+127^2 stay below 2^22), and ``P_MODE`` picks a PQUANT without float <-> int conversions: 1 =
+fp16 half_up (the authors' default, :func:`_p_codes_fp16_half_up`, packed fp16x2 asm when
+``USE_ASM``), 2 = fp32 half_even (:func:`_p_codes_fp32_half_even`), 0 = the generic
+:func:`_p_codes` (every other spec choice).
+
 Scales are gathered per row (``row // Q_GROUP``) and per key (``key // K_GROUP``; group 0 means
 one scale per head), so the program's ``BLOCK_M`` is free: rows are independent and only
 ``BLOCK_N`` (the online-softmax tile, which changes the running max and hence P codes) must be
@@ -24,7 +31,9 @@ import triton
 import triton.language as tl
 
 from .rounding import round_f32, trunc_f32
-from .sas import sas_exp2, sas_rescale
+from .sas import i2f_exact, sas_exp2, sas_rescale
+
+_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23
 
 
 @triton.jit
@@ -62,6 +71,61 @@ def _p_codes(p, LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.const
 
 
 @triton.jit
+def _p_codes_fp16_half_up(p, LEVELS: tl.constexpr, USE_ASM: tl.constexpr):
+    """PQUANT ``arithmetic: fp16``, ``half_up`` (the authors' default) as int8 codes, with no
+    f32 <-> int conversion: ``t = f16(p)``, ``t2 = f16(t * levels)``, ``t3 = f16(t2 + 0.5)``
+    (each one fp16 operation, as the contract), ``c = f16(t3 + 1024) = 1024 + rint(t3)`` (exact
+    integer grid: fp16 spacing is 1 in [1024, 2048)), ``k = c - 1024`` (exact), ``code =
+    trunc(t3) = k - (k > t3)`` (t3 >= 0); the code is the low byte of ``c - (k > t3)``'s bits
+    (0x6400 + code). ``USE_ASM`` does it on packed fp16x2 pairs (4 codes per asm instance: two
+    ``cvt.rn.f16x2.f32``, ten fp16x2 ops, one ``prmt`` packing the 4 bytes); the interpreter runs
+    the same steps on scalar fp16 tensors. Requires levels <= 127 (codes < 256: the low byte);
+    the asm holds the constant 127 (0x57F0), other levels take the scalar steps."""
+    if USE_ASM and (LEVELS == 127):
+        code = tl.inline_asm_elementwise(
+            "{\n"
+            ".reg .b32 a, b, ca, cb, ka, kb, lv, hf, mg;\n"
+            "mov.b32 lv, 0x57F057F0;\n"
+            "mov.b32 hf, 0x38003800;\n"
+            "mov.b32 mg, 0x64006400;\n"
+            "cvt.rn.f16x2.f32 a, $2, $1;\n"
+            "cvt.rn.f16x2.f32 b, $4, $3;\n"
+            "mul.rn.f16x2 a, a, lv;\n"
+            "mul.rn.f16x2 b, b, lv;\n"
+            "add.rn.f16x2 a, a, hf;\n"
+            "add.rn.f16x2 b, b, hf;\n"
+            "add.rn.f16x2 ca, a, mg;\n"
+            "add.rn.f16x2 cb, b, mg;\n"
+            "sub.rn.f16x2 ka, ca, mg;\n"
+            "sub.rn.f16x2 kb, cb, mg;\n"
+            "set.gt.f16x2.f16x2 ka, ka, a;\n"
+            "set.gt.f16x2.f16x2 kb, kb, b;\n"
+            "sub.rn.f16x2 ca, ca, ka;\n"
+            "sub.rn.f16x2 cb, cb, kb;\n"
+            "prmt.b32 $0, ca, cb, 0x6420;\n"
+            "}",
+            "=r,f,f,f,f", [p], dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        t = p.to(tl.float16)
+        t = t * tl.full(t.shape, LEVELS, tl.float16)
+        t = t + tl.full(t.shape, 0.5, tl.float16)
+        c = t + tl.full(t.shape, 1024.0, tl.float16)
+        k = c - tl.full(t.shape, 1024.0, tl.float16)
+        c = c - tl.where(k > t, 1.0, 0.0).to(tl.float16)
+        code = (c.to(tl.int16, bitcast=True) & 0xFF).to(tl.int8)
+    return code
+
+
+@triton.jit
+def _p_codes_fp32_half_even(p, LEVELS: tl.constexpr):
+    """PQUANT ``arithmetic: fp32``, ``half_even``: ``t = f32(p * levels)`` then
+    ``f32(t + 1.5 * 2^23)`` rounds to the integer grid (ties to even) with the code in the low
+    mantissa bits: ``(code_as_int8, code_as_f32)``. Two separate f32 roundings (no fusion)."""
+    y = (p * LEVELS) + _MAGIC
+    return y.to(tl.int32, bitcast=True).to(tl.int8), y - _MAGIC
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                     TSb, TPb, TOb, Lq, Lk, coff, NT,
                     offs_m, lo, hi, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -69,8 +133,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                     INT8: tl.constexpr, OP_DTYPE: tl.constexpr, CAUSAL: tl.constexpr,
                     MASKED: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
                     LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.constexpr,
-                    P_SATURATE: tl.constexpr, ROWSUM_Q: tl.constexpr,
-                    SAS: tl.constexpr, THRESHOLD: tl.constexpr, LUT_ENTRIES: tl.constexpr,
+                    P_SATURATE: tl.constexpr, ROWSUM_Q: tl.constexpr, P_MODE: tl.constexpr,
+                    USE_ASM: tl.constexpr, SAS: tl.constexpr, THRESHOLD: tl.constexpr,
+                    LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
                     TRACE: tl.constexpr):
@@ -92,10 +157,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
             S = tl.dot(q, tl.trans(k))
             if K_GROUP == 0:
                 ks = tl.load(ksb)
-                s = (S.to(tl.float32) * qf[:, None]) * ks
+                s = (i2f_exact(S) * qf[:, None]) * ks
             else:
                 ks = tl.load(ksb + offs_n // K_GROUP, mask=offs_n < Lk, other=1.0)
-                s = (S.to(tl.float32) * qf[:, None]) * ks[None, :]
+                s = (i2f_exact(S) * qf[:, None]) * ks[None, :]
         else:
             S = tl.dot(q, tl.trans(_to_op(k.to(tl.float32) if EXACT_FMA_F64 else k, OP_DTYPE,
                                           EXACT_FMA_F64)))
@@ -123,20 +188,31 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
         else:
             v = tl.load(v_ptrs)
         if INT8:
-            code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
-            if ROWSUM_Q:
-                psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
-                                                             tl.float32)), 1)
-            else:
+            if P_MODE == 1:
+                p8 = _p_codes_fp16_half_up(p, LEVELS, USE_ASM)
                 psum = tl.sum(p, 1)
-            p8 = code.to(tl.int8)
+            elif P_MODE == 2:
+                p8, code = _p_codes_fp32_half_even(p, LEVELS)
+                if ROWSUM_Q:
+                    psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
+                                                                 tl.float32)), 1)
+                else:
+                    psum = tl.sum(p, 1)
+            else:
+                code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
+                if ROWSUM_Q:
+                    psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
+                                                                 tl.float32)), 1)
+                else:
+                    psum = tl.sum(p, 1)
+                p8 = code.to(tl.int8)
             O = tl.dot(p8, v)
             if V_GROUP == 0:
                 vf = vf_head
             else:
                 vs_tile = tl.load(vsb + start_n // V_GROUP)
                 vf = tl.math.div_rn(vs_tile, tl.zeros_like(vs_tile) + LEVELS)
-            acc = acc * alpha[:, None] + O.to(tl.float32) * vf
+            acc = acc * alpha[:, None] + i2f_exact(O) * vf
         else:
             psum = tl.sum(p, 1)
             if EXACT_FMA_F64:
@@ -169,8 +245,9 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
                     INT8: tl.constexpr, OP_DTYPE: tl.constexpr, CAUSAL: tl.constexpr,
                     Q_GROUP: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
                     LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.constexpr,
-                    P_SATURATE: tl.constexpr, ROWSUM_Q: tl.constexpr,
-                    SAS: tl.constexpr, THRESHOLD: tl.constexpr, LUT_ENTRIES: tl.constexpr,
+                    P_SATURATE: tl.constexpr, ROWSUM_Q: tl.constexpr, P_MODE: tl.constexpr,
+                    USE_ASM: tl.constexpr, SAS: tl.constexpr, THRESHOLD: tl.constexpr,
+                    LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
                     TRACE: tl.constexpr):
@@ -223,13 +300,15 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb, TSb, TPb, TOb, Lq, Lk, coff, NT,
         offs_m, 0, full, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
-        False, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q,
-        SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
+        False, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
+        USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
+        TRACE)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb, TSb, TPb, TOb, Lq, Lk, coff, NT,
         offs_m, full, hi, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
-        True, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q,
-        SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
+        True, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
+        USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
+        TRACE)
     seen = l_i > 0
     o = tl.math.div_rn(acc, tl.where(seen, l_i, 1.0)[:, None])
     o = tl.where(seen[:, None], o, 0.0)

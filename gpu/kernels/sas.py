@@ -15,6 +15,16 @@ fewer than 53 bits), hence one rounding, as the hardware does.
 import triton
 import triton.language as tl
 
+_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23, bit pattern 0x4B400000
+
+
+@triton.jit
+def i2f_exact(x):
+    """f32(x) for int32 |x| < 2^22 with one IADD and one FADD instead of an I2F (XU):
+    ``x + 0x4B400000`` is the bit pattern of the float 1.5 * 2^23 + x (the mantissa field
+    2^22 + x stays in [0, 2^23)), and subtracting 1.5 * 2^23 is exact."""
+    return (x + 0x4B400000).to(tl.float32, bitcast=True) - _MAGIC
+
 
 @triton.jit
 def fma16(a, b, c, EXACT_FMA_F64: tl.constexpr):
@@ -47,7 +57,7 @@ def pow2_neg(n):
 def sas_poly(y, C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
              DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr):
     """(n, poly(f)) for float32 y >= 0 (finite, < 2^20): n = floor(y) int32, poly float32."""
-    nf = tl.floor(y)
+    nf = tl.floor(y)  # FRND: on the XU, which SAS (no MUFU.EX2) leaves mostly idle
     frac = y - nf
     if POLY_FP16:
         f = frac.to(tl.float16)
@@ -78,9 +88,13 @@ def sas_exp2(x, THRESHOLD: tl.constexpr, LUT_ENTRIES: tl.constexpr,
     keep = x >= THRESHOLD
     y = tl.where(keep, -x, 0.0)
     n, poly = sas_poly(y, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64)
-    keep = keep & (n < LUT_ENTRIES)
-    p = poly * pow2_neg(tl.minimum(n, LUT_ENTRIES - 1))  # exact: power of two, normal range
-    if POLY_FP16:
+    if LUT_ENTRIES <= -THRESHOLD:  # else every kept x has n <= floor(-THRESHOLD) < LUT_ENTRIES
+        keep = keep & (n < LUT_ENTRIES)
+        n = tl.minimum(n, LUT_ENTRIES - 1)
+    p = poly * pow2_neg(n)  # exact: power of two, normal range
+    if POLY_FP16 and (LUT_ENTRIES > 13):
+        # f16(2^-n * poly) is a no-op while the product is a normal fp16: poly is an fp16 value
+        # and gpu.ops.check_prefill_spec requires poly(f) >= 2^(lut_entries - 15) on [0, 1]
         p = p.to(tl.float16).to(tl.float32)
     return tl.where(keep, p, 0.0)
 

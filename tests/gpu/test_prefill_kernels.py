@@ -101,8 +101,22 @@ def test_prefill_bf16(method):
     {"p__saturate": True, "q__granularity": "per_block", "k__scale_dtype": "fp32",
      "v__granularity": "per_block", "tiling__block_n": 32},
     {"softmax__exp": "exp2"},  # turbo without SAS: the bench's "what SAS buys" variant
-], ids=["pquant-fp32-even-qsum", "perblock-bn32-sat", "turbo-exp2"])
+    {"p__rounding": "half_even", "p__arithmetic": "fp32"},  # P_MODE 2, unquantized rowsum
+    {"p__rounding": "half_away"},  # P_MODE 1 (equals half_up for p >= 0)
+    {"p__rounding": "half_even"},  # fp16 arithmetic, generic PQUANT path (P_MODE 0)
+    {"softmax__sas__arithmetic": "fp32", "p__rounding": "half_even", "p__arithmetic": "fp32"},
+], ids=["pquant-fp32-even-qsum", "perblock-bn32-sat", "turbo-exp2", "pquant-fp32-even",
+        "pquant-fp16-away", "pquant-fp16-even", "turbo-sas-fp32-p-fp32-even"])
 def test_prefill_spec_variants(overrides):
-    base = "turbo" if "softmax__exp" in overrides else "int8_flash"
+    base = "turbo" if any(k.startswith("softmax__") for k in overrides) else "int8_flash"
     spec = load_method(base, **overrides)
     _check(base, ("L97-b2", 2, 2, 1, 97, 97, 64), True, spec=spec)
+
+
+def test_sas_poly_floor_checked():
+    """The kernel skips f16(LUT[n] * poly) (exact while the product is a normal fp16): specs
+    whose polynomial can fall below 2^(lut_entries - 15) on [0, 1] are refused."""
+    spec = load_method("turbo", softmax__sas__coefficients=[1.0, -1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="coefficients"):
+        gpu.ops.check_prefill_spec(spec)
+    gpu.ops.check_prefill_spec(load_method("turbo"))
