@@ -9,5 +9,8 @@ runs. Kernels run on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`
 Decode: :func:`build_cache` (:mod:`gpu.cache`) and :func:`decode` (:mod:`gpu.decode`).
 """
 from .ops import PREFILL_METHODS, attention, attention_trace
+from .cache import CACHE_METHODS, build_cache
+from .decode import decode, decode_trace
 
-__all__ = ["attention", "attention_trace", "PREFILL_METHODS"]
+__all__ = ["attention", "attention_trace", "PREFILL_METHODS", "build_cache", "decode",
+           "decode_trace", "CACHE_METHODS"]

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/bench_h100.yaml)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep "
+                   "(both benches), prefill, decode (a whole bench)")
 
 
 def _load_config(path: Path) -> dict:
@@ -45,8 +46,8 @@ def _load_config(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"--config: {path} does not exist")
     cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or "prefill" not in cfg:
-        raise ValueError(f"--config: {path} needs a 'prefill' section")
+    if not isinstance(cfg, dict) or not ("prefill" in cfg or "decode" in cfg):
+        raise ValueError(f"--config: {path} needs a 'prefill' or 'decode' section")
     return cfg
 
 
@@ -350,6 +351,222 @@ def _markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# decode (gpu.build_cache / gpu.decode vs torch SDPA over the full FP16 cache)
+# ---------------------------------------------------------------------------------------------
+def _run_decode_bench(cfg: dict, args, log) -> dict:
+    """Decode at the target point (turbo INT4 / INT2 / mixed, double_sparse, our fp16
+    split-K, SDPA peers) with achieved GB/s on the bytes each kernel moves and the share of the
+    measured HBM copy bandwidth; the double_sparse selection stage (label scores + top-k + sort)
+    alone; a launch sweep per method at the target; a context sweep with the chosen launches. Times: gpu.bench.time_cuda (CUDA events, median); every input
+    is far larger than L2, so one set is already cold."""
+    import gc
+
+    import numpy as np
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import gpu
+    from gpu.bench import time_cuda
+    from gpu.decode import _select, decode_unchecked
+    from sim import load_method
+    from sim.sparse import calibrate
+
+    P = cfg["decode"]
+    B, H, Hkv, D = P["batch"], P["heads"], P["kv_heads"], P["head_dim"]
+    warm, rep = P.get("warmup", 5), P.get("rep", 20)
+    sm = 1.0 / math.sqrt(D)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    res = {"config": P, "rows": [], "tune": []}
+    chosen = {}  # label -> launch picked at the target point, reused by the sweep
+
+    # measured HBM copy bandwidth (read + write bytes), the 100% of the bandwidth shares
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = time_cuda(lambda a, b: b.copy_(a), lambda: (src, dst), warmup=3, rep=10, cold_bytes=0)
+    res["hbm_copy_GBps"] = 2 * src.numel() / t["ms"] * 1e-6
+    log(f"== decode: HBM copy {res['hbm_copy_GBps']:.0f} GB/s (torch copy_, 1 GiB)")
+    del src, dst
+
+    def timed(name, fn, L, nbytes, **extra):
+        t = time_cuda(fn, lambda: (), warmup=warm, rep=rep, cold_bytes=0)
+        row = {"name": name, "L": L, "ms": t["ms"], "spread": t["spread"],
+               "GBps": nbytes / t["ms"] * 1e-6 if nbytes else None, **extra}
+        row["hbm_share"] = row["GBps"] / res["hbm_copy_GBps"] if nbytes else None
+        res["rows"].append(row)
+        bw = f"{row['GBps']:7.0f} GB/s ({row['hbm_share']:.0%} of copy)" if nbytes else ""
+        log(f"  {name:34s} L={L:7d} {t['ms']:8.3f} ms {bw} (spread {t['spread']:.2f})")
+        return row
+
+    def turbo_spec(kind):
+        base = load_method("turbo")
+        if kind == "int4":
+            return base.replace(kvcache__low_share=0.0)
+        if kind == "int2":
+            return base.replace(kvcache__low_share=1.0)
+        return base
+
+    def turbo_bytes(cache, L):
+        nt = -(-L // cache.nb)
+        return (cache.nbytes() + 2 * B * H * nt * cache.nb * 4 + B * H * D * 2 * 2
+                + B * H * nt * 4 * 2)
+
+    def ds_bytes(cache, L, kcount):
+        return (B * Hkv * L * (cache.r * cache.bits // 8 + 2 + 4) + B * H * L * (8 + 8)
+                + B * H * kcount * (2 * D * 2 + 4) + B * H * D * 4)
+
+    def run_point(L, tune: bool):
+        g = torch.Generator(device="cuda").manual_seed(L)
+        q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.float16, generator=g)
+        k = torch.randn(B, Hkv, L, D, device="cuda", dtype=torch.float16, generator=g)
+        v = torch.randn(B, Hkv, L, D, device="cuda", dtype=torch.float16, generator=g)
+        fp16_bytes = 2 * B * Hkv * L * D * 2
+        pts = {}
+        for name, be in (("sdpa_flash", [SDPBackend.FLASH_ATTENTION]),
+                         ("sdpa_cudnn", [SDPBackend.CUDNN_ATTENTION]),
+                         ("sdpa_efficient", [SDPBackend.EFFICIENT_ATTENTION])):
+            def f(be=be):
+                with sdpa_kernel(be):
+                    return torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, enable_gqa=H != Hkv)
+            try:
+                pts[name] = timed(name, f, L, fp16_bytes, kind="peer")
+            except Exception as e:  # noqa: BLE001 - backend unavailable for this shape
+                log(f"  {name}: failed ({type(e).__name__}: {str(e)[:120]})")
+        peer = min(r["ms"] for r in pts.values())
+
+        def best_launch(label, fn, nbytes):
+            best = None
+            cands = P["tune_launch"] if tune else [chosen.get(label, P["default_launch"])]
+            for per_sm, warps, stages in cands:
+                launch = {"per_sm": per_sm, "num_warps": warps, "num_stages": stages}
+                try:
+                    r = timed(f"{label} ps{per_sm} w{warps} s{stages}" if tune else label,
+                              lambda: fn(launch), L, nbytes, kind="ours", tune=tune,
+                              launch=launch)
+                except Exception as e:  # noqa: BLE001
+                    log(f"  {label} {launch}: failed ({type(e).__name__}: {str(e)[:160]})")
+                    continue
+                if best is None or r["ms"] < best["ms"]:
+                    best = r
+            if tune and best is not None:
+                la = best["launch"]
+                res["tune"].append({"method": label, "L": L, **la, "ms": best["ms"]})
+                chosen[label] = [la["per_sm"], la["num_warps"], la["num_stages"]]
+                log(f"  best {label}: {la} {best['ms']:.3f} ms = "
+                    f"{peer / best['ms']:.2f}x best SDPA")
+                best = timed(label, lambda: fn(la), L, nbytes, kind="ours", launch=la)
+            return best
+
+        fc = gpu.build_cache(k, v, "fp16_flash")
+        pts["fp16_flash"] = best_launch("fp16_flash split-K",
+                                        lambda la: decode_unchecked(q, fc, sm, la), fp16_bytes)
+        del fc
+        for kind in P["turbo_kinds"]:
+            try:
+                tc = gpu.build_cache(k, v, "turbo", spec=turbo_spec(kind))
+            except Exception as e:  # noqa: BLE001 - report and go on with the other methods
+                log(f"  turbo {kind} build_cache: failed ({type(e).__name__}: {str(e)[:200]})")
+                continue
+            if L == P["context"] and kind == P["turbo_kinds"][0]:
+                out = decode_unchecked(q, tc, sm)
+                ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(),
+                                                                       v.float())
+                res["turbo_rel_l2_vs_fp32"] = float((out.float() - ref).norm() / ref.norm())
+            pts[f"turbo {kind}"] = best_launch(f"turbo {kind}",
+                                               lambda la, tc=tc: decode_unchecked(q, tc, sm, la),
+                                               turbo_bytes(tc, L))
+            del tc
+            gc.collect()
+            torch.cuda.empty_cache()
+        ds_spec = load_method("double_sparse")
+        nc = min(L, 512)
+        cal = calibrate(q.float().cpu().numpy(), k[:, :, -nc:].float().cpu().numpy(), "qk")
+        try:
+            dc = gpu.build_cache(k, v, "double_sparse", spec=ds_spec, calibration=cal)
+        except Exception as e:  # noqa: BLE001
+            log(f"  double_sparse build_cache: failed ({type(e).__name__}: {str(e)[:200]})")
+            dc = None
+        if dc is None:
+            del q, k, v
+            return pts
+        kcount = ds_spec.sparse.k(L)
+        pts["double_sparse"] = best_launch(
+            "double_sparse 1/16", lambda la: decode_unchecked(q, dc, sm, la),
+            ds_bytes(dc, L, kcount))
+        if L == P["context"]:
+            timed("  stage: label scores + top-k + sort", lambda: _select(q, dc, False), L,
+                  B * Hkv * L * (dc.r * dc.bits // 8 + 6) + B * H * L * 16, kind="stage")
+        del dc
+        for name, r in pts.items():
+            if r is not None:
+                r["x_best_sdpa"] = peer / r["ms"]
+        del q, k, v
+        gc.collect()
+        torch.cuda.empty_cache()
+        return pts
+
+    Lt = P["context"]
+    log(f"== decode target point B={B} H={H} Hkv={Hkv} D={D} context={Lt}")
+    res["target"] = {n: (r["ms"] if r else None) for n, r in run_point(Lt, "tune" not in skip).items()}
+    if "sweep" not in skip:
+        log("== decode sweep over the context")
+        for L in P["sweep_contexts"]:
+            if L != Lt:
+                run_point(L, False)
+    return res
+
+
+def _decode_markdown(res: dict, command: str) -> str:
+    P = res["config"]
+    rows = [r for r in res["rows"] if not r.get("tune")]
+    Lt = P["context"]
+    lines = [provenance.header("Decode kernels vs torch SDPA over the full FP16 cache", command),
+             "", f"B={P['batch']}, H={P['heads']}, Hkv={P['kv_heads']}, D={P['head_dim']}, fp16. "
+             f"Measured HBM copy bandwidth: {res['hbm_copy_GBps']:.0f} GB/s (read + write).", "",
+             f"## Target point, context {Lt}", "",
+             "| kernel | ms | x best SDPA | GB/s moved | share of copy BW |", "|---|---|---|---|---|"]
+    best = [r for r in res["rows"] if r["L"] == Lt and r.get("kind") in ("ours", "peer", "stage")]
+    by = {}
+    for r in best:  # tuned rows: keep the fastest per method
+        key = r["name"].split(" ps")[0]
+        if key not in by or r["ms"] < by[key]["ms"]:
+            by[key] = r
+    peer = min(r["ms"] for k, r in by.items() if k.startswith("sdpa"))
+    for key, r in by.items():
+        gb = f"{r['GBps']:.0f}" if r.get("GBps") else "-"
+        sh = f"{r['hbm_share']:.0%}" if r.get("hbm_share") else "-"
+        lines.append(f"| {key} | {r['ms']:.3f} | {peer / r['ms']:.2f} | {gb} | {sh} |")
+    lines += ["", "x best SDPA: time of the fastest SDPA backend / kernel time, same run. GB/s "
+              "counts the bytes the kernel must move: turbo the whole cache (packed codes, "
+              "scales, zeros, INT8 block scales, the buffer at capacity) plus its f32 score "
+              "scratch written and read back; double_sparse the label cache, the label scores "
+              "and int64 keys, and the selected K/V rows; SDPA / fp16 the full K and V.", ""]
+    if res.get("turbo_rel_l2_vs_fp32") is not None:
+        lines += [f"turbo ({P['turbo_kinds'][0]}) relative L2 error vs fp32 SDPA at the target: "
+                  f"{res['turbo_rel_l2_vs_fp32']:.2e}", ""]
+    if res.get("tune"):
+        lines += ["## Launch configs (best per method at the target)", ""]
+        lines += [f"- {t['method']}: per_sm={t['per_sm']} num_warps={t['num_warps']} "
+                  f"num_stages={t['num_stages']} ({t['ms']:.3f} ms)" for t in res["tune"]]
+        lines.append("")
+    Ls = sorted({r["L"] for r in rows})
+    names = []
+    for r in rows:
+        if r.get("kind") in ("ours", "peer") and r["name"] not in names:
+            names.append(r["name"])
+    lines += ["## Sweep over the context (ms)", "", "| kernel | " + " | ".join(map(str, Ls)) + " |",
+              "|---" * (len(Ls) + 1) + "|"]
+    for n in names:
+        cells = []
+        for L in Ls:
+            m = [r for r in rows if r["name"] == n and r["L"] == L]
+            cells.append(f"{m[0]['ms']:.3f}" if m else "-")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     try:
@@ -366,14 +583,24 @@ def run(args: argparse.Namespace) -> int:
     def log(msg):
         print(msg, flush=True)
     log(f"qsattn bench on {provenance.machine()}")
-    result = _run_bench(cfg, args, log)
-    result["provenance"] = {"command": command, "git": provenance.git_revision(),
-                            "machine": provenance.machine(), "versions": provenance.versions(),
-                            "gpu": torch.cuda.get_device_name(),
-                            "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (args.out / "prefill.json").write_text(json.dumps(result, indent=1, default=str))
-    (args.out / "prefill.md").write_text(_markdown(result, command))
-    log(f"wrote {args.out / 'prefill.json'} and {args.out / 'prefill.md'}")
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    prov = {"command": command, "git": provenance.git_revision(),
+            "machine": provenance.machine(), "versions": provenance.versions(),
+            "gpu": torch.cuda.get_device_name()}
+    if "prefill" not in skip:
+        result = _run_bench(cfg, args, log)
+        result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime())}
+        (args.out / "prefill.json").write_text(json.dumps(result, indent=1, default=str))
+        (args.out / "prefill.md").write_text(_markdown(result, command))
+        log(f"wrote {args.out / 'prefill.json'} and {args.out / 'prefill.md'}")
+    if "decode" not in skip and "decode" in cfg:
+        dres = _run_decode_bench(cfg, args, log)
+        dres["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                time.gmtime())}
+        (args.out / "decode.json").write_text(json.dumps(dres, indent=1, default=str))
+        (args.out / "decode.md").write_text(_decode_markdown(dres, command))
+        log(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.md'}")
     return 0
 
 
