@@ -32,7 +32,8 @@ from sim.checks import check_qkv, check_sm_scale
 from sim.spec import MethodSpec, OperandQuant, load_method
 
 __all__ = ["attention", "attention_trace", "quantize_operand", "quantize_qkv",
-           "attention_quantized", "check_prefill_spec", "resolve_spec", "QuantizedOperand",
+           "attention_quantized", "prefill_call", "PrefillCall", "empty_quantized",
+           "default_launch", "check_prefill_spec", "resolve_spec", "QuantizedOperand",
            "PREFILL_METHODS", "HEAD_DIMS", "ROUNDING_IDS", "interpreting"]
 
 PREFILL_METHODS = ("fp16_flash", "int8_flash", "turbo")
@@ -225,19 +226,13 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"x: expected float16 or bfloat16, got {x.dtype}")
     _check_operand("operand", oq, _QK_GRANULARITIES)
+    qo = empty_quantized(x, oq, tile, transpose=transpose)
+    codes, scale, group = qo.codes, qo.scale, qo.group
     B, H, L, D = x.shape
-    group = _group_tokens(oq, tile, L)
-    if transpose:
-        lpad = -(-L // 16) * 16
-        codes = torch.empty((B, H, D, lpad), dtype=torch.int8, device=x.device)
-        cs = (codes.stride(0), codes.stride(1), 1, codes.stride(2))
-    else:
-        codes = torch.empty((B, H, L, D), dtype=torch.int8, device=x.device)
-        cs = codes.stride()
+    cs = (codes.stride(0), codes.stride(1), 1, codes.stride(2)) if transpose else codes.stride()
     rnd = ROUNDING_IDS[oq.rounding]
     fp16 = oq.scale_dtype == "fp16"
     if group == 1:
-        scale = torch.empty((B, H, L), dtype=torch.float32, device=x.device)
         rows = 16 if interpreting() else 64
         quant.quant_rows_kernel[(triton_cdiv(L, rows), B * H)](
             x, codes, scale, L, H, *x.stride(), *cs, D=D, ROWS=rows, ROUNDING=rnd,
@@ -245,7 +240,6 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     else:
         T = L if group == 0 else group
         ng = triton_cdiv(L, T)
-        scale = torch.empty((B, H, ng), dtype=torch.float32, device=x.device)
         chunk = min(64, 1 << max(0, (min(T, L) - 1).bit_length()))
         quant.quant_groups_kernel[(ng, B * H)](
             x, codes, scale, L, H, T, ng, *x.stride(), *cs, D=D, CHUNK=chunk, ROUNDING=rnd,
@@ -253,6 +247,23 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     if fp16 and x.dtype == torch.bfloat16 and bool(torch.isinf(scale).any()):
         raise ValueError("x: absmax / 127 exceeds the fp16 maximum 65504 for some block; use "
                          "scale_dtype fp32 or a finer granularity")
+    return qo
+
+
+def empty_quantized(x, oq: OperandQuant, tile: int, *, transpose: bool = False
+                    ) -> QuantizedOperand:
+    """The uninitialized :class:`QuantizedOperand` buffers :func:`quantize_operand` fills for
+    ``x`` ``[B, H, L, D]`` (on x's device; a ``meta`` tensor gives shapes and strides only)."""
+    torch = _torch()
+    B, H, L, D = x.shape
+    group = _group_tokens(oq, tile, L)
+    if transpose:
+        lpad = -(-L // 16) * 16
+        codes = torch.empty((B, H, D, lpad), dtype=torch.int8, device=x.device)
+    else:
+        codes = torch.empty((B, H, L, D), dtype=torch.int8, device=x.device)
+    ng = L if group == 1 else triton_cdiv(L, L if group == 0 else group)
+    scale = torch.empty((B, H, ng), dtype=torch.float32, device=x.device)
     return QuantizedOperand(codes, scale, group, L, transpose)
 
 
@@ -306,14 +317,30 @@ def _sas_constants(spec: MethodSpec) -> dict:
                 DEGREE=int(sas.degree), POLY_FP16=sas.arithmetic == "fp16")
 
 
-def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
-                        out_dtype, q=None, k=None, v=None, trace: bool = False,
-                        launch: dict | None = None):
-    """Launch the forward. Integer methods take :class:`QuantizedOperand` ``qq, kq, vq``; the
-    float method takes the raw ``q, k, v`` (pass ``qq = kq = vq = None``). Inputs are assumed
-    checked. Returns ``out`` or, with ``trace``, ``(out, {"S", "P", "O_int"})``."""
+@dataclass(frozen=True)
+class PrefillCall:
+    """One ``attn_fwd_kernel`` launch, as :func:`attention_quantized` makes it: ``grid``,
+    ``args`` (positional, in the kernel's order), ``constexprs`` (keyword), ``options``
+    (``num_warps``, ``num_stages``, ``enable_fp_fusion``), the ``out`` buffer and, with trace,
+    the ``trace`` buffers ``{"S", "P", "O_int"}`` (else None)."""
+
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    options: dict
+    out: Any
+    trace: dict | None
+
+
+def prefill_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float, out_dtype,
+                 q=None, k=None, v=None, trace: bool = False,
+                 launch: dict | None = None) -> PrefillCall:
+    """The argument set of the forward (:func:`attention_quantized`'s inputs; allocates ``out``
+    and the trace buffers on the inputs' device, so ``meta`` tensors give a launch-free call
+    that ``gpu.sass`` compiles)."""
     torch = _torch()
-    _, flash = _kernels()
+    _kernels()
+    import triton.language as tl
     integer = spec.integer
     if integer:
         B, Hq, Lq, D = qq.codes.shape
@@ -324,7 +351,6 @@ def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale:
         nqs, nks, nvs = QS.shape[-1], KS.shape[-1], VS.shape[-1]
         qg, kg, vg = qq.group, kq.group, vq.group
         dev = Q.device
-        op_dtype = None
     else:
         B, Hq, Lq, D = q.shape
         Hkv, Lk = k.shape[1], k.shape[2]
@@ -358,22 +384,34 @@ def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale:
         pconst = dict(LEVELS=127, P_FP16=True, P_ROUNDING=0, P_SATURATE=False, ROWSUM_Q=False,
                       P_MODE=0)
         op = spec.operands.format
-    import triton.language as tl
     qk_scale = float(np.float32(sm_scale * LOG2E))
-    grid = (triton_cdiv(Lq, bm), B * Hq)
-    flash.attn_fwd_kernel[grid](
-        Q, K, V, QS, KS, VS, out, TS, TP, TO, qk_scale,
-        *Q.stride(), *K.stride(), *sv, *out.stride(),
-        Hq, Hkv, Hq // Hkv, Lq, Lk, nqs, nks, nvs, nt,
+    args = (Q, K, V, QS, KS, VS, out, TS, TP, TO, qk_scale,
+            *Q.stride(), *K.stride(), *sv, *out.stride(),
+            Hq, Hkv, Hq // Hkv, Lq, Lk, nqs, nks, nvs, nt)
+    constexprs = dict(
         HEAD_D=D, BLOCK_M=bm, BLOCK_N=bn, INT8=integer,
         OP_DTYPE=tl.bfloat16 if op == "bf16" else tl.float16, CAUSAL=bool(causal),
         Q_GROUP=qg, K_GROUP=kg, V_GROUP=vg, **pconst, **_sas_constants(spec),
-        EXACT_FMA_F64=interpreting(), USE_ASM=not interpreting(), TRACE=bool(trace),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
-        enable_fp_fusion=False)
+        EXACT_FMA_F64=interpreting(), USE_ASM=not interpreting(), TRACE=bool(trace))
+    options = dict(num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
+                   enable_fp_fusion=False)
+    return PrefillCall((triton_cdiv(Lq, bm), B * Hq), args, constexprs, options, out,
+                       {"S": TS, "P": TP, "O_int": TO} if trace else None)
+
+
+def attention_quantized(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
+                        out_dtype, q=None, k=None, v=None, trace: bool = False,
+                        launch: dict | None = None):
+    """Launch the forward. Integer methods take :class:`QuantizedOperand` ``qq, kq, vq``; the
+    float method takes the raw ``q, k, v`` (pass ``qq = kq = vq = None``). Inputs are assumed
+    checked. Returns ``out`` or, with ``trace``, ``(out, {"S", "P", "O_int"})``."""
+    _, flash = _kernels()
+    c = prefill_call(qq, kq, vq, spec, causal=causal, sm_scale=sm_scale, out_dtype=out_dtype,
+                     q=q, k=k, v=v, trace=trace, launch=launch)
+    flash.attn_fwd_kernel[c.grid](*c.args, **c.constexprs, **c.options)
     if trace:
-        return out, {"S": TS, "P": TP, "O_int": TO}
-    return out
+        return c.out, c.trace
+    return c.out
 
 
 def _prepare(q, k, v, method, causal, sm_scale, spec, check_finite=True):

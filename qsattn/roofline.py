@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qsattn import provenance
 from sim import schema
-from sim.cost import Shape, load_hardware, predict
+from sim.cost import Shape, load_hardware, mixes, predict
 from sim.schema import meta
 from sim.spec import config_dir, load_method
 
@@ -144,8 +144,9 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
         sp = b.time / p.time
         need, cap = c * b.achieved_tops, _xu_cap(hw, 64, 2)
         note = (f"fp16 {b.bound}-bound at {b.achieved_tops:.0f} TOP/s; int8 {p.bound}-bound: "
-                f"with our Triton kernel's SASS counts (sim/cost/mixes.py) the INT8 path issues "
-                f"~2x the fp16 instructions per score (I2FP, scales, P-quant) and the softmax "
+                f"with our Triton kernel's SASS counts (configs/kernels/mixes_sm90.yaml) the INT8 "
+                f"path issues {mixes.INT8.per_score():.1f} instructions per score vs "
+                f"{mixes.FP16.per_score():.1f} for fp16 (exact int->f32, scales, P-quant) and the softmax "
                 f"serializes with the MMAs, so halving MMA time buys little. "
                 f"The claim needs {need:.0f} TOP/s-equivalent, "
                 f"{'above' if need > cap else 'within'} the XU ceiling of {cap:.0f}; "
@@ -158,8 +159,9 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
     out.append(PaperRow("TurboAttention prefill", "assumed A100-80G B1 H32/8 D128 L=8K causal",
                         "up to 1.8x", f"{b.time / p.time:.2f}x",
                         f"fp16 {b.bound}-bound, turbo {p.bound}-bound: INT8 halves MMA time, but "
-                        f"our Triton SAS issues ~35 instructions per score (sim/cost/mixes.py) "
-                        f"vs ~9 for fp16 exp2, serialized with the MMAs; the model predicts "
+                        f"our Triton SAS issues {mixes.TURBO_SAS.per_score():.1f} instructions per "
+                        f"score vs {mixes.FP16.per_score():.1f} for fp16 exp2 (SASS counts, "
+                        f"configs/kernels/mixes_sm90.yaml), serialized with the MMAs; the model predicts "
                         f"{'more' if b.time / p.time > 1.8 else 'less'} than the 1.8x claimed, "
                         f"which needs a SAS with far fewer instructions per score or softmax "
                         f"overlapped with MMAs (warp specialization)."))

@@ -201,13 +201,16 @@ def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> floa
 
 def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
     """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier."""
+    from gpu.ops import default_launch
     from sim.cost import Shape, predict
 
     shape = Shape(**{k: s[k] for k in SHAPE_KEYS})
+    # the launch time_kernel's attention_quantized call makes (no launch= given)
+    launch = default_launch(s["head_dim"], s["q_len"], spec.integer, s["causal"])
     pred, bound, errors = {}, {}, {}
     for tier in TIERS:
         try:
-            p = predict(spec, shape, hardware, phase="prefill", tier=tier)
+            p = predict(spec, shape, hardware, phase="prefill", tier=tier, launch=launch)
         except (FileNotFoundError, ValueError) as e:
             errors[tier] = str(e)
             continue

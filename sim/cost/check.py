@@ -12,6 +12,12 @@ priced: shown, excluded from the medians); ``host`` = points under 1 ms timed by
 the Triton launch), so host time is inside the measurement (the same fp16 shape measures
 407 us there and 198 us in ``qsattn validate``'s back-to-back timing): shown, median apart.
 
+Both files measured the kernels of git a37a004. ``python -m sim.cost.check --probe`` predicts
+instead the points of ``reports/bench/prefill_probe.json`` (B=4, H=32, D=128, L=8192,
+block_n=128, attention kernel only) that ran today's kernels: int8_flash (default numerics) and
+turbo with exp2. Its other rows are left out: the turbo SAS rows ran a floor that was since
+reverted, and the ``p-fp32-even`` rows run PQUANT mode 2, which has no counted mix.
+
 >>> rows = points()                   # doctest: +SKIP
 """
 from __future__ import annotations
@@ -27,6 +33,9 @@ from .shape import Shape
 ROOT = config_dir().parent
 BENCH = ROOT / "reports" / "bench" / "prefill.json"
 VALIDATION = ROOT / "reports" / "validation" / "results.jsonl"
+PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
+_PROBE_VARIANTS = {"int8_flash": ("int8_flash", {}),               # probe row name -> spec
+                   "turbo exp2": ("turbo", {"softmax__exp": "exp2"})}
 HOST_MS = 1.0          # bench rows below this are host-inclusive (module doc)
 _DEFAULT_LAUNCH = {128: {"block_m": 128, "num_warps": 8, "num_stages": 3},
                    64: {"block_m": 128, "num_warps": 8, "num_stages": 4}}  # gpu.ops.default_launch
@@ -83,15 +92,37 @@ def _validation_points(path: Path) -> list[dict]:
     return out
 
 
-def points(bench: Path = BENCH, validation: Path = VALIDATION, hardware: str = "h100_sxm",
-           tiers=("tiled", "calibrated")) -> list[dict]:
+def _probe_points(path: Path) -> list[dict]:
+    out = []
+    for r in json.loads(path.read_text())["rows"]:
+        name = r["name"]
+        if r.get("kind") != "ours" or " attn-only " not in name:
+            continue
+        variant, cfg = name.split(" attn-only ")
+        if variant not in _PROBE_VARIANTS:
+            continue
+        m, over = _PROBE_VARIANTS[variant]
+        bm, w, st = cfg.split()
+        launch = {"block_m": int(bm[2:]), "num_warps": int(w[1:]), "num_stages": int(st[1:])}
+        out.append({"source": "probe", "name": name, "method": m,
+                    "over": dict(over, tiling__block_n=128), "launch": launch,
+                    "shape": Shape(4, 32, 32, 8192, 8192, 128, bool(r["causal"])),
+                    "ms": float(r["ms"]), "kind": "attn"})
+    return out
+
+
+def points(bench: Path | None = BENCH, validation: Path | None = VALIDATION,
+           hardware: str = "h100_sxm", tiers=("tiled", "calibrated"),
+           probe: Path | None = None) -> list[dict]:
     """Every measured point with its predictions: dicts with ``pred`` {tier: ms}, ``err``
-    {tier: (pred - meas) / meas} and ``bound`` {tier: unit}."""
+    {tier: (pred - meas) / meas} and ``bound`` {tier: unit}. A None path is skipped."""
     pts = []
-    if Path(bench).exists():
+    if bench is not None and Path(bench).exists():
         pts += _bench_points(Path(bench))
-    if Path(validation).exists():
+    if validation is not None and Path(validation).exists():
         pts += _validation_points(Path(validation))
+    if probe is not None:
+        pts += _probe_points(Path(probe))
     specs: dict = {}
     for p in pts:
         key = (p["method"], tuple(sorted(p["over"].items())))
@@ -157,8 +188,13 @@ def summary(pts: list[dict], tiers=("tiled", "calibrated")) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    pts = points()
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m sim.cost.check", description=__doc__.split("\n")[0])
+    ap.add_argument("--probe", action="store_true",
+                    help="predict the probe's points of today's kernels (module doc) instead")
+    a = ap.parse_args(argv)
+    pts = points(None, None, probe=PROBE) if a.probe else points()
     print(summary(pts))
     print()
     print(table(pts))

@@ -18,18 +18,26 @@ outside), and the accumulator part (``acc``, per accumulator element per tile, f
 source) scales with the head dim. Counts per score fall with ``block_n`` because the row
 reductions, the accumulator rescale and the loop/copy overhead are per tile.
 
-Source of every table: the kernel at git a37a004 compiled on the CPU by triton 3.6.0 for
-sm_90 (``triton.compile`` with a GPUTarget("cuda", 90, 128), the launch's specialization:
-unit strides constexpr, others divisible by 16, ``enable_fp_fusion=False``), disassembled by
-the wheel's ``cuobjdump -sass``; counts are the opcodes between the first backward branch's
-target and the branch. Launch: fp16 ``block_m=128, num_warps=8, num_stages=3``; integer
-``block_m=64, num_warps=4, num_stages=3`` (reports/bench/prefill.json ``launch_best``).
-Registers: 255 (181 for fp16 at block_n=64) per thread. When the kernels change, recompile
-and replace the table (the brief's SASS section in reports/bench/ is the same count).
+Source of every table: ``configs/kernels/mixes_sm90.yaml``, written by ``python -m gpu.sass
+--write`` (it records the git revision, triton version, shape and launch): the kernel compiled
+on the CPU by triton for sm_90 with the argument set of the real launch
+(``gpu.ops.prefill_call``, specialized by Triton's JIT binder; ``enable_fp_fusion=False``),
+disassembled by the wheel's ``cuobjdump -sass``; counts are the opcodes between the first
+backward branch's target and the branch (:mod:`gpu.sass` lists the opcode classes; the fp16x2
+compares HSET2/HSETP2 count as ``int32``, the ALU). Launch: fp16 ``block_m=128, num_warps=8,
+num_stages=3``; integer ``block_m=64, num_warps=4, num_stages=3`` (reports/bench/prefill.json
+``launch_best``); both give each warpgroup 64 query rows. Current tables: git 699a641 plus the
+uncommitted XU-free kernels (i2f_exact, packed fp16x2 PQUANT asm, ``P_MODE``/``USE_ASM``);
+the previous tables (git a37a004, I2FP/F2I conversions) are in git history. When the kernels
+change, rerun ``python -m gpu.sass --write``; tests/gpu/test_sass.py fails until then. The
+``acc`` parts are read off the kernel source, not counted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..spec import config_dir
 
 CLASSES = ("fp32", "fp16x2", "int32", "sfu", "cvt", "other")
 REF_ACC = 64.0          # accumulator elements per thread at the reference tiles (64 rows x 128 / 128)
@@ -45,6 +53,12 @@ class Mix:
     acc: dict           # per accumulator element per tile (part of at32/at64 at REF_ACC)
     source: str
 
+    def per_score(self, block_n: int = 128) -> float:
+        """All instructions per score (thread instructions / scores per thread) at ``block_n``
+        keys per tile, head dim 128: what the report quotes."""
+        scores = block_n / 2.0
+        return sum(self.per_thread_tile(scores, REF_ACC).values()) / scores
+
     def per_thread_tile(self, scores: float, acc: float) -> dict:
         """Thread instructions per K/V tile for ``scores`` score and ``acc`` accumulator
         elements per thread."""
@@ -57,39 +71,55 @@ class Mix:
         return out
 
 
-_SRC = ("SASS of attn_fwd_kernel main loop (sim/cost/mixes.py module doc), "
-        "block_n 64 / 128: {} / {} instructions per thread per tile")
+TABLE = "kernels/mixes_sm90.yaml"       # under sim.spec.config_dir()
 
-# flash_fwd.py float path: s = S * qk_scale (FMUL), row max (FMNMX + 2 SHFL/row), x = s - m
-# (FADD), exp2 (MUFU.EX2, ex2.approx.ftz), row sum (FADD), p -> f16 (F2FP pack), alpha (MUFU
-# per row), acc * alpha (FMUL per acc element; "+ PV" folds into the HGMMA accumulator).
-FP16 = Mix("fp16_flash",
-           at32={"fp32": 181, "int32": 76, "sfu": 34, "other": 89},
-           at64={"fp32": 283, "int32": 144, "sfu": 66, "other": 105},
-           acc={"fp32": 1.0}, source=_SRC.format(380, 598))
+# Per accumulator element per tile, from flash_fwd.py. Float path: acc * alpha (FMUL; "+ PV"
+# folds into the HGMMA accumulator). Integer path: acc * alpha + i2f_exact(O) * vf = FMUL,
+# IADD3 (O + 0x4B400000), FADD (- 1.5 * 2^23), FMUL (* vf), FADD.
+_ACC_FLOAT = {"fp32": 1.0}
+_ACC_INT = {"fp32": 4.0, "int32": 1.0}
+# variant of the data file -> (Mix name, acc)
+_VARIANTS = {"fp16": ("fp16_flash", _ACC_FLOAT), "int8": ("int8_flash", _ACC_INT),
+             "turbo_exp2": ("turbo_exp2", _ACC_INT), "turbo": ("turbo", _ACC_INT)}
 
-# Integer path, exp2: I2FP S, (S * qf) * ks (2 FMUL), FMNMX, FADD x - m, MUFU.EX2, FADD row sum,
-# P code: F2FP p -> f16, HMUL2 * 127, HADD2 + 0.5, F2I.F16.TRUNC (XU), PRMT pack to int8;
-# acc = acc * alpha + f32(O) * vf: I2FP + 2 FMUL + FADD per acc element.
-INT8 = Mix("int8_flash",
-           at32={"fp32": 341, "fp16x2": 32, "int32": 271, "sfu": 34, "cvt": 32, "other": 123},
-           at64={"fp32": 489, "fp16x2": 64, "int32": 427, "sfu": 66, "cvt": 64, "other": 120},
-           acc={"fp32": 3.0, "int32": 1.0}, source=_SRC.format(833, 1230))
 
-# turbo with the exp2 override (per-block Q/K/V scales, else as INT8).
-TURBO_EXP2 = Mix("turbo_exp2",
-                 at32={"fp32": 348, "fp16x2": 32, "int32": 289, "sfu": 34, "cvt": 32, "other": 174},
-                 at64={"fp32": 490, "fp16x2": 64, "int32": 429, "sfu": 66, "cvt": 64, "other": 127},
-                 acc={"fp32": 3.0, "int32": 1.0}, source=_SRC.format(909, 1240))
+def load_mixes(path: "str | Path | None" = None) -> dict:
+    """The counted mixes ``{variant: Mix}`` of the data file (default ``configs/`` + TABLE):
+    variants ``fp16``, ``int8``, ``turbo_exp2`` (turbo with exp2), ``turbo`` (SAS)."""
+    import yaml
+    p = Path(path) if path is not None else config_dir() / TABLE
+    if not p.is_file():
+        raise FileNotFoundError(f"path: no SASS mix table at {p} (python -m gpu.sass --write)")
+    doc = yaml.safe_load(p.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("variants"), dict):
+        raise ValueError(f"path: {p} has no 'variants' mapping")
+    src = doc.get("source", {})
+    out = {}
+    for v, (name, acc) in _VARIANTS.items():
+        t = doc["variants"].get(v)
+        if t is None:
+            raise ValueError(f"path: {p} lacks variant {v!r}")
+        tiles = {int(k): x for k, x in t["tiles"].items()}
+        for bn in (64, 128):
+            if bn not in tiles or float(tiles[bn]["scores_per_thread"]) != bn / 2:
+                raise ValueError(f"path: {p} variant {v!r} needs block_n {bn} at {bn // 2} "
+                                 f"scores per thread (64 query rows per warpgroup)")
+        at32 = {c: float(n) for c, n in tiles[64]["counts"].items() if n}
+        at64 = {c: float(n) for c, n in tiles[128]["counts"].items() if n}
+        bad = (set(at32) | set(at64)) - set(CLASSES)
+        if bad:
+            raise ValueError(f"path: {p} variant {v!r} has unknown classes {sorted(bad)}")
+        out[v] = Mix(name, at32=at32, at64=at64, acc=dict(acc),
+                     source=(f"SASS of attn_fwd_kernel main loop, git {src.get('git_revision')}, "
+                             f"triton {src.get('triton')}, {src.get('target')}; block_n 64 / 128: "
+                             f"{tiles[64]['instructions']} / {tiles[128]['instructions']} "
+                             f"instructions per thread per tile ({p.name})"))
+    return out
 
-# turbo SAS (sas.py): threshold FSETP/FSEL, floor twice (FRND.FLOOR + F2I.FLOOR, XU), frac
-# FADD, F2FP to f16, 3 Horner HFMA2 (packed pairs), HADD2.F32 back to f32, 2^-n from exponent
-# bits (VIMNMX, IMAD.SHL), FMUL poly * 2^-n, F2FP/HADD2.F32 round to f16, LUT-limit ISETP/FSEL;
-# alpha by SAS per row; no MUFU. P codes and accumulator as INT8.
-TURBO_SAS = Mix("turbo",
-                at32={"fp32": 494, "fp16x2": 149, "int32": 569, "cvt": 100, "other": 174},
-                at64={"fp32": 754, "fp16x2": 293, "int32": 890, "cvt": 196, "other": 126},
-                acc={"fp32": 3.0, "int32": 1.0}, source=_SRC.format(1486, 2259))
+
+_MIXES = load_mixes()
+FP16, INT8 = _MIXES["fp16"], _MIXES["int8"]
+TURBO_EXP2, TURBO_SAS = _MIXES["turbo_exp2"], _MIXES["turbo"]
 
 
 def mix_for(kernel: str, exp: str) -> "Mix | None":

@@ -90,7 +90,10 @@ def test_mix_interpolates_between_its_sass_points():
     from sim.cost.mixes import FP16, INT8, mix_for
     assert FP16.per_thread_tile(64, 64)["fp32"] == 283        # block_n=128 point
     assert FP16.per_thread_tile(48, 64)["sfu"] == 50          # halfway
-    assert INT8.per_thread_tile(64, 32)["int32"] == 427 - 32  # one I2FP per acc element fewer
+    # 32 acc elements fewer: one IADD3 and four FMA-pipe ops (i2f_exact, * vf, rescale) each
+    assert INT8.per_thread_tile(64, 32)["int32"] == INT8.at64["int32"] - 32
+    assert INT8.per_thread_tile(64, 32)["fp32"] == INT8.at64["fp32"] - 4 * 32
+    assert INT8.per_thread_tile(64, 64)["cvt"] == 0            # XU-free conversions
     assert mix_for("turbo", "sas").at64.get("sfu", 0) == 0    # SAS: no MUFU
     assert mix_for("sage_v1", "exp2") is None
 

@@ -1,0 +1,337 @@
+"""SASS instruction mixes of the prefill kernel, counted from its sm_90 compile on the CPU.
+
+``python -m gpu.sass [--variant NAME ...] [--write]`` compiles
+``gpu.kernels.flash_fwd.attn_fwd_kernel`` for sm_90 without a GPU, disassembles it with the
+``cuobjdump`` of the triton wheel, finds the main (unmasked) K/V loop and counts its opcodes by
+the classes of :mod:`sim.cost.mixes`, at ``block_n`` 64 and 128. ``--write`` stores the tables
+in ``configs/kernels/mixes_sm90.yaml``, which :mod:`sim.cost.mixes` reads; ``--check`` exits 1
+when a fresh count differs from that file (tests/gpu/test_sass.py). Needs triton with its
+bundled ptxas/cuobjdump, torch (``meta`` tensors) and ``TRITON_INTERPRET`` unset.
+
+Specialization: the argument set is :func:`gpu.ops.prefill_call`'s (the one the real launch
+passes), built on ``meta`` tensors of the benchmark shape; Triton's own binder turns it into the
+signature, constexprs and divisibility attributes, as ``attn_fwd_kernel[grid](...)`` would on a
+device (every pointer is taken 16-byte aligned, as the CUDA caching allocator gives).
+
+Main loop: the first backward branch in program order and its target (the unmasked loop of
+``_attn_fwd_inner`` comes before the masked one); one iteration is one K/V tile per thread.
+
+>>> from gpu import sass
+>>> mix = sass.count("int8", 128)                    # doctest: +SKIP
+>>> mix.counts["fp32"], mix.instructions             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sim.spec import config_dir, load_method
+
+CLASSES = ("fp32", "fp16x2", "int32", "sfu", "cvt", "other")   # sim.cost.mixes.CLASSES
+BLOCK_NS = (64, 128)
+TABLE = config_dir() / "kernels" / "mixes_sm90.yaml"
+TARGET = ("cuda", 90, 128)          # GPUTarget(backend, arch, warp size)
+# The benchmark's target point (reports/bench/prefill.json config; prefill_probe.json).
+SHAPE = {"batch": 4, "q_heads": 32, "kv_heads": 32, "length": 8192, "head_dim": 128}
+
+# Variants of the tables: method, spec overrides, launch (reports/bench/prefill.json
+# launch_best: fp16 128/8/3, integer 64/4/3; both give 64 query rows per warpgroup).
+VARIANTS = {
+    "fp16": ("fp16_flash", {}, {"block_m": 128, "num_warps": 8, "num_stages": 3}),
+    "int8": ("int8_flash", {}, {"block_m": 64, "num_warps": 4, "num_stages": 3}),
+    "turbo_exp2": ("turbo", {"softmax__exp": "exp2"},
+                   {"block_m": 64, "num_warps": 4, "num_stages": 3}),
+    "turbo": ("turbo", {}, {"block_m": 64, "num_warps": 4, "num_stages": 3}),
+}
+
+# Opcode (first dot-separated part) -> class. Pipes as ncu reports them on sm_90: FMA (heavy
+# and lite: FP32, IMAD), FMA fp16x2 (HFMA2/HMUL2/HADD2), ALU (integer/logic/compare/select/
+# min-max incl. the fp16x2 compares HSET2/HSETP2/HMNMX2, I2FP, F2FP), XU (MUFU: sfu;
+# F2I/I2F/F2F/FRND: cvt). HSET2 on ALU: with it on FMA the int8 loop would have 3.0 fp16 FMA
+# instructions per score, ncu measures 2.50 (reports/bench/prefill_probe.md). Everything else
+# only takes an issue slot in the model.
+_CLASS = {
+    **dict.fromkeys(("FADD", "FMUL", "FFMA", "IMAD", "FMUL2", "FADD2", "FFMA2"), "fp32"),
+    **dict.fromkeys(("HFMA2", "HMUL2", "HADD2"), "fp16x2"),
+    **dict.fromkeys(("HSET2", "HSETP2", "HMNMX2", "FMNMX", "FSEL", "FSETP", "FSET", "I2FP", "F2FP", "PRMT", "ISETP", "IADD3",
+                     "IADD", "LOP3", "SEL", "VIMNMX", "IMNMX", "LEA", "SHF", "PLOP3", "MOV",
+                     "VIADD", "IABS", "P2R", "R2P", "FCHK"), "int32"),
+    "MUFU": "sfu",
+    **dict.fromkeys(("F2I", "I2F", "F2F", "FRND"), "cvt"),
+}
+_INSN = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_BRA = re.compile(r"\bBRA\s+(?:`\(.*?\)\s*)?0x([0-9a-f]+)")
+
+
+def classify(opcode: str) -> str:
+    """Class of a SASS opcode (``"FFMA.FTZ"`` -> ``"fp32"``); unknown opcodes are ``other``."""
+    if not isinstance(opcode, str) or not opcode:
+        raise ValueError(f"opcode: expected a non-empty SASS opcode string, got {opcode!r}")
+    return _CLASS.get(opcode.split(".")[0], "other")
+
+
+def parse(sass: str) -> list[tuple[int, str]]:
+    """``(address, opcode)`` of every instruction of a ``cuobjdump -sass`` listing (predicate
+    guards stripped; opcode with its modifiers, e.g. ``"HMMA.16816.F32"``)."""
+    out = []
+    for line in sass.splitlines():
+        m = _INSN.match(line)
+        if m:
+            txt = re.sub(r"^@!?U?P[T0-9]+\s+", "", m.group(2).strip())
+            out.append((int(m.group(1), 16), txt))
+    return out
+
+
+def main_loop(ins: list[tuple[int, str]]) -> list[str]:
+    """Instructions (text) of the first backward branch's loop: target..branch inclusive."""
+    for addr, txt in ins:
+        if txt.split()[0].split(".")[0] == "BRA":
+            m = _BRA.search(txt)
+            if m and int(m.group(1), 16) < addr:
+                lo = int(m.group(1), 16)
+                return [t for a, t in ins if lo <= a <= addr]
+    raise ValueError("sass: no backward branch (loop) found in the listing")
+
+
+@dataclass(frozen=True)
+class LoopMix:
+    """Per-thread SASS of one main-loop iteration (one K/V tile)."""
+
+    variant: str
+    block_n: int
+    counts: dict                    # class -> instructions
+    instructions: int
+    registers: int
+    opcodes: dict = field(default_factory=dict)   # opcode (no modifiers) -> count
+
+
+def kernel_call(variant: str, block_n: int, shape: dict | None = None,
+                launch: dict | None = None):
+    """The :class:`gpu.ops.PrefillCall` of ``variant`` on ``meta`` tensors (no GPU, no data)."""
+    import torch
+    from sim.checks import check_sm_scale
+    from . import ops
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+    if block_n not in BLOCK_NS:
+        raise ValueError(f"block_n: expected one of {BLOCK_NS}, got {block_n!r}")
+    if ops.interpreting():
+        raise RuntimeError("gpu.sass compiles for sm_90: unset TRITON_INTERPRET")
+    method, over, lc = VARIANTS[variant]
+    s = dict(SHAPE, **(shape or {}))
+    spec = load_method(method, tiling__block_n=block_n, **over)
+    ops.check_prefill_spec(spec)
+    B, H, Hk, L, D = s["batch"], s["q_heads"], s["kv_heads"], s["length"], s["head_dim"]
+    q = torch.empty((B, H, L, D), dtype=torch.float16, device="meta")
+    k = torch.empty((B, Hk, L, D), dtype=torch.float16, device="meta")
+    v = torch.empty((B, Hk, L, D), dtype=torch.float16, device="meta")
+    kw = dict(causal=False, sm_scale=check_sm_scale(None, D), out_dtype=torch.float16,
+              launch=dict(lc, **(launch or {})))
+    if spec.integer:
+        # quantize_qkv's tiles: Q block_m, K/V block_n, V transposed
+        tm = spec.tiling.block_m
+        qq = ops.empty_quantized(q, spec.q, tm)
+        kq = ops.empty_quantized(k, spec.k, block_n)
+        vq = ops.empty_quantized(v, spec.v, block_n, transpose=True)
+        return ops.prefill_call(qq, kq, vq, spec, **kw)
+    return ops.prefill_call(None, None, None, spec, q=q, k=k, v=v, **kw)
+
+
+def compile_call(call):
+    """Compile a :class:`gpu.ops.PrefillCall` for sm_90 on the CPU, specialized by Triton's
+    JIT binder exactly as a launch with these arguments is; returns the CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+    from .kernels import flash_fwd
+    fn = flash_fwd.attn_fwd_kernel
+    target = GPUTarget(*TARGET)
+    backend = make_backend(target)
+    kwargs = dict(call.constexprs, **call.options)
+    kwargs["debug"] = False
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*call.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
+                                                          specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
+
+
+def cuobjdump() -> str:
+    """Path of the triton wheel's cuobjdump (``$TRITON_CUOBJDUMP_PATH`` overrides)."""
+    from triton import knobs
+    tool = knobs.nvidia.cuobjdump
+    if tool is None:
+        raise FileNotFoundError("cuobjdump: not found in the triton wheel "
+                                "(triton/backends/nvidia/bin) nor $TRITON_CUOBJDUMP_PATH")
+    return tool.path
+
+
+def disassemble(cubin: bytes) -> tuple[str, int]:
+    """``cuobjdump -sass`` of a cubin and its registers per thread (``-res-usage``)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.cubin"
+        p.write_bytes(cubin)
+        r = subprocess.run([cuobjdump(), "-sass", "-res-usage", str(p)], capture_output=True,
+                           text=True, check=True)
+    m = re.search(r"\bREG:(\d+)", r.stdout)
+    if m is None:
+        raise ValueError("cuobjdump: no REG: field in the -res-usage output")
+    return r.stdout, int(m.group(1))
+
+
+def count(variant: str, block_n: int, shape: dict | None = None,
+          launch: dict | None = None) -> LoopMix:
+    """Compile ``variant`` at ``block_n`` and count its main loop by class."""
+    call = kernel_call(variant, block_n, shape, launch)
+    ck = compile_call(call)
+    listing, regs = disassemble(ck.asm["cubin"])
+    body = main_loop(parse(listing))
+    if not any(t.startswith(("HGMMA", "IGMMA", "HMMA", "IMMA")) for t in body):
+        raise ValueError(f"sass: the first loop of {variant} bn{block_n} has no MMA: not the "
+                         f"K/V loop")
+    ops_ = collections.Counter(t.split()[0].split(".")[0] for t in body)
+    cls = collections.Counter()
+    for op, n in ops_.items():
+        cls[classify(op)] += n
+    return LoopMix(variant, block_n, {c: int(cls.get(c, 0)) for c in CLASSES}, len(body),
+                   regs, dict(sorted(ops_.items(), key=lambda x: (-x[1], x[0]))))
+
+
+def scores_per_thread(block_n: int, launch: dict) -> float:
+    """Scores a thread holds per tile: block_m x block_n over the program's threads."""
+    return launch["block_m"] * block_n / (32.0 * launch["num_warps"])
+
+
+def git_revision(root: Path | None = None) -> str:
+    """Short HEAD, with ``+dirty`` when gpu/ has uncommitted changes ($QSATTN_GIT_REVISION
+    outside a checkout)."""
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gpu"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("QSATTN_GIT_REVISION", "unknown")
+
+
+def tables(variants=None) -> dict:
+    """``{variant: {"method", "overrides", "launch", "tiles": {block_n: LoopMix}}}``."""
+    out = {}
+    for v in variants or VARIANTS:
+        method, over, lc = VARIANTS[v] if v in VARIANTS else (None, None, None)
+        if method is None:
+            raise ValueError(f"variants: expected names from {list(VARIANTS)}, got {v!r}")
+        out[v] = {"method": method, "overrides": dict(over), "launch": dict(lc),
+                  "tiles": {bn: count(v, bn) for bn in BLOCK_NS}}
+    return out
+
+
+def to_yaml(tabs: dict, command: str) -> str:
+    """The data file :mod:`sim.cost.mixes` reads (see ``configs/kernels/mixes_sm90.yaml``)."""
+    import triton
+    import yaml
+    doc = {
+        "source": {
+            "command": command,
+            "git_revision": git_revision(),
+            "triton": triton.__version__,
+            "target": f"sm_{TARGET[1]}",
+            "kernel": "gpu/kernels/flash_fwd.py::attn_fwd_kernel, main (unmasked) K/V loop",
+            "shape": dict(SHAPE),
+            "options": "enable_fp_fusion=False, specialization of gpu.ops.prefill_call",
+        },
+        "variants": {
+            v: {"method": t["method"], "overrides": t["overrides"], "launch": t["launch"],
+                "tiles": {bn: {"scores_per_thread": scores_per_thread(bn, t["launch"]),
+                               "instructions": m.instructions, "registers": m.registers,
+                               "counts": m.counts}
+                          for bn, m in t["tiles"].items()}}
+            for v, t in tabs.items()},
+    }
+    head = ("# SASS instruction mixes of the prefill kernel per thread per K/V tile (sm_90).\n"
+            "# Generated by `python -m gpu.sass --write`; read by sim/cost/mixes.py. Do not edit.\n")
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+
+
+def format_tables(tabs: dict) -> str:
+    """Markdown: one row per (variant, block_n) with the class counts."""
+    rows = ["| variant | block_n | scores/thread | regs | " + " | ".join(CLASSES)
+            + " | total |", "|---" * (5 + len(CLASSES)) + "|"]
+    for v, t in tabs.items():
+        for bn, m in t["tiles"].items():
+            rows.append(f"| {v} | {bn} | {scores_per_thread(bn, t['launch']):g} | "
+                        f"{m.registers} | " + " | ".join(str(m.counts[c]) for c in CLASSES)
+                        + f" | {m.instructions} |")
+    return "\n".join(rows)
+
+
+def diff_committed(tabs: dict, path: Path = TABLE) -> list[str]:
+    """Differences between fresh ``tables()`` and the committed data file (empty: equal)."""
+    import yaml
+    if not Path(path).is_file():
+        return [f"{path}: missing"]
+    want = yaml.safe_load(Path(path).read_text()).get("variants", {})
+    out = []
+    for v, t in tabs.items():
+        w = want.get(v)
+        if w is None:
+            out.append(f"{v}: not in {path}")
+            continue
+        for key in ("method", "overrides", "launch"):
+            if w.get(key) != t[key]:
+                out.append(f"{v} {key}: committed {w.get(key)!r}, now {t[key]!r}")
+        for bn, m in t["tiles"].items():
+            wt = w.get("tiles", {}).get(bn, {})
+            now = {"counts": m.counts, "instructions": m.instructions, "registers": m.registers}
+            for key, val in now.items():
+                if wt.get(key) != val:
+                    out.append(f"{v} bn{bn} {key}: committed {wt.get(key)!r}, now {val!r}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpu.sass", description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", action="append", choices=list(VARIANTS),
+                    help="variant to count (repeatable; default all)")
+    ap.add_argument("--write", action="store_true", help=f"rewrite {TABLE}")
+    ap.add_argument("--opcodes", action="store_true", help="also print per-opcode counts")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit 1 when the counts differ from {TABLE.name}")
+    a = ap.parse_args(argv)
+    if a.write and a.variant and set(a.variant) != set(VARIANTS):
+        ap.error("--write rewrites every variant's table: drop --variant")
+    tabs = tables(a.variant)
+    print(format_tables(tabs))
+    if a.opcodes:
+        for v, t in tabs.items():
+            for bn, m in t["tiles"].items():
+                print(f"{v} bn{bn}: {m.opcodes}")
+    if a.write:
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE.write_text(to_yaml(tabs, "python -m gpu.sass --write"))
+        print(f"wrote {TABLE}")
+    if a.check:
+        diff = diff_committed(tabs)
+        for d in diff:
+            print("DIFF", d)
+        if diff:
+            print("SASS counts differ from the committed table: run `python -m gpu.sass --write`")
+            return 1
+        print(f"counts equal {TABLE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
