@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from qsattn import provenance
 from qsattn.store import ResultStore, point_id
 
 DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "model_smollm2.yaml"
+EXECUTORS = ("sim", "gpu")
 __all__ = ["add_arguments", "run", "report_section", "load_config", "Variant", "build_variants",
            "Study"]
 
@@ -140,7 +142,8 @@ def build_variants(cfg: dict) -> list[Variant]:
 class Study:
     """Model, tokens, variants and calibrations of one run; every check happens in __init__."""
 
-    def __init__(self, cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True):
+    def __init__(self, cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True,
+                 executor: str = "sim"):
         import torch
 
         from qsattn import model_assets as ma
@@ -148,6 +151,10 @@ class Study:
 
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.variants = build_variants(cfg)
+        self.executor, self.kernel_variants = _check_executor(executor, self.variants)
+        # Points run on the kernels are keyed apart from simulator points (the simulator's keys
+        # predate the executor and stay valid).
+        self.key_extra = {} if executor == "sim" else {"executor": executor}
         self.by_id = {v.id: v for v in self.variants}
         for sec in ("needle",):
             for vid in cfg[sec].get("variants", []):
@@ -224,6 +231,11 @@ class Study:
         if v.spec is None:
             return SimAttention(reference=v.reference, **kw)
         cal = self.calibrations.get(v.needs_calibration) if v.needs_calibration else None
+        if v.id in self.kernel_variants:
+            from qsattn.kernel_attention import KernelAttention
+
+            return KernelAttention(v.spec, device=_kernel_device(), kv_cache=v.kv_cache,
+                                   calibration=cal, dense_layers=v.dense_layers, **kw)
         return SimAttention(v.spec, kv_cache=v.kv_cache, calibration=cal,
                             dense_layers=v.dense_layers, **kw)
 
@@ -319,7 +331,8 @@ class Study:
     # -- perplexity ----------------------------------------------------------------------
     def _ppl_pid(self, v: Variant, start: int, length: int) -> str:
         return point_id(kind="ppl", model=self.model_id, text=self.text_digest, start=start,
-                        length=length, calibration=self.cfg["calibration"], **v.key)
+                        length=length, calibration=self.cfg["calibration"], **v.key,
+                        **self.key_extra)
 
     def perplexity(self) -> dict[str, list[dict]]:
         wins = self.windows("evaluation")
@@ -413,7 +426,8 @@ class Study:
         nd = self.cfg["needle"]
         return point_id(kind="needle", model=self.model_id, text=self.text_digest, length=L,
                         trial=t, trials=nd["trials"], offset=nd["offset"], digits=nd["digits"],
-                        tail=nd["decode_tail"], prompt=2, calibration=self.cfg["calibration"], **v.key)
+                        tail=nd["decode_tail"], prompt=2, calibration=self.cfg["calibration"], **v.key,
+                        **self.key_extra)
 
     # -- per-layer error -----------------------------------------------------------------
     def captured_window(self, window: int, layers) -> dict[int, dict[str, np.ndarray]]:
@@ -435,7 +449,7 @@ class Study:
             [v for v in self.variants if v.reference == "fp16"]
         pid = lambda v: point_id(kind="layer_error", model=self.model_id, text=self.text_digest,
                                  window=le["window"], layers=layers,
-                                 calibration=self.cfg["calibration"], **v.key)
+                                 calibration=self.cfg["calibration"], **v.key, **self.key_extra)
         todo = [v for v in specs if pid(v) not in self.store]
         if todo:
             cap = self.captured_window(le["window"], layers)
@@ -582,11 +596,36 @@ def _layer_plot(errs: dict[str, np.ndarray], layers: list[int], path: Path) -> N
     plt.close(fig)
 
 
-def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True) -> dict:
+def _kernel_device() -> str:
+    """Device of the kernel executor: CUDA, or the CPU under the Triton interpreter."""
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+def _check_executor(executor: str, variants: list) -> tuple[str, frozenset]:
+    """Validate ``--executor`` before any long work; returns it and the ids of the variants
+    that run on the Triton kernels (the others, and references, stay on the simulator)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor: expected one of {EXECUTORS}, got {executor!r}")
+    if executor == "sim":
+        return executor, frozenset()
+    import torch
+
+    if _kernel_device() == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--executor gpu: needs a CUDA GPU (or TRITON_INTERPRET=1 to run the "
+                         "kernels on the CPU, slowly); torch sees none")
+    from qsattn.kernel_attention import kernel_supports
+
+    return executor, frozenset(v.id for v in variants
+                               if kernel_supports(v.spec, kv_cache=v.kv_cache))
+
+
+def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True,
+              executor: str = "sim") -> dict:
     """Run every part (resuming finished points) and write ``out/README.md`` and
-    ``out/summary.json``; returns the summary."""
+    ``out/summary.json``; returns the summary. ``executor="gpu"`` runs every variant that has a
+    Triton prefill kernel through ``gpu.attention``; the rest stay on the simulator."""
     t_start = time.perf_counter()
-    st = Study(cfg, out, rerun=rerun, progress=progress)
+    st = Study(cfg, out, rerun=rerun, progress=progress, executor=executor)
     st.calibrate()
     pt = st.passthrough()
     ppl = st.perplexity()
@@ -613,14 +652,19 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
                       f"({layers[li]}, {hi}, {e[li, hi]:.2e}) |")
     ev, ca = cfg["evaluation"], cfg["calibration"]
     quick = " --quick" if cfg.get("_quick") else ""
+    quick += "" if st.executor == "sim" else f" --executor {st.executor}"
     cmd = f"qsattn model --config {Path(cfg['_path']).relative_to(provenance.ROOT) if Path(cfg['_path']).is_relative_to(provenance.ROOT) else cfg['_path']}{quick}"
+    where = ("the bit-accurate CPU simulator" if not st.kernel_variants else
+             "the Triton kernels (`gpu.attention`) for " +
+             ", ".join(f"`{v}`" for v in sorted(st.kernel_variants)) +
+             " and the bit-accurate CPU simulator for the rest")
     total_s = time.perf_counter() - t_start
     md = [provenance.header("Accuracy inside a real model: " + st.model_id, cmd),
           f"Model: `{st.model_id}` ({st.n_layers} layers, {st.hq} query heads, {st.hkv} KV heads, "
           f"head dim {st.head_dim}), text: {len(st.ids)} tokens "
           f"({'embedded Wikipedia summaries' if not cfg.get('text') else cfg['text']}). "
           f"Every method runs through `transformers.AttentionInterface` (`qsattn_<variant>`) on "
-          f"the bit-accurate CPU simulator. Wall time of this run (resumed points excluded): "
+          f"{where}. Wall time of this run (resumed points excluded): "
           f"{total_s:.0f} s.\n",
           "## Pass-through perplexity\n",
           f"transformers' own SDPA, no qsattn code: **{pt['ppl']:.3f}** over {pt['tokens']} "
@@ -656,7 +700,8 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
         md.append(f"Calibration files: `{st.calibration_dir}`.\n")
     text = "\n".join(md)
     (st.out / "README.md").write_text(text)
-    summary = {"quick": bool(cfg.get("_quick")), "complete": True, "passthrough": pt,
+    summary = {"quick": bool(cfg.get("_quick")), "complete": True, "executor": st.executor,
+               "kernel_variants": sorted(st.kernel_variants), "passthrough": pt,
                "perplexity": ppl_sum, "needle": {k: {str(L): a for L, a in d.items()}
                                                  for k, d in needle_sum.items()},
                "kv_bytes": {k: {str(T): b for T, b in d.items()} for k, d in kv.items()},
@@ -678,12 +723,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output directory (default: reports/model, reports/model/quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=EXECUTORS, default="sim",
+                   help="sim: bit-accurate CPU simulator (default); gpu: the Triton kernels for "
+                        "methods that have one (CUDA, or TRITON_INTERPRET=1), simulator for the rest")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, quick=args.quick)
-    out = args.out or (provenance.ROOT / "reports" / "model" / ("quick" if args.quick else ""))
-    s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress)
+    sub = "gpu" if args.executor == "gpu" else ""
+    out = args.out or (provenance.ROOT / "reports" / "model" / sub / ("quick" if args.quick else ""))
+    s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
+                  executor=args.executor)
     print(f"pass-through perplexity {s['passthrough']['ppl']:.3f}; wrote {Path(out) / 'README.md'}")
     return 0
 
