@@ -392,9 +392,12 @@ def prefill_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
         HEAD_D=D, BLOCK_M=bm, BLOCK_N=bn, INT8=integer,
         OP_DTYPE=tl.bfloat16 if op == "bf16" else tl.float16, CAUSAL=bool(causal),
         Q_GROUP=qg, K_GROUP=kg, V_GROUP=vg, **pconst, **_sas_constants(spec),
-        EXACT_FMA_F64=interpreting(), USE_ASM=not interpreting(), TRACE=bool(trace))
+        EXACT_FMA_F64=interpreting(), USE_ASM=not interpreting(), TRACE=bool(trace),
+        PIPE=bool(cfg.get("pipe", False)), WS=bool(cfg.get("ws", False)))
     options = dict(num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
                    enable_fp_fusion=False)
+    if cfg.get("maxnreg"):
+        options["maxnreg"] = int(cfg["maxnreg"])
     return PrefillCall((triton_cdiv(Lq, bm), B * Hq), args, constexprs, options, out,
                        {"S": TS, "P": TP, "O_int": TO} if trace else None)
 

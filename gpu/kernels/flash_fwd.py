@@ -126,6 +126,121 @@ def _p_codes_fp32_half_even(p, LEVELS: tl.constexpr):
 
 
 @triton.jit
+def _qk(q, kb, offs_n, offs_d, Lk, stride_kn, stride_kd, HEAD_D: tl.constexpr,
+        INT8: tl.constexpr, OP_DTYPE: tl.constexpr, MASKED: tl.constexpr,
+        EXACT_FMA_F64: tl.constexpr):
+    """Raw scores of one key tile: ``S_int = dot(q8, k8^T)`` (int32) or ``dot(q, k^T)`` (f32)."""
+    k_ptrs = kb + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    if MASKED:
+        k = tl.load(k_ptrs, mask=(offs_n < Lk)[:, None], other=0)
+    else:
+        k = tl.load(k_ptrs)
+    if INT8:
+        S = tl.dot(q, tl.trans(k))
+    else:
+        S = tl.dot(q, tl.trans(_to_op(k.to(tl.float32) if EXACT_FMA_F64 else k, OP_DTYPE,
+                                      EXACT_FMA_F64)))
+    return S
+
+
+@triton.jit
+def _tile_update(acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb, TOb, Lq, Lk,
+                 coff, offs_m, start_n, stride_vn, stride_vd,
+                 HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 INT8: tl.constexpr, OP_DTYPE: tl.constexpr, CAUSAL: tl.constexpr,
+                 MASKED: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
+                 LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.constexpr,
+                 P_SATURATE: tl.constexpr, ROWSUM_Q: tl.constexpr, P_MODE: tl.constexpr,
+                 USE_ASM: tl.constexpr, SAS: tl.constexpr, THRESHOLD: tl.constexpr,
+                 LUT_ENTRIES: tl.constexpr,
+                 C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
+                 DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
+                 TRACE: tl.constexpr):
+    """Online-softmax step of one key tile from its raw scores ``S``: scale, mask, max,
+    exp2/SAS, PQUANT, PV product, rescaled accumulate. Returns ``(acc, l_i, m_i)``."""
+    offs_d = tl.arange(0, HEAD_D)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if INT8:
+        if K_GROUP == 0:
+            ks = tl.load(ksb)
+            s = (i2f_exact(S) * qf[:, None]) * ks
+        else:
+            ks = tl.load(ksb + offs_n // K_GROUP, mask=offs_n < Lk, other=1.0)
+            s = (i2f_exact(S) * qf[:, None]) * ks[None, :]
+    else:
+        s = S * qk_scale
+    if MASKED:
+        valid = offs_n[None, :] < Lk
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + coff)
+        s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # row saw no key yet: p = 0
+    else:
+        m_sub = m_new
+    x = s - m_sub[:, None]
+    if SAS:
+        p = sas_exp2(x, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16,
+                     EXACT_FMA_F64)
+        alpha = sas_rescale(m_i - m_sub, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64)
+    else:
+        p = tl.math.exp2(x)
+        alpha = tl.math.exp2(m_i - m_sub)
+    v_ptrs = vb + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if MASKED:
+        v = tl.load(v_ptrs, mask=(offs_n < Lk)[:, None], other=0)
+    else:
+        v = tl.load(v_ptrs)
+    if INT8:
+        if P_MODE == 1:
+            p8 = _p_codes_fp16_half_up(p, LEVELS, USE_ASM)
+            psum = tl.sum(p, 1)
+        elif P_MODE == 2:
+            p8, code = _p_codes_fp32_half_even(p, LEVELS)
+            if ROWSUM_Q:
+                psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
+                                                             tl.float32)), 1)
+            else:
+                psum = tl.sum(p, 1)
+        else:
+            code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
+            if ROWSUM_Q:
+                psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
+                                                             tl.float32)), 1)
+            else:
+                psum = tl.sum(p, 1)
+            p8 = code.to(tl.int8)
+        O = tl.dot(p8, v)
+        if V_GROUP == 0:
+            vf = vf_head
+        else:
+            vs_tile = tl.load(vsb + start_n // V_GROUP)
+            vf = tl.math.div_rn(vs_tile, tl.zeros_like(vs_tile) + LEVELS)
+        acc = acc * alpha[:, None] + i2f_exact(O) * vf
+    else:
+        psum = tl.sum(p, 1)
+        if EXACT_FMA_F64:
+            vv = _to_op(v.to(tl.float32), OP_DTYPE, EXACT_FMA_F64)
+        else:
+            vv = v.to(OP_DTYPE)
+        PV = tl.dot(_to_op(p, OP_DTYPE, EXACT_FMA_F64), vv)
+        acc = acc * alpha[:, None] + PV
+    l_i = l_i * alpha + psum
+    if TRACE:
+        tmask = (offs_m[:, None] < Lq) & (offs_n[None, :] < Lk)
+        t_off = offs_m[:, None] * Lk + offs_n[None, :]
+        tl.store(TSb + t_off, S, mask=tmask)
+        if INT8:
+            tl.store(TPb + t_off, p8, mask=tmask)
+            o_off = ((start_n // BLOCK_N) * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :]
+            tl.store(TOb + o_off, O, mask=offs_m[:, None] < Lq)
+        else:
+            tl.store(TPb + t_off, p, mask=tmask)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                     TSb, TPb, TOb, Lq, Lk, coff, NT,
                     offs_m, lo, hi, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -138,101 +253,49 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                     LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-                    TRACE: tl.constexpr):
+                    TRACE: tl.constexpr, PIPE: tl.constexpr, WS: tl.constexpr):
+    """Key tiles ``[lo, hi)``. ``PIPE`` (software pipelining, needs ``hi - lo >= BLOCK_N`` or an
+    empty range) issues tile j+1's QK^T product before tile j's softmax, so the MMA can run
+    under the softmax; the update order, and hence every rounding, is the plain loop's.
+    ``WS`` asks Triton for automatic warp specialization of the loop."""
     offs_d = tl.arange(0, HEAD_D)
+    vf_head = qk_scale
     if INT8:
         if V_GROUP == 0:
             vs_head = tl.load(vsb)
             vf_head = tl.math.div_rn(vs_head, tl.zeros_like(vs_head) + LEVELS)
-    for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = kb + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_ptrs = vb + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < Lk)[:, None], other=0)
-        else:
-            k = tl.load(k_ptrs)
-        if INT8:
-            S = tl.dot(q, tl.trans(k))
-            if K_GROUP == 0:
-                ks = tl.load(ksb)
-                s = (i2f_exact(S) * qf[:, None]) * ks
-            else:
-                ks = tl.load(ksb + offs_n // K_GROUP, mask=offs_n < Lk, other=1.0)
-                s = (i2f_exact(S) * qf[:, None]) * ks[None, :]
-        else:
-            S = tl.dot(q, tl.trans(_to_op(k.to(tl.float32) if EXACT_FMA_F64 else k, OP_DTYPE,
-                                          EXACT_FMA_F64)))
-            s = S * qk_scale
-        if MASKED:
-            valid = offs_n[None, :] < Lk
-            if CAUSAL:
-                valid = valid & (offs_n[None, :] <= offs_m[:, None] + coff)
-            s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # row saw no key yet: p = 0
-        else:
-            m_sub = m_new
-        x = s - m_sub[:, None]
-        if SAS:
-            p = sas_exp2(x, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16,
-                         EXACT_FMA_F64)
-            alpha = sas_rescale(m_i - m_sub, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64)
-        else:
-            p = tl.math.exp2(x)
-            alpha = tl.math.exp2(m_i - m_sub)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=(offs_n < Lk)[:, None], other=0)
-        else:
-            v = tl.load(v_ptrs)
-        if INT8:
-            if P_MODE == 1:
-                p8 = _p_codes_fp16_half_up(p, LEVELS, USE_ASM)
-                psum = tl.sum(p, 1)
-            elif P_MODE == 2:
-                p8, code = _p_codes_fp32_half_even(p, LEVELS)
-                if ROWSUM_Q:
-                    psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
-                                                                 tl.float32)), 1)
-                else:
-                    psum = tl.sum(p, 1)
-            else:
-                code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
-                if ROWSUM_Q:
-                    psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
-                                                                 tl.float32)), 1)
-                else:
-                    psum = tl.sum(p, 1)
-                p8 = code.to(tl.int8)
-            O = tl.dot(p8, v)
-            if V_GROUP == 0:
-                vf = vf_head
-            else:
-                vs_tile = tl.load(vsb + start_n // V_GROUP)
-                vf = tl.math.div_rn(vs_tile, tl.zeros_like(vs_tile) + LEVELS)
-            acc = acc * alpha[:, None] + i2f_exact(O) * vf
-        else:
-            psum = tl.sum(p, 1)
-            if EXACT_FMA_F64:
-                vv = _to_op(v.to(tl.float32), OP_DTYPE, EXACT_FMA_F64)
-            else:
-                vv = v.to(OP_DTYPE)
-            PV = tl.dot(_to_op(p, OP_DTYPE, EXACT_FMA_F64), vv)
-            acc = acc * alpha[:, None] + PV
-        l_i = l_i * alpha + psum
-        m_i = m_new
-        if TRACE:
-            tmask = (offs_m[:, None] < Lq) & (offs_n[None, :] < Lk)
-            t_off = offs_m[:, None] * Lk + offs_n[None, :]
-            tl.store(TSb + t_off, S, mask=tmask)
-            if INT8:
-                tl.store(TPb + t_off, p8, mask=tmask)
-                o_off = ((start_n // BLOCK_N) * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :]
-                tl.store(TOb + o_off, O, mask=offs_m[:, None] < Lq)
-            else:
-                tl.store(TPb + t_off, p, mask=tmask)
+    if PIPE:
+        if hi > lo:
+            S = _qk(q, kb, lo + tl.arange(0, BLOCK_N), offs_d, Lk, stride_kn, stride_kd, HEAD_D,
+                    INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
+            for start_n in tl.range(lo, hi - BLOCK_N, BLOCK_N, warp_specialize=WS):
+                start_n = tl.multiple_of(start_n, BLOCK_N)
+                S_next = _qk(q, kb, start_n + BLOCK_N + tl.arange(0, BLOCK_N), offs_d, Lk,
+                             stride_kn, stride_kd, HEAD_D, INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
+                acc, l_i, m_i = _tile_update(
+                    acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb, TOb, Lq,
+                    Lk, coff, offs_m, start_n, stride_vn, stride_vd, HEAD_D, BLOCK_M, BLOCK_N,
+                    INT8, OP_DTYPE, CAUSAL, MASKED, K_GROUP, V_GROUP, LEVELS, P_FP16,
+                    P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE, USE_ASM, SAS, THRESHOLD,
+                    LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
+                S = S_next
+            acc, l_i, m_i = _tile_update(
+                acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb, TOb, Lq,
+                Lk, coff, offs_m, hi - BLOCK_N, stride_vn, stride_vd, HEAD_D, BLOCK_M, BLOCK_N,
+                INT8, OP_DTYPE, CAUSAL, MASKED, K_GROUP, V_GROUP, LEVELS, P_FP16,
+                P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE, USE_ASM, SAS, THRESHOLD,
+                LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
+    else:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            S = _qk(q, kb, start_n + tl.arange(0, BLOCK_N), offs_d, Lk, stride_kn, stride_kd,
+                    HEAD_D, INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
+            acc, l_i, m_i = _tile_update(
+                acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb, TOb, Lq,
+                Lk, coff, offs_m, start_n, stride_vn, stride_vd, HEAD_D, BLOCK_M, BLOCK_N,
+                INT8, OP_DTYPE, CAUSAL, MASKED, K_GROUP, V_GROUP, LEVELS, P_FP16,
+                P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE, USE_ASM, SAS, THRESHOLD,
+                LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
     return acc, l_i, m_i
 
 
@@ -250,7 +313,7 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
                     LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-                    TRACE: tl.constexpr):
+                    TRACE: tl.constexpr, PIPE: tl.constexpr = False, WS: tl.constexpr = False):
     """Grid (cdiv(Lq, BLOCK_M), B * Hq). Scales QS [B, Hq, NQS], KS/VS [B, Hkv, NKS/NVS] f32."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -302,13 +365,13 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
         offs_m, 0, full, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
         False, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
         USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
-        TRACE)
+        TRACE, PIPE, WS)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb, TSb, TPb, TOb, Lq, Lk, coff, NT,
         offs_m, full, hi, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
         True, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
         USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
-        TRACE)
+        TRACE, False, False)
     seen = l_i > 0
     o = tl.math.div_rn(acc, tl.where(seen, l_i, 1.0)[:, None])
     o = tl.where(seen[:, None], o, 0.0)

@@ -120,3 +120,28 @@ def test_sas_poly_floor_checked():
     with pytest.raises(ValueError, match="coefficients"):
         gpu.ops.check_prefill_spec(spec)
     gpu.ops.check_prefill_spec(load_method("turbo"))
+
+
+PIPE_SHAPES = [  # block_n 32: Lk 200 has 6 full tiles (pipelined loop) + a masked tail
+    ("Lq40-Lk200-gqa", 1, 4, 2, 40, 200, 64),
+    ("L17", 1, 2, 2, 17, 17, 64),  # no full tile: the pipelined loop is empty
+    ("Lq33-Lk64", 1, 2, 1, 33, 64, 128),  # two full tiles, no tail
+]
+
+
+@pytest.mark.parametrize("shape", PIPE_SHAPES, ids=[s[0] for s in PIPE_SHAPES])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("method", ["int8_flash", "turbo", "fp16_flash"])
+def test_prefill_pipe_identical(method, shape, causal):
+    """Launch option ``pipe`` (QK^T of tile j+1 issued before tile j's softmax) changes no
+    number: every traced integer and float equals the plain loop's bit for bit."""
+    label, B, Hq, Hkv, Lq, Lk, D = shape
+    q, k, v = make_qkv(B, Hq, Hkv, Lq, Lk, D, dtype=torch.float16, seed=Lq * 5 + Lk)
+    spec = load_method(method, tiling__block_n=32)
+    plain = gpu.attention_trace(q, k, v, method=method, causal=causal, spec=spec)
+    piped = gpu.attention_trace(q, k, v, method=method, causal=causal, spec=spec,
+                                launch={"pipe": True})
+    assert plain.keys() == piped.keys()
+    for name in plain:
+        assert torch.equal(plain[name], piped[name]), name
+    assert plain["S"].abs().sum() > 0  # the trace saw the tiles
