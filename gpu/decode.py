@@ -94,9 +94,16 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
     B, Hq, _, D = q.shape
     Hkv, nb, L = cache.Hkv, cache.nb, cache.length
     G = Hq // Hkv
-    # G <= 2 rows: CUDA-core int32 products; more: int8 tl.dot on rows padded to >= 16
-    use_dot = G > 2
+    launch = dict(launch or {})
+    kvc = cache.kvc
+    # fold (default): flushed tiles never dequantized (S and O folded per group, int8 tl.dot;
+    # one query row is padded to 16 dot rows, more rows are computed as >= 16); the INT8
+    # buffer tile and fold=False: G <= 2 rows CUDA-core int32 products, more int8 tl.dot
+    fold = bool(launch.pop("fold", True)) and kvc.v_group_tokens % nb == 0
+    use_dot = G > 2 or (fold and G > 1)
     BG = max(16, 1 << (G - 1).bit_length()) if use_dot else 1 << (G - 1).bit_length()
+    ngrp = D // kvc.k_group_channels
+    ngp = max(ngrp, -(-16 // BG))
     # one query row: per_block / per_head / per_token Q scales all cover exactly that row, so
     # the per-token kernel computes the spec's codes and scales (and avoids looping a 128-token
     # group over a single row)
@@ -131,7 +138,6 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
     sas = _sas_constants(spec)
     if not sas.pop("SAS"):
         raise ValueError("spec.softmax.exp: the turbo decode kernel implements SAS only")
-    kvc = cache.kvc
     warps, stages = int(cfg["num_warps"]), int(cfg["num_stages"])
     for bits, (heads, kc, vc) in cache.store.items():
         ng = heads.shape[0]
@@ -139,8 +145,8 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
             q8, qs, kc, cache.k_scale, cache.k_zero, cache.k_buf, cache.k_scale8, sout, tmax,
             tsi, heads, qk_scale, Hq, Hkv, G, ng, L, NT, NT_FL, cache.cap,
             cache.k_scale8.shape[2], LKP, tps, D=D, BN=nb, BG=BG, KG=kvc.k_group_channels,
-            BITS=bits, TRACE=bool(trace), USE_DOT=use_dot, num_warps=warps,
-            num_stages=stages, enable_fp_fusion=False)
+            BITS=bits, TRACE=bool(trace), USE_DOT=use_dot, FOLD=fold, NGP=ngp,
+            num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     for bits, (heads, kc, vc) in cache.store.items():
         ng = heads.shape[0]
         kd.turbo_pv_kernel[(splits, B * ng)](
@@ -149,7 +155,7 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
             cache.v_scale.shape[2], cache.v_scale8.shape[2], LKP, tps, splits,
             D=D, BN=nb, BG=BG, VG=kvc.v_group_tokens, BITS=bits, **pconst, **sas,
             EXACT_FMA_F64=interpreting(), TMCHUNK=64, TRACE=bool(trace), USE_DOT=use_dot,
-            num_warps=warps,
+            FOLD=fold, num_warps=warps,
             num_stages=stages, enable_fp_fusion=False)
     out = torch.empty((B, Hq, 1, D), dtype=q.dtype, device=dev)
     kd.turbo_combine_kernel[(B * Hq,)](acc, ls, as_, out, splits, out.stride(0), out.stride(1),
@@ -157,7 +163,7 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
     if not trace:
         return out
     return out, {"q_codes": qq.codes, "q_scale": qq.scale, "S": tsi, "P": tp, "O_int": to,
-                 "s": sout[:, :, :L], "tile_max": tmax, "splits": splits}
+                 "s": sout[:, :, :L], "tile_max": tmax, "splits": splits, "fold": fold}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,9 +201,12 @@ def _flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | N
     return out
 
 
-def _select(q, cache: DoubleSparseCache, want_approx: bool = True):
+def _select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "radix"):
     """Label scores, selection keys, top-k: (approx f32 [B, Hq, L] or None, idx int32
-    [B*Hq, kcount])."""
+    [B*Hq, kcount]). ``method`` "radix" (Triton radix select on uint32 keys, ascending by
+    construction) or "torch" (int64 keys, ``torch.topk`` + ``torch.sort``); same indices."""
+    if method not in ("radix", "torch"):
+        raise ValueError(f"method: expected 'radix' or 'torch', got {method!r}")
     from sim.sparse import row_budget
     torch = _torch()
     _, kl = _decode_kernels()
@@ -206,20 +215,26 @@ def _select(q, cache: DoubleSparseCache, want_approx: bool = True):
     sp = cache.spec.sparse
     approx = torch.empty((B, Hq, L) if want_approx else (1,), dtype=torch.float32,
                          device=q.device)
-    keys = torch.empty((B, Hq, L), dtype=torch.int64, device=q.device)
+    radix = method == "radix"
+    keys = torch.empty((B, Hq, L), dtype=torch.int32 if radix else torch.int64, device=q.device)
     block = 16 if interpreting() else 256
     kl.label_score_kernel[(triton_cdiv(L, block), B * Hq)](
         q, cache.channels, cache._lab, cache._lsc, cache._lzp, approx, keys, L,
         cache._lab.shape[2], Hq, cache.Hkv, Hq // cache.Hkv, sp.sink_tokens, sp.recent_tokens,
         q.stride(0), q.stride(1), q.stride(3), R=cache.r, BLOCK=block, BITS=cache.bits,
-        WRITE_APPROX=want_approx, num_warps=4, enable_fp_fusion=False)
+        WRITE_APPROX=want_approx, KEY32=radix, num_warps=4, enable_fp_fusion=False)
     budget = int(row_budget(sp, np.array([L]))[0])
     j = np.arange(L)
     forced = int(((j < sp.sink_tokens) | (j >= L - sp.recent_tokens)).sum()) if (
         sp.sink_tokens or sp.recent_tokens) else 0
     kcount = min(L, budget + forced)
-    top = torch.topk(keys.view(B * Hq, L), kcount, dim=1, sorted=False).indices
-    idx = torch.sort(top, dim=1).values.to(torch.int32).contiguous()
+    if radix:
+        idx = torch.empty((B * Hq, kcount), dtype=torch.int32, device=q.device)
+        kl.topk_select_kernel[(B * Hq,)](keys, idx, L, kcount, idx.stride(0),
+                                         BLOCK=64 if interpreting() else 2048, num_warps=8)
+    else:
+        top = torch.topk(keys.view(B * Hq, L), kcount, dim=1, sorted=False).indices
+        idx = torch.sort(top, dim=1).values.to(torch.int32).contiguous()
     return (approx if want_approx else None), idx
 
 

@@ -368,7 +368,7 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
 
     import gpu
     from gpu.bench import time_cuda
-    from gpu.decode import _select, decode_unchecked
+    from gpu.decode import _flash_decode, _select, decode_unchecked
     from sim import load_method
     from sim.sparse import calibrate
 
@@ -412,7 +412,7 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
                 + B * H * nt * 4 * 2)
 
     def ds_bytes(cache, L, kcount):
-        return (B * Hkv * L * (cache.r * cache.bits // 8 + 2 + 4) + B * H * L * (8 + 8)
+        return (B * Hkv * L * (cache.r * cache.bits // 8 + 2 + 4) + B * H * L * (4 + 4)
                 + B * H * kcount * (2 * D * 2 + 4) + B * H * D * 4)
 
     def run_point(L, tune: bool):
@@ -476,6 +476,12 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
             pts[f"turbo {kind}"] = best_launch(f"turbo {kind}",
                                                lambda la, tc=tc: decode_unchecked(q, tc, sm, la),
                                                turbo_bytes(tc, L))
+            if L == P["context"]:  # the previous design (dequantize every element) for contrast
+                la = {"per_sm": 4, "num_warps": 4, "num_stages": 3}
+                la = dict(pts[f"turbo {kind}"]["launch"]) if pts[f"turbo {kind}"] else la
+                timed(f"variant: turbo {kind} dequant-first (fold off)",
+                      lambda tc=tc, la=la: decode_unchecked(q, tc, sm, {**la, "fold": False}), L,
+                      turbo_bytes(tc, L), kind="stage")
             del tc
             gc.collect()
             torch.cuda.empty_cache()
@@ -495,8 +501,16 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
             "double_sparse 1/16", lambda la: decode_unchecked(q, dc, sm, la),
             ds_bytes(dc, L, kcount))
         if L == P["context"]:
-            timed("  stage: label scores + top-k + sort", lambda: _select(q, dc, False), L,
+            timed("stage: label scores + radix select", lambda: _select(q, dc, False), L,
+                  B * Hkv * L * (dc.r * dc.bits // 8 + 6) + B * H * L * 8, kind="stage")
+            timed("stage: label scores + torch topk + sort",
+                  lambda: _select(q, dc, False, "torch"), L,
                   B * Hkv * L * (dc.r * dc.bits // 8 + 6) + B * H * L * 16, kind="stage")
+            _, idx = _select(q, dc, False)
+            timed("stage: sparse flash-decode alone", lambda: _flash_decode(
+                q, dc.k, dc.v, idx, idx.shape[1], sm, ds_spec.tiling.block_n,
+                {"per_sm": chosen.get("double_sparse 1/16", P["default_launch"])[0]}), L,
+                B * H * kcount * (2 * D * 2 + 4) + B * H * D * 4, kind="stage")
         del dc
         for name, r in pts.items():
             if r is not None:
@@ -540,8 +554,9 @@ def _decode_markdown(res: dict, command: str) -> str:
     lines += ["", "x best SDPA: time of the fastest SDPA backend / kernel time, same run. GB/s "
               "counts the bytes the kernel must move: turbo the whole cache (packed codes, "
               "scales, zeros, INT8 block scales, the buffer at capacity) plus its f32 score "
-              "scratch written and read back; double_sparse the label cache, the label scores "
-              "and int64 keys, and the selected K/V rows; SDPA / fp16 the full K and V.", ""]
+              "scratch written and read back; double_sparse the label cache, its uint32 selection "
+              "keys written and read once (the radix select reads them 5 times, mostly from L2), "
+              "and the selected K/V rows; SDPA / fp16 the full K and V.", ""]
     if res.get("turbo_rel_l2_vs_fp32") is not None:
         lines += [f"turbo ({P['turbo_kinds'][0]}) relative L2 error vs fp32 SDPA at the target: "
                   f"{res['turbo_rel_l2_vs_fp32']:.2e}", ""]

@@ -70,14 +70,77 @@ def _unpack_int8(CB, SB, ZB, rows, RB: tl.constexpr, D: tl.constexpr, BN: tl.con
 
 
 @triton.jit
+def _codes(CB, rows, RB: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, BITS: tl.constexpr,
+           rmask):
+    """Unsigned codes [BN, D] (int8) of packed rows: bytes CB [row, RB], little end first."""
+    byt = tl.load(CB + rows[:, None] * RB + tl.arange(0, RB)[None, :], mask=rmask[:, None],
+                  other=0)
+    if BITS == 4:
+        c = tl.reshape(tl.join(byt & 15, byt >> 4), [BN, D])
+    else:
+        c = tl.reshape(tl.join(tl.join(byt & 3, (byt >> 4) & 3),
+                               tl.join((byt >> 2) & 3, (byt >> 6) & 3)), [BN, D])
+    return c.to(tl.int8)
+
+
+@triton.jit
+def _clamp_code(s, z, LV: tl.constexpr):
+    """Smallest code ``c*`` with ``c* s + z > 127`` (int32; > LV: the clamp never triggers) and
+    the excess ``e = c* s + z - 127`` (0 where c* > LV). Requantized codes never exceed the code
+    of the group maximum ``cm = (mx - z + s//2) // s`` and ``(cm - 1) s + z <= mx + s//2 - s < 127``
+    (sim.numerics.requantize: z = group min, mx = group max), so every clamped element of a
+    group holds exactly ``c*``. The quotient
+    ``(127 - z) / s`` (both integers <= 255) is at least 1/255 from the next integer unless
+    exact, far above f32 rounding: floor is exact."""
+    sf = tl.maximum(s, 1)
+    cs = ((127 - z).to(tl.float32) / sf.to(tl.float32)).to(tl.int32) + 1
+    e = tl.where(cs <= LV, cs * sf + z - 127, 0)
+    return cs, e
+
+
+@triton.jit
+def _fold_scores(c8, QX, QSUM3, SB, ZB, rows, nmask, BN: tl.constexpr, D: tl.constexpr,
+                 KG: tl.constexpr, NGP: tl.constexpr, BG: tl.constexpr, LV: tl.constexpr):
+    """S_int [BG, BN] of one flushed K tile without dequantizing: per token n and channel group g
+    ``S = sum_g s_ng (q_g . c_ng) + z_ng sum(q_g) - e_ng (q_g . [c_ng == c*_ng])`` (exactly
+    ``q . clamp(c s + z, -127, 127)``). ``QX`` int8 [D, NGP*BG]: column ``g*BG + r`` holds
+    query row r on group g's channels, zero elsewhere, so one int8 dot gives every group's
+    partial dot."""
+    NGRP: tl.constexpr = D // KG
+    P = tl.dot(c8, QX)                                            # [BN, NGP*BG] int32
+    gg = tl.arange(0, NGP)
+    gm = nmask[:, None] & (gg < NGRP)[None, :]
+    soff = rows[:, None] * NGRP + gg[None, :]
+    s = tl.load(SB + soff, mask=gm, other=0).to(tl.int32)
+    z = tl.load(ZB + soff, mask=gm, other=0).to(tl.int32)
+    cs, e = _clamp_code(s, z, LV)
+    e = tl.where(gm, e, 0)
+    S3 = (tl.reshape(P, [BN, NGP, BG]) * s[:, :, None]
+          + QSUM3[None, :, :] * z[:, :, None])
+    if tl.max(tl.max(e, 1), 0) > 0:  # some group clamps: subtract its excess (exact)
+        g2 = tl.arange(0, NGRP)
+        so2 = rows[:, None] * NGRP + g2[None, :]
+        s2 = tl.load(SB + so2, mask=nmask[:, None], other=0).to(tl.int32)
+        z2 = tl.load(ZB + so2, mask=nmask[:, None], other=0).to(tl.int32)
+        cs2, e2 = _clamp_code(s2, z2, LV)
+        cs2 = tl.where(e2 > 0, cs2, 255)
+        ind = tl.reshape(tl.reshape(c8.to(tl.int32), [BN, NGRP, KG]) == cs2[:, :, None], [BN, D])
+        Pc = tl.dot(ind.to(tl.int8), QX)
+        S3 = S3 - tl.reshape(Pc, [BN, NGP, BG]) * e[:, :, None]
+    return tl.trans(tl.sum(S3, 1))                                # [BG, BN]
+
+
+@triton.jit
 def turbo_scores_kernel(Q8, QS, KC, KSC, KZ, KBUF, KS8, SOUT, TMAX, TSI, HEADS, qk_scale,
                         Hq, Hkv, G, NG, Lk, NT, NT_FL, CAP, NSLOT, LKP, TPP,
                         D: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, KG: tl.constexpr,
-                        BITS: tl.constexpr, TRACE: tl.constexpr, USE_DOT: tl.constexpr):
+                        BITS: tl.constexpr, TRACE: tl.constexpr, USE_DOT: tl.constexpr,
+                        FOLD: tl.constexpr = False, NGP: tl.constexpr = 1):
     """Pass 1. Grid (cdiv(NT, TPP), B * NG). Q8 int8 [B, Hq, D]; QS f32 [B, Hq]; store KC uint8
     [B, NG, CAP, D*BITS/8]; KSC/KZ [B, Hkv, CAP, D/KG]; KBUF int8 [B, Hkv, BN, D]; KS8 f32
     [B, Hkv, NSLOT]. Writes SOUT f32 [B, Hq, LKP] (-inf past Lk), TMAX f32 [B, Hq, NT], and with
-    TRACE the int32 S_int into TSI [B, Hq, Lk]."""
+    TRACE the int32 S_int into TSI [B, Hq, Lk]. FOLD: flushed tiles through :func:`_fold_scores`
+    (NGP >= D/KG groups, NGP * BG >= 16 dot columns), else dequantized to INT8 first."""
     pid = tl.program_id(0)
     bg = tl.program_id(1)
     b = bg // NG
@@ -99,11 +162,29 @@ def turbo_scores_kernel(Q8, QS, KC, KSC, KZ, KBUF, KS8, SOUT, TMAX, TSI, HEADS, 
     t_lo = pid * TPP
     t_hi = tl.minimum(t_lo + TPP, NT)
     # flushed tiles (no branch in the loop: it pipelines), then the INT8 buffer tile if ours
-    for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
-        offs_n = t * BN + tl.arange(0, BN)
-        k8 = _unpack_int8(cb, sb, zb, offs_n, RB, D, BN, BITS, 1, KG, D // KG, offs_n < Lk)
-        _score_tile(q, qf, k8, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
-                    BN, TRACE, USE_DOT)
+    if FOLD:
+        NQ: tl.constexpr = NGP * BG
+        dq = tl.arange(0, D)
+        cq = tl.arange(0, NQ)
+        rq = cq % BG
+        qx = tl.load(Q8 + (b * Hq + hk * G + rq)[None, :] * D + dq[:, None],
+                     mask=((dq // KG)[:, None] == (cq // BG)[None, :]) & (rq < G)[None, :],
+                     other=0)
+        qsum3 = tl.reshape(tl.sum(qx.to(tl.int32), 0), [NGP, BG])
+        for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
+            offs_n = t * BN + tl.arange(0, BN)
+            nmask = offs_n < Lk
+            c8 = _codes(cb, offs_n, RB, D, BN, BITS, nmask)
+            S = _fold_scores(c8, qx, qsum3, sb, zb, offs_n, nmask, BN, D, KG, NGP, BG,
+                             (1 << BITS) - 1)
+            _store_scores(S, qf, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
+                          BN, TRACE)
+    else:
+        for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
+            offs_n = t * BN + tl.arange(0, BN)
+            k8 = _unpack_int8(cb, sb, zb, offs_n, RB, D, BN, BITS, 1, KG, D // KG, offs_n < Lk)
+            _score_tile(q, qf, k8, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
+                        BN, TRACE, USE_DOT)
     if t_hi > NT_FL:
         t = NT_FL
         offs_n = t * BN + tl.arange(0, BN)
@@ -122,6 +203,14 @@ def _score_tile(q, qf, k8, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NS
         S = tl.dot(q, tl.trans(k8))
     else:  # few rows: exact int32 products summed on CUDA cores (no 16-row padding)
         S = tl.sum(q.to(tl.int32)[:, None, :] * k8.to(tl.int32)[None, :, :], 2)
+    _store_scores(S, qf, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP, BN, TRACE)
+
+
+@triton.jit
+def _store_scores(S, qf, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
+                  BN: tl.constexpr, TRACE: tl.constexpr):
+    offs_n = t * BN + tl.arange(0, BN)
+    nmask = offs_n < Lk
     ks = tl.load(KS8 + bhk * NSLOT + t)
     s = (S.to(tl.float32) * qf[:, None]) * ks
     s = tl.where(nmask[None, :], s, float("-inf"))
@@ -139,8 +228,13 @@ def _pv_tile(acc, l_i, a_i, m_i, v8, SIN, TMAX, VS8, TP, TO, orow, rmask, bhk, t
              THRESHOLD: tl.constexpr, LUT_ENTRIES: tl.constexpr,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
              DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-             TRACE: tl.constexpr, USE_DOT: tl.constexpr):
-    """One key tile of the sequential walk (docs/numerics.md online softmax, turbo)."""
+             TRACE: tl.constexpr, USE_DOT: tl.constexpr, FOLD: tl.constexpr = False,
+             vs=None, vz=None, LV: tl.constexpr = 15):
+    """One key tile of the sequential walk (docs/numerics.md online softmax, turbo).
+
+    FOLD: ``v8`` holds the tile's unsigned codes (one V group of tokens: scale ``vs`` / zero
+    ``vz`` per channel) and ``O = vs (P8 . C) + vz sum(P8) - e (P8 . [C == c*])`` exactly
+    (see :func:`_clamp_code`); one query row is padded to the 16 rows of an int8 dot."""
     offs_n = t * BN + tl.arange(0, BN)
     nmask = offs_n < Lk
     cols = tl.arange(0, D)
@@ -156,7 +250,21 @@ def _pv_tile(acc, l_i, a_i, m_i, v8, SIN, TMAX, VS8, TP, TO, orow, rmask, bhk, t
     else:
         psum = tl.sum(p, 1)
     p8 = code.to(tl.int8)
-    if USE_DOT:
+    if FOLD:
+        BG: tl.constexpr = p8.shape[0]
+        if BG == 1:
+            pd = tl.where(tl.arange(0, 16)[:, None] == 0, p8, 0).to(tl.int8)
+        else:
+            pd = p8
+        O = tl.dot(pd, v8) * vs[None, :]
+        cs, e = _clamp_code(vs, vz, LV)
+        if tl.max(e, 0) > 0:  # some channel clamps: subtract its excess (exact)
+            ind = (v8.to(tl.int32) == tl.where(e > 0, cs, 255)[None, :]).to(tl.int8)
+            O = O - tl.dot(pd, ind) * e[None, :]
+        if BG == 1:
+            O = tl.sum(O, 0, keep_dims=True)
+        O = O + tl.sum(p8.to(tl.int32), 1)[:, None] * vz[None, :]
+    elif USE_DOT:
         O = tl.dot(p8, v8)
     else:
         O = tl.sum(p8.to(tl.int32)[:, :, None] * v8.to(tl.int32)[None, :, :], 1)
@@ -180,8 +288,10 @@ def turbo_pv_kernel(SIN, TMAX, VC, VSC, VZ, VBUF, VS8, ACC, LS, AS, TP, TO, HEAD
                     THRESHOLD: tl.constexpr, LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-                    TMCHUNK: tl.constexpr, TRACE: tl.constexpr, USE_DOT: tl.constexpr):
-    """Pass 2. Grid (NSPLIT, B * NG); split j walks tiles [j*TPS, (j+1)*TPS). Writes ACC f32
+                    TMCHUNK: tl.constexpr, TRACE: tl.constexpr, USE_DOT: tl.constexpr,
+                    FOLD: tl.constexpr = False):
+    """Pass 2. FOLD (needs VG % BN == 0): flushed tiles folded (:func:`_pv_tile`), else
+    dequantized to INT8 first. Grid (NSPLIT, B * NG); split j walks tiles [j*TPS, (j+1)*TPS). Writes ACC f32
     [B, Hq, NSPLIT, D], LS / AS f32 [B, Hq, NSPLIT]; with TRACE the P codes TP int8 [B, Hq, Lk]
     and O_int TO int32 [B, Hq, NT, D]."""
     j = tl.program_id(0)
@@ -212,14 +322,28 @@ def turbo_pv_kernel(SIN, TMAX, VC, VSC, VZ, VBUF, VS8, ACC, LS, AS, TP, TO, HEAD
     l_i = tl.zeros([BG], tl.float32)
     a_i = tl.full([BG], 1.0, tl.float32)
     acc = tl.zeros([BG, D], tl.float32)
-    for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
-        offs_n = t * BN + tl.arange(0, BN)
-        v8 = _unpack_int8(cb, sb, zb, offs_n, RB, D, BN, BITS, VG, 1, D, offs_n < Lk)
-        acc, l_i, a_i, m_i = _pv_tile(acc, l_i, a_i, m_i, v8, SIN, TMAX, VS8, TP, TO, orow, rmask,
-                                      bhk, t, Lk, NT, NSLOT, LKP, D, BN, LEVELS, P_FP16,
-                                      P_ROUNDING, P_SATURATE, ROWSUM_Q, THRESHOLD, LUT_ENTRIES,
-                                      C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE,
-                                      USE_DOT)
+    if FOLD:
+        for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
+            offs_n = t * BN + tl.arange(0, BN)
+            c8 = _codes(cb, offs_n, RB, D, BN, BITS, offs_n < Lk)
+            soff = (t * BN // VG) * D + cols
+            vs = tl.load(sb + soff).to(tl.int32)
+            vz = tl.load(zb + soff).to(tl.int32)
+            acc, l_i, a_i, m_i = _pv_tile(acc, l_i, a_i, m_i, c8, SIN, TMAX, VS8, TP, TO, orow,
+                                          rmask, bhk, t, Lk, NT, NSLOT, LKP, D, BN, LEVELS,
+                                          P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, THRESHOLD,
+                                          LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16,
+                                          EXACT_FMA_F64, TRACE, USE_DOT, True, vs, vz,
+                                          (1 << BITS) - 1)
+    else:
+        for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
+            offs_n = t * BN + tl.arange(0, BN)
+            v8 = _unpack_int8(cb, sb, zb, offs_n, RB, D, BN, BITS, VG, 1, D, offs_n < Lk)
+            acc, l_i, a_i, m_i = _pv_tile(acc, l_i, a_i, m_i, v8, SIN, TMAX, VS8, TP, TO, orow,
+                                          rmask, bhk, t, Lk, NT, NSLOT, LKP, D, BN, LEVELS,
+                                          P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, THRESHOLD,
+                                          LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16,
+                                          EXACT_FMA_F64, TRACE, USE_DOT)
     if t_hi > NT_FL:
         t = NT_FL
         offs_n = t * BN + tl.arange(0, BN)

@@ -12,7 +12,9 @@ Label scores: ``approx = sum_c f16(q[c]) * label[c]`` in f32, with ``label = f32
 scale`` (one f32 rounding). Each score is also written as an int64 selection key
 ``(ord(approx) << 32) | (2^32 - 1 - j)`` (``ord`` a monotone map of f32 to int32; -0 counted as
 +0) so that a top-k over the keys has no ties and equal scores prefer the lower index, as
-``sim.sparse.select_topk``; sink/recent tokens get the largest key (always kept).
+``sim.sparse.select_topk``; sink/recent tokens get the largest key (always kept). With KEY32
+the key is ``ord(approx)`` as uint32 alone and :func:`topk_select_kernel` breaks ties by index
+(radix select + in-order compaction: the selection of a top-k over the int64 keys, ascending).
 """
 import triton
 import triton.language as tl
@@ -73,9 +75,10 @@ def label_build_kernel(K, CH, LAB, LSC, LZP, L, H, CAPL, LO,
 def label_score_kernel(Q, CH, LAB, LSC, LZP, APPROX, KEYS, L, CAPL, Hq, Hkv, G, SINK, RECENT,
                        sqb, sqh, sqd,
                        R: tl.constexpr, BLOCK: tl.constexpr, BITS: tl.constexpr,
-                       WRITE_APPROX: tl.constexpr):
+                       WRITE_APPROX: tl.constexpr, KEY32: tl.constexpr = False):
     """Grid (cdiv(L, BLOCK), B * Hq). Label store of capacity CAPL tokens (label_build_kernel's
-    layout). Writes KEYS int64 [B, Hq, L] and, with WRITE_APPROX, APPROX f32 [B, Hq, L]."""
+    layout). Writes KEYS int64 [B, Hq, L] (int32 holding the uint32 key with KEY32: for :func:`topk_select_kernel`)
+    and, with WRITE_APPROX, APPROX f32 [B, Hq, L]."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -110,8 +113,60 @@ def label_score_kernel(Q, CH, LAB, LSC, LZP, APPROX, KEYS, L, CAPL, Hq, Hkv, G, 
         tl.store(APPROX + obase + rows, approx, mask=rmask)
     a = approx + 0.0  # -0 -> +0
     bits = a.to(tl.int32, bitcast=True)
-    ordv = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-    key = ordv * 4294967296 + (4294967295 - rows.to(tl.int64))
+    ordv = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     forced = (rows < SINK) | (rows >= L - RECENT)
-    key = tl.where(forced, 9223372036854775807, key)
+    if KEY32:  # ord as unsigned (sign bit flipped), forced = 2^32 - 1; the index breaks ties
+        key = tl.where(forced, -1, ordv ^ -2147483648)  # int32 storage of the uint32 key
+    else:
+        key = ordv.to(tl.int64) * 4294967296 + (4294967295 - rows.to(tl.int64))
+        key = tl.where(forced, 9223372036854775807, key)
     tl.store(KEYS + obase + rows, key, mask=rmask)
+
+
+@triton.jit
+def topk_select_kernel(KEYS, IDX, L, K, sib, BLOCK: tl.constexpr):
+    """Grid (rows,): the ``K`` largest of the row's ``L`` uint32 keys (stored as int32) (label_score_kernel with
+    KEY32), equal keys to the lower index — the order of the int64 keys — written as ascending
+    token indices to IDX int32 [rows, >= K] (row stride ``sib``).
+
+    Radix select: four histogram passes over 8-bit digits (high first) find the K-th largest
+    key ``T`` and how many keys equal to T it takes (``need``); one compaction pass in index
+    order then writes every key > T and the first ``need`` keys == T (cumulative sums give the
+    slots, so the output is ascending without a sort)."""
+    row = tl.program_id(0)
+    base = KEYS + row.to(tl.int64) * L
+    offs = tl.arange(0, BLOCK)
+    dig = tl.arange(0, 512)
+    prefix = tl.sum(tl.zeros([1], tl.int64), 0)
+    rem = tl.sum(tl.zeros([1], tl.int64), 0) + K
+    for p in tl.static_range(4):
+        SH = 24 - 8 * p
+        hist = tl.zeros([512], tl.int32)
+        for start in range(0, L, BLOCK):
+            j = start + offs
+            u = tl.load(base + j, mask=j < L, other=0).to(tl.uint32, bitcast=True).to(tl.int64)
+            if p == 0:
+                match = j < L
+            else:
+                match = (j < L) & ((u >> (SH + 8)) == (prefix >> (SH + 8)))
+            b = tl.where(match, (u >> SH) & 255, 511).to(tl.int32)
+            hist += tl.histogram(b, 512)
+        hist = tl.where(dig < 256, hist, 0).to(tl.int64)
+        gt = tl.sum(hist, 0) - tl.cumsum(hist, 0)       # keys of this prefix with larger digit
+        hit = (gt < rem) & (gt + hist >= rem) & (dig < 256)
+        d = tl.max(tl.where(hit, dig, -1), 0).to(tl.int64)
+        rem = rem - tl.sum(tl.where(dig == d, gt, 0), 0)
+        prefix = prefix | (d << SH)
+    n_sel = tl.sum(tl.zeros([1], tl.int32), 0)
+    n_eq = tl.sum(tl.zeros([1], tl.int32), 0)
+    obase = IDX + row.to(tl.int64) * sib
+    for start in range(0, L, BLOCK):
+        j = start + offs
+        u = tl.load(base + j, mask=j < L, other=0).to(tl.uint32, bitcast=True).to(tl.int64)
+        eq = ((u == prefix) & (j < L)).to(tl.int32)
+        take = ((u > prefix) & (j < L)) | ((eq != 0) & ((n_eq + tl.cumsum(eq, 0) - eq) < rem))
+        t32 = take.to(tl.int32)
+        pos = n_sel + tl.cumsum(t32, 0) - t32
+        tl.store(obase + pos, j, mask=take)
+        n_sel += tl.sum(t32, 0)
+        n_eq += tl.sum(eq, 0)

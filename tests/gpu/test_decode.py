@@ -91,6 +91,67 @@ def test_turbo_decode_equals_sim(case):
     assert float((err <= 0.5).mean()) >= 0.99  # f32 outputs agree to a few f32 ulps
 
 
+def _clamped_elements(cache) -> tuple[int, int]:
+    """(K, V) elements of the flushed store whose ``code * scale + zero`` exceeds 127 (the
+    clamp of the INT8 read-back triggers), counted with numpy over every head."""
+    from sim.numerics import unpack
+    nk = nv = 0
+    kg, vg = cache.kvc.k_group_channels, cache.kvc.v_group_tokens
+    for h in range(cache.Hkv):
+        p = cache.packed(h)
+        bits = int(cache.bits[h])
+        kc = unpack(p["k_codes"], bits, cache.D).astype(np.int32)
+        vc = unpack(p["v_codes"], bits, cache.D).astype(np.int32)
+        ks = np.repeat(p["k_scale"].astype(np.int32), kg, -1)
+        kz = np.repeat(p["k_zero"].astype(np.int32), kg, -1)
+        vs = np.repeat(p["v_scale"].astype(np.int32), vg, -2)
+        vz = np.repeat(p["v_zero"].astype(np.int32), vg, -2)
+        nk += int((kc * ks + kz > 127).sum())
+        nv += int((vc * vs + vz > 127).sum())
+    return nk, nv
+
+
+FOLD = [  # (label, B, Hq, Hkv, L, D, splits, low_share): uniform data clamps many groups
+    ("mha-int4-L256", 1, 2, 2, 256, 64, 2, 0.0),
+    ("mha-int2-L200", 1, 2, 2, 200, 128, 3, 1.0),
+    ("gqa4-mixed-L192", 1, 8, 2, 192, 64, 2, 0.5),
+    ("gqa2-int4-L130", 2, 4, 2, 130, 64, 1, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", FOLD, ids=[c[0] for c in FOLD])
+def test_turbo_fold_equals_dequant_with_clamped_groups(case):
+    """The folded flushed-tile path (default) gives S_int, P, O_int and the output bit for bit
+    equal to the dequantize-first path (``launch={"fold": False}``) and to the simulator, on
+    data whose groups do hit the read-back clamp (asserted)."""
+    name, B, Hq, Hkv, L, D, splits, low = case
+    g = torch.Generator().manual_seed(L + 7 * Hq)
+    u = lambda *s: (torch.rand(*s, generator=g) * 2 - 1)  # noqa: E731
+    q = u(B, Hq, 1, D).to(torch.float16).to(DEVICE)
+    k = u(B, Hkv, L, D).to(torch.float16).to(DEVICE)
+    v = u(B, Hkv, L, D).to(torch.float16).to(DEVICE)
+    spec = load_method("turbo").replace(kvcache__low_share=low)
+    pr = head_priority(np32(k), np32(v))
+    cache = gpu.build_cache(k, v, "turbo", spec=spec, calibration=pr)
+    nk, nv = _clamped_elements(cache)
+    assert nk > 0 and nv > 0, (nk, nv)
+    out, tr = gpu.decode_trace(q, cache, launch={"splits": splits})
+    out0, tr0 = gpu.decode_trace(q, cache, launch={"splits": splits, "fold": False})
+    assert tr["fold"] and not tr0["fold"]
+    for key in ("S", "P", "O_int", "s", "tile_max"):
+        np.testing.assert_array_equal(tr[key].cpu().numpy(), tr0[key].cpu().numpy(), err_msg=key)
+    np.testing.assert_array_equal(out.cpu().numpy(), out0.cpu().numpy())
+    res = simulate(np32(q), np32(k), np32(v), spec, kv_cache=True, trace=True, calibration=pr)
+    S, m, k8, v8, nb, _ = _turbo_expected(res, cache, Hq)
+    np.testing.assert_array_equal(tr["S"].cpu().numpy(), S)
+    nt = -(-L // nb)
+    P = tr["P"].cpu().numpy()
+    O = np.stack([np.einsum("bhl,bhld->bhd", P[..., t * nb:(t + 1) * nb].astype(np.int64),
+                            v8[:, :, t * nb:(t + 1) * nb]) for t in range(nt)], 2)
+    np.testing.assert_array_equal(tr["O_int"].cpu().numpy(), O)
+    report(f"turbo fold {name}", clamped_k=nk, clamped_v=nv)
+
+
 DS = [  # (label, B, Hq, Hkv, L0, L, D, overrides, splits)
     ("gqa-L300-lb4", 2, 4, 2, 200, 300, 64, {}, 2),
     ("D128-lb16-L97", 1, 2, 2, 97, 97, 128, {"sparse.label_bits": 16}, 1),
@@ -192,3 +253,59 @@ def test_decode_rejects_bad_input(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="CUDA"):
             gpu.decode(q, cache)
+
+
+SELECT = [  # (label, rows, L, K, distinct key values): ties, K = L, K = 1, L not a tile multiple
+    ("ties-L1000-K63", 3, 1000, 63, 7),
+    ("distinct-L300-K20", 2, 300, 20, None),
+    ("all-equal-L129-K5", 1, 129, 5, 1),
+    ("K-equals-L-97", 2, 97, 97, 40),
+    ("K1-L64", 2, 64, 1, None),
+]
+
+
+@pytest.mark.parametrize("case", SELECT, ids=[c[0] for c in SELECT])
+def test_topk_select_kernel_equals_stable_topk(case):
+    """Radix select: the K largest uint32 keys, equal keys to the lower index, ascending —
+    identical to a stable descending sort (numpy) cut at K, on keys with many ties and keys
+    spanning the whole uint32 range (sign bit, 0, 2^32 - 1)."""
+    from gpu.decode import _decode_kernels
+    from gpu.ops import interpreting
+    name, rows, L, K, distinct = case
+    rng = np.random.default_rng(L + K)
+    if distinct is None:
+        u = rng.choice(np.uint64(1) << np.uint64(32), size=(rows, L), replace=False)
+    else:
+        vals = np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 12345, 2**31 + 7], np.uint64)
+        vals = np.concatenate([vals, rng.integers(0, 2**32, 64, dtype=np.uint64)])[:distinct]
+        u = vals[rng.integers(0, len(vals), size=(rows, L))]
+    u = u.astype(np.uint32)
+    keys = torch.from_numpy(u.view(np.int32).copy()).to(DEVICE)
+    idx = torch.full((rows, K), -1, dtype=torch.int32, device=DEVICE)
+    _, kl = _decode_kernels()
+    kl.topk_select_kernel[(rows,)](keys, idx, L, K, idx.stride(0),
+                                   BLOCK=64 if interpreting() else 2048, num_warps=8)
+    want = np.sort(np.argsort(-u.astype(np.int64), axis=1, kind="stable")[:, :K], axis=1)
+    np.testing.assert_array_equal(idx.cpu().numpy(), want)
+
+
+def test_double_sparse_radix_select_equals_torch_topk():
+    """The radix path of gpu.decode's selection returns the indices of the int64-key
+    torch.topk + torch.sort path, with forced sink/recent tokens and 2-bit labels (many equal
+    approximate scores)."""
+    from gpu.decode import _select
+    B, Hq, Hkv, L, D = 2, 4, 2, 700, 64
+    q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, seed=3)
+    spec = load_method("double_sparse").replace(sparse__label_bits=2, sparse__sink_tokens=3,
+                                                sparse__recent_tokens=4)
+    cal = calibrate(np32(q), np32(k), "qk")
+    cache = gpu.build_cache(k, v, "double_sparse", spec=spec, calibration=cal)
+    a1, i1 = _select(q, cache, True, "radix")
+    a2, i2 = _select(q, cache, True, "torch")
+    np.testing.assert_array_equal(a1.cpu().numpy(), a2.cpu().numpy())
+    ap = a1.cpu().numpy().reshape(B * Hq, L)
+    ties = sum(len(r) - len(np.unique(r)) for r in ap)
+    assert ties > 0  # the tie rule is exercised
+    np.testing.assert_array_equal(i1.cpu().numpy(), i2.cpu().numpy())
+    with pytest.raises(ValueError, match="method"):
+        _select(q, cache, True, "heap")
