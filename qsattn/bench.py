@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from qsattn import provenance
+from qsattn import bench_plots, provenance
 
 DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "bench_h100.yaml"
 DEFAULT_OUT = provenance.ROOT / "reports" / "bench"
@@ -609,6 +609,8 @@ def run(args: argparse.Namespace) -> int:
         (args.out / "prefill.json").write_text(json.dumps(result, indent=1, default=str))
         (args.out / "prefill.md").write_text(_markdown(result, command))
         log(f"wrote {args.out / 'prefill.json'} and {args.out / 'prefill.md'}")
+        for p in bench_plots.plot_prefill(result, args.out / "prefill_sweep.png"):
+            log(f"wrote {p}")
     if "decode" not in skip and "decode" in cfg:
         dres = _run_decode_bench(cfg, args, log)
         dres["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
@@ -616,34 +618,53 @@ def run(args: argparse.Namespace) -> int:
         (args.out / "decode.json").write_text(json.dumps(dres, indent=1, default=str))
         (args.out / "decode.md").write_text(_decode_markdown(dres, command))
         log(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.md'}")
+        for p in bench_plots.plot_decode(dres, args.out / "decode_sweep.png"):
+            log(f"wrote {p}")
     return 0
 
 
 def report_section(ctx) -> str:
     """The latest committed results in reports/bench/ (no GPU needed), or how to make them."""
-    md = Path(ctx.out) / "bench" / "prefill.md"
-    js = Path(ctx.out) / "bench" / "prefill.json"
-    if not js.exists():
+    d = Path(ctx.out) / "bench"
+    js, djs = d / "prefill.json", d / "decode.json"
+    if not js.exists() and not djs.exists():
         return ("No benchmark results yet. They need a CUDA GPU:\n\n```\n" + DEVICE_HINT + "\n```\n")
-    res = json.loads(js.read_text())
-    pv = res.get("provenance", {})
-    Lt = res["config"]["prefill"]["target_length"]
-    rows = [r for r in res["rows"] if r["L"] == Lt and not r.get("tune")]
-    out = [f"Measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
-           f"{pv.get('git', '?')} (`{pv.get('command', '?')}`); full tables in "
-           f"[reports/bench/prefill.md](bench/prefill.md).", "",
-           "| kernel | causal | ms | x cuDNN | x Sage |", "|---|---|---|---|---|"]
-    for causal in (False, True):
-        ref = {r["name"]: r["ms"] for r in rows if r["causal"] == causal}
+    out = []
+    if js.exists():
+        res = json.loads(js.read_text())
+        pv = res.get("provenance", {})
+        Lt = res["config"]["prefill"]["target_length"]
+        rows = [r for r in res["rows"] if r["L"] == Lt and not r.get("tune")]
+        out += [f"**Prefill** measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
+                f"{pv.get('git', '?')} (`{pv.get('command', '?')}`); full tables in "
+                f"[bench/prefill.md](bench/prefill.md), sweeps in `bench/prefill_sweep_*.png`.", "",
+                "| kernel | causal | ms | x cuDNN | x Sage |", "|---|---|---|---|---|"]
+        for causal in (False, True):
+            ref = {r["name"]: r["ms"] for r in rows if r["causal"] == causal}
+            c, sg = ref.get("sdpa_cudnn"), ref.get("sageattn_1.0.6")
+            for r in rows:
+                if r["causal"] != causal:
+                    continue
+                out.append(f"| {r['name']} | {causal} | {r['ms']:.3f} | "
+                           + (f"{c / r['ms']:.2f}" if c else "-") + " | "
+                           + (f"{sg / r['ms']:.2f}" if sg else "-") + " |")
+        out.append("")
+    if djs.exists():
+        dres = json.loads(djs.read_text())
+        pv, cfg = dres.get("provenance", {}), dres["config"]
+        L = cfg["context"]
+        rows = [r for r in dres["rows"] if r["L"] == L]
+        best = min((r["ms"] for r in rows if r.get("kind") == "peer"), default=None)
+        out += [f"**Decode** B{cfg['batch']} H{cfg['heads']}/{cfg['kv_heads']} D{cfg['head_dim']} "
+                f"context {L}, measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
+                f"{pv.get('git', '?')}; full tables in [bench/decode.md](bench/decode.md), sweep in "
+                f"`bench/decode_sweep.png`.", "",
+                "| kernel | kind | ms | x fastest SDPA | share of copy bandwidth |",
+                "|---|---|---|---|---|"]
         for r in rows:
-            if r["causal"] != causal:
-                continue
-            c = ref.get("sdpa_cudnn")
-            s = ref.get("sageattn_1.0.6")
-            out.append(f"| {r['name']} | {causal} | {r['ms']:.3f} | "
-                       f"{c / r['ms']:.2f} | " + (f"{s / r['ms']:.2f}" if s else "-") + " |"
-                       if c else f"| {r['name']} | {causal} | {r['ms']:.3f} | - | - |")
-    _ = md
+            share = f"{r['hbm_share']:.0%}" if r.get("hbm_share") is not None else "-"
+            out.append(f"| {r['name']} | {r.get('kind', '-')} | {r['ms']:.3f} | "
+                       + (f"{best / r['ms']:.2f}" if best else "-") + f" | {share} |")
     return "\n".join(out) + "\n"
 
 
