@@ -1,0 +1,49 @@
+"""qsattn bench's GPU-free parts: the report section and sweep plots from bench JSON."""
+import json
+from types import SimpleNamespace
+
+from qsattn import bench, bench_plots
+
+
+def _prefill():
+    rows = [{"name": n, "L": L, "causal": c, "ms": ms * L / 1024, "tune": False}
+            for c in (False, True) for L in (1024, 8192)
+            for n, ms in (("sdpa_cudnn", 1.0), ("sageattn_1.0.6", 1.5), ("int8_flash", 2.0))]
+    rows.append({"name": "tune int8_flash", "L": 8192, "causal": False, "ms": 9.0, "tune": True})
+    return {"config": {"prefill": {"batch": 4, "heads": 32, "kv_heads": 32, "head_dim": 128,
+                                   "target_length": 8192}},
+            "rows": rows, "provenance": {"gpu": "H100", "git": "abc", "time_utc": "t", "command": "c"}}
+
+
+def _decode():
+    rows = [{"name": n, "L": L, "ms": ms, "kind": k, "hbm_share": 0.5}
+            for L in (2048, 32768)
+            for n, ms, k in (("sdpa_cudnn", 1.0, "peer"), ("turbo int4", 2.0, "ours"),
+                             ("stage: x", 0.1, "stage"))]
+    return {"config": {"batch": 8, "heads": 32, "kv_heads": 32, "head_dim": 128, "context": 32768},
+            "rows": rows, "provenance": {"gpu": "H100", "git": "abc", "time_utc": "t"}}
+
+
+def test_report_section_without_results_says_how_to_make_them(tmp_path):
+    text = bench.report_section(SimpleNamespace(out=tmp_path))
+    assert "No benchmark results yet" in text and "qsattn bench" in text
+
+
+def test_report_section_ratios_from_committed_json(tmp_path):
+    d = tmp_path / "bench"
+    d.mkdir()
+    (d / "prefill.json").write_text(json.dumps(_prefill()))
+    (d / "decode.json").write_text(json.dumps(_decode()))
+    text = bench.report_section(SimpleNamespace(out=tmp_path))
+    # int8_flash at L=8192: 16 ms vs cuDNN 8 ms and Sage 12 ms; tune rows are left out
+    assert "| int8_flash | False | 16.000 | 0.50 | 0.75 |" in text
+    assert "tune" not in text
+    assert "| turbo int4 | ours | 2.000 | 0.50 | 50% |" in text
+
+
+def test_sweep_plots_are_written(tmp_path):
+    made = bench_plots.plot_prefill(_prefill(), tmp_path / "prefill_sweep.png")
+    made += bench_plots.plot_decode(_decode(), tmp_path / "decode_sweep.png")
+    assert [p.name for p in made] == ["prefill_sweep_noncausal.png", "prefill_sweep_causal.png",
+                                      "decode_sweep.png"]
+    assert all(p.stat().st_size > 10_000 for p in made)
