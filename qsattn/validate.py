@@ -16,6 +16,16 @@ For every method x shape of the sweep (``configs/experiments/validate_h100.yaml`
    a rerun skips finished points; a corrupt or truncated file is an error naming its lines.
 4. ``reports/validation/summary.md`` + ``pred_vs_meas.png`` (:mod:`qsattn.validation_summary`).
 
+Decode points (``decode_methods`` x ``decode_shapes``, :func:`run_decode_point`; rows of the same
+schema with ``phase: "decode"``): the numerics part builds a cache (``gpu.build_cache``) of batch 0,
+the first ``decode_numerics.max_heads`` query heads (whole GQA groups) and the first
+``decode_numerics.max_context`` tokens (the row says when the context was cut), runs
+``gpu.decode_trace`` and the simulator on the same inputs and compares them as
+``tests/gpu/test_decode.py`` does (:func:`decode_numerics`); the timing part times
+``gpu.decode`` alone on the full shape over rotated caches (cold L2, :func:`time_decode`); the
+predictions are ``sim.cost.predict(..., phase="decode")`` at every tier. A decode method that
+cannot run is listed as ``decode <method>: not run: <reason>`` (:func:`decode_not_run`).
+
 ``--out DIR`` copies the store, summary and figure there too (``$OUT`` on the device machine).
 Without a CUDA GPU the command prints how to run it on the device and exits with status 3;
 ``qsattn report`` shows the last committed summary (:func:`report_section`).
@@ -45,8 +55,9 @@ SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
 TIERS = ("roofline", "tiled", "calibrated")
 SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal")
+DECODE_SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "kv_len", "head_dim")
 _TOP_KEYS = {"hardware", "dtype", "seed", "prefill_methods", "decode_methods", "numerics",
-             "timing", "shapes"}
+             "timing", "shapes", "decode_shapes", "decode_numerics"}
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -79,6 +90,28 @@ def load_config(path: str | Path) -> dict:
             raise ValueError(f"{path}: shapes[{i}]: expected exactly the keys {list(SHAPE_KEYS)}, "
                              f"got {s!r}")
     cfg.setdefault("decode_methods", [])
+    cfg.setdefault("decode_shapes", [])
+    if not isinstance(cfg["decode_methods"], list) or not isinstance(cfg["decode_shapes"], list):
+        raise ValueError(f"{path}: decode_methods, decode_shapes: expected lists, got "
+                         f"{cfg['decode_methods']!r}, {cfg['decode_shapes']!r}")
+    if cfg["decode_methods"] and not cfg["decode_shapes"]:
+        raise ValueError(f"{path}: decode_shapes: expected a non-empty list when decode_methods "
+                         f"{cfg['decode_methods']} are given, got none")
+    for i, s in enumerate(cfg["decode_shapes"]):
+        if not isinstance(s, dict) or set(s) != set(DECODE_SHAPE_KEYS):
+            raise ValueError(f"{path}: decode_shapes[{i}]: expected exactly the keys "
+                             f"{list(DECODE_SHAPE_KEYS)}, got {s!r}")
+    dn = cfg.setdefault("decode_numerics", {})
+    if not isinstance(dn, dict):
+        raise ValueError(f"{path}: decode_numerics: expected a mapping, got {dn!r}")
+    dn.setdefault("max_heads", 8)
+    dn.setdefault("max_context", 1 << 15)
+    dn.setdefault("abs_slack", {})
+    dbounds = dn.setdefault("ulp_bound", {})
+    for m in cfg["decode_methods"]:
+        if not isinstance(dbounds.get(m), (int, float)):
+            raise ValueError(f"{path}: decode_numerics.ulp_bound.{m}: expected a number of "
+                             f"ULPs, got {dbounds.get(m)!r}")
     cfg.setdefault("timing", {}).setdefault("cold_l2", True)
     cfg.setdefault("seed", 0)
     cfg.setdefault("dtype", "float16")
@@ -253,6 +286,363 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
     return row
 
 
+# -- decode points ---------------------------------------------------------------------------
+def decode_shape(s: dict) -> dict:
+    """A ``decode_shapes`` entry as a full shape (one query row per head, no mask)."""
+    return {"batch": s["batch"], "q_heads": s["q_heads"], "kv_heads": s["kv_heads"], "q_len": 1,
+            "kv_len": s["kv_len"], "head_dim": s["head_dim"], "causal": False}
+
+
+def decode_label(s: dict) -> str:
+    """The label (and shape key) of a decode point; ``decode`` keeps it apart from prefill.
+
+    >>> decode_label(dict(batch=8, q_heads=32, kv_heads=8, kv_len=4096, head_dim=128))
+    'decode B8 H32/8 L4096 D128'
+    """
+    return f"decode B{s['batch']} H{s['q_heads']}/{s['kv_heads']} L{s['kv_len']} D{s['head_dim']}"
+
+
+def decode_not_run(method: str, cfg: dict) -> str | None:
+    """Why ``method`` cannot be validated at decode with this config (None: it can run)."""
+    from sim.cost.methods import KERNELS
+    try:
+        import gpu
+    except ImportError as e:
+        return f"the gpu package does not import ({e})"
+
+    if not hasattr(gpu, "decode") or not hasattr(gpu, "build_cache"):
+        return "gpu.decode / gpu.build_cache do not exist"
+    cache_methods = tuple(getattr(gpu, "CACHE_METHODS", ()))
+    if method not in cache_methods:
+        return f"gpu.build_cache has no {method!r} cache (it builds {list(cache_methods)})"
+    if method == "double_sparse" and cfg["dtype"] != "float16":
+        return f"double_sparse caches are fp16 only; the sweep's dtype is {cfg['dtype']}"
+    if not (KERNELS.get(method) or {}).get("decode"):
+        return f"sim.cost has no decode kernel for {method!r}"
+    return None
+
+
+def _decode_spec(method: str, dtype_name: str):
+    from sim import load_method
+    if method == "fp16_flash" and dtype_name == "bfloat16":   # as tests/gpu/test_decode.py
+        return load_method(method, **{"operands.format": "bf16", "operands.p_format": "bf16"})
+    return load_method(method)
+
+
+def _np32(x):
+    return x.detach().float().cpu().numpy()
+
+
+def _ulp(x, dtype_name: str):
+    """Spacing of float16 / bfloat16 around |x| (subnormal spacing below the normal range)."""
+    import numpy as np
+    mant, emin = (10, -14) if dtype_name == "float16" else (7, -126)
+    a = np.maximum(np.abs(x), 2.0 ** emin)
+    return 2.0 ** (np.floor(np.log2(a)) - mant)
+
+
+def _pct(eq) -> float:
+    return 100.0 * float(eq.mean()) if eq.size else 100.0
+
+
+def _same(a, b, exp_free: bool = True) -> dict:
+    """% of elements identical (shapes must agree; a mismatch is reported, not compared)."""
+    import numpy as np
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return {"identical_pct": None, "exp_free": exp_free,
+                "note": f"shapes differ: kernel {a.shape}, sim {b.shape}"}
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        eq = a.astype(np.float64) == b.astype(np.float64)
+    else:
+        eq = a.astype(np.int64) == b.astype(np.int64)
+    return {"identical_pct": _pct(eq), "exp_free": exp_free}
+
+
+def _decode_calibration(method: str, q, k, v):
+    """The calibration handed to build_cache and the simulator alike: turbo the oracle head
+    priority of these K/V (``sim.kvcache.head_priority``), double_sparse the ``qk`` channel metric
+    of the step's own queries (``sim.sparse.calibrate``; with one query row it pairs the last key
+    only, so only that key is read), fp16_flash none."""
+    if method == "turbo":
+        from sim.kvcache import head_priority
+        return head_priority(_np32(k), _np32(v))
+    if method == "double_sparse":
+        from sim.sparse import calibrate
+        return calibrate(_np32(q), _np32(k[:, :, -1:]), "qk")
+    return None
+
+
+def _turbo_ints(tr, res, cache, Hq: int, k, v, priority) -> dict:
+    """Kernel trace vs simulator as tests/gpu/test_decode.py compares them: q codes; the packed
+    low-bit store and INT8 block scales against ``sim.kvcache.TurboCache``; S_int against the
+    simulator's q codes . INT8 cache read-back; the running max per tile; P codes against the
+    simulator's ``sas_exp2``/``pquant`` of the kernel's f32 scores and the simulator's max;
+    O_int per tile against the kernel's P . the simulator's INT8 V. All exp-free (SAS)."""
+    import numpy as np
+
+    from sim.kvcache import TurboCache
+    from sim.operands import pquant
+    from sim.softmax import sas_exp2
+
+    T, spec = res.trace, res.spec
+    nb = spec.tiling.block_n
+    Hkv = T["k_cache_int8"].shape[1]
+    G = Hq // Hkv
+    L = T["k_cache_int8"].shape[2]
+    k8 = np.repeat(T["k_cache_int8"], G, 1).astype(np.int64)
+    v8 = np.repeat(T["v_cache_int8"], G, 1).astype(np.int64)
+    ints = {"q_codes": _same(tr["q_codes"].cpu().numpy(), T["q_codes"])}
+    sc = TurboCache.from_prefill(k, v, spec, priority=priority)
+    eq_bytes = tot_bytes = 0
+    notes = []
+    for h in range(Hkv):
+        got = cache.packed(h)
+        want = sc.store[h]
+        for name, a in got.items():
+            b = np.asarray(getattr(want, name))
+            if a.shape != b.shape:
+                notes.append(f"head {h} {name}: kernel {a.shape}, sim {b.shape}")
+                continue
+            eq_bytes += int((a.astype(np.int64) == b.astype(np.int64)).sum())
+            tot_bytes += a.size
+    ints["packed"] = ({"identical_pct": 100.0 * eq_bytes / tot_bytes if tot_bytes else 100.0,
+                       "exp_free": True, "elements": tot_bytes}
+                      if not notes else {"identical_pct": None, "exp_free": True,
+                                         "note": "; ".join(notes)[:300]})
+    ks8, vs8 = cache.scales8()
+    nblk = ks8.shape[2]
+    ints["scales8"] = _same(np.concatenate([ks8, vs8], 1),
+                            np.concatenate([sc.k_scale8[:, :, :nblk], sc.v_scale8[:, :, :nblk]], 1))
+    S = np.einsum("bhd,bhld->bhl", T["q_codes"][:, :, 0].astype(np.int64), k8)
+    ints["S"] = _same(tr["S"].cpu().numpy(), S)
+    m = T["m"][:, :, 0, :]
+    ints["m"] = _same(np.maximum.accumulate(tr["tile_max"].cpu().numpy(), axis=2), m)
+    s = tr["s"].cpu().numpy()
+    m_key = np.repeat(m, nb, axis=2)[:, :, :L]
+    P = pquant(sas_exp2((s - m_key).astype(np.float32), spec.softmax.sas), spec.p)
+    Pk = tr["P"].cpu().numpy()
+    ints["P"] = _same(Pk, P, exp_free=spec.softmax.exp == "sas")
+    nt = -(-L // nb)
+    O = np.stack([np.einsum("bhl,bhld->bhd", Pk[..., t * nb:(t + 1) * nb].astype(np.int64),
+                            v8[:, :, t * nb:(t + 1) * nb]) for t in range(nt)], 2)
+    ints["O_int"] = _same(tr["O_int"].cpu().numpy(), O, exp_free=spec.softmax.exp == "sas")
+    return ints
+
+
+def _sparse_ints(tr, res) -> tuple[dict, "np.ndarray", dict]:
+    """Selected indices per query row vs the simulator's, as tests/gpu/test_decode.py: a row
+    with a near tie at the selection boundary (the k-th and (k+1)-th best approximate scores
+    within 4x the largest label-score error) may legitimately select differently; it is counted
+    apart. Returns (ints, rows whose selection is identical [B, Hq], extras)."""
+    import numpy as np
+    T = res.trace
+    approx = tr["approx_scores"].cpu().numpy()
+    ref_s = T["approx_scores"][:, :, 0]
+    scale = np.abs(ref_s).max(axis=-1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    rel = np.abs(approx - ref_s) / scale
+    got, want = tr["indices"].cpu().numpy(), T["indices"]
+    extras = {"approx_scores_max_rel_err": float(rel.max())}
+    if got.shape != want.shape:
+        same_rows = np.zeros(got.shape[:2], bool)
+        return {"indices": {"identical_pct": None, "exp_free": True,
+                            "note": f"shapes differ: kernel {got.shape}, sim {want.shape}"}}, \
+            same_rows, extras
+    same_rows = ~np.any(got != want, axis=-1)[..., 0]
+    L = ref_s.shape[-1]
+    srt = -np.sort(-ref_s, axis=-1)
+    kb = int(T["budget"][0])
+    if not 1 <= kb < L:
+        near = np.zeros(same_rows.shape, bool)
+    else:
+        near = (srt[..., kb - 1] - srt[..., kb]) <= 4 * float((rel * scale).max())
+    clear = ~near
+    d = {"identical_pct": _pct(same_rows[clear]), "exp_free": True,
+         "rows": int(same_rows.size), "near_tie_rows": int(near.sum()),
+         "near_tie_identical": int((same_rows & near).sum())}
+    return {"indices": d}, same_rows, extras
+
+
+def decode_numerics(method: str, spec, q, k, v, ulp_bound: float, abs_slack: float = 0.0,
+                    launch: dict | None = None) -> dict:
+    """Kernel (``gpu.decode_trace`` on a cache of these K/V) vs simulator vs float64 for one
+    decode step; ``q`` ``[B, Hq, 1, D]``, ``k``/``v`` ``[B, Hkv, L, D]`` on the kernel's device
+    (a CUDA GPU, or the CPU under ``TRITON_INTERPRET=1``).
+
+    Output agreement: % of output elements with ``|kernel - sim| <= ulp_bound * ulp(sim) +
+    abs_slack`` (ULPs of the sweep's dtype), over every row (double_sparse: the rows whose
+    selection equals the simulator's; the others attend over other tokens)."""
+    import numpy as np
+
+    import gpu
+    import ref
+    from sim import simulate
+
+    dtype_name = str(q.dtype).replace("torch.", "")
+    cal = _decode_calibration(method, q, k, v)
+    cache = gpu.build_cache(k, v, method, spec=spec, calibration=cal)
+    out, tr = gpu.decode_trace(q, cache, launch=launch)
+    qn, kn, vn = _np32(q), _np32(k), _np32(v)
+    t0 = time.perf_counter()
+    if method == "turbo":
+        res = simulate(qn, kn, vn, spec, kv_cache=True, trace=True, calibration=cal)
+    elif method == "double_sparse":
+        res = simulate(qn, kn, vn, spec, calibration=cal, trace=True)
+    else:
+        res = simulate(qn, kn, vn, spec)
+    extras, rows_ok = {}, None
+    if method == "turbo":
+        ints = _turbo_ints(tr, res, cache, q.shape[1], kn, vn, cal)
+        extras["head_bits"] = [int(b) for b in res.trace["head_bits"]]
+        extras["splits"] = int(tr["splits"])
+    elif method == "double_sparse":
+        ints, rows_ok, extras = _sparse_ints(tr, res)
+    else:
+        ints = {}
+    t_sim = time.perf_counter() - t0
+    want = ref.attention(qn.astype(np.float64), kn.astype(np.float64), vn.astype(np.float64))
+    got = _np32(out).astype(np.float64)
+    so = res.out.astype(np.float64)
+    if rows_ok is None:
+        rows_ok = np.ones(got.shape[:2], bool)
+    diff = np.abs(got - so)[rows_ok]
+    u = _ulp(so, dtype_name)[rows_ok]
+    within = diff <= ulp_bound * u + abs_slack
+
+    def err(x):
+        d = x - want
+        nr = float(np.linalg.norm(want))
+        return float(np.abs(d).max()), (float(np.linalg.norm(d)) / nr if nr else 0.0)
+
+    km, kr = err(got)
+    sm, sr = err(so)
+    return {"heads": int(q.shape[1]), "kv_heads": int(k.shape[1]), "context": int(k.shape[2]),
+            "ints": ints, "ulp_bound": ulp_bound, "abs_slack": abs_slack,
+            "rows_compared": int(rows_ok.sum()), "within_ulp_pct": _pct(within),
+            "max_ulp": float((diff / u).max()) if diff.size else 0.0,
+            "kernel_max_err": km, "kernel_rel_l2": kr, "sim_max_err": sm, "sim_rel_l2": sr,
+            "sim_seconds": t_sim, **extras}
+
+
+class _Bytes:
+    """Stands in a ``gpu.bench.time_cuda`` input set for the bytes of a cache (it counts the
+    size of the items that have ``numel``)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def numel(self) -> int:
+        return self.n
+
+    def element_size(self) -> int:
+        return 1
+
+
+def time_decode(method: str, spec, q, k, v, calibration, cold_l2: bool) -> dict:
+    """``gpu.decode`` alone on the full shape (caches built outside the timed region):
+    ``gpu.bench.time_cuda`` over rotated caches built from the same K/V until they exceed 4x
+    L2 (cold L2; at least 2), or 2 caches with ``cold_l2=False``. The step is checked once with
+    :func:`gpu.decode`; the timed calls are ``gpu.decode.decode_unchecked`` (no host sync).
+    Returns ``{"us", "min_us", "max_us", "spread", "caches", "cache_bytes"}``."""
+    import gpu
+    from gpu.bench import time_cuda
+    from gpu.decode import decode_unchecked
+
+    sm = 1.0 / math.sqrt(q.shape[-1])
+    first = [gpu.build_cache(k, v, method, spec=spec, calibration=calibration)]
+    gpu.decode(q, first[0])                 # checks the inputs once; compiles
+
+    def make():
+        c = first.pop() if first else gpu.build_cache(k, v, method, spec=spec,
+                                                      calibration=calibration)
+        return (q, c, _Bytes(c.nbytes()))
+
+    r = time_cuda(lambda qq, c, _n: decode_unchecked(qq, c, sm), make,
+                  cold_bytes=None if cold_l2 else 0)
+    nbytes = make()[1].nbytes()
+    return {"us": r["ms"] * 1e3, "min_us": r["min_ms"] * 1e3, "max_us": r["max_ms"] * 1e3,
+            "spread": r["spread"], "caches": r["sets"], "cache_bytes": nbytes}
+
+
+def decode_predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict, dict]:
+    """({tier: us}, {tier: bound}, {tier: error}, {tier: [[launch, CTAs], ...]}) from
+    ``sim.cost.predict(phase="decode")``; the model picks its own split-K (decode takes no
+    ``launch``), shown as the CTAs of each launch."""
+    from sim.cost import Shape, predict
+
+    shape = Shape(**decode_shape(s))
+    pred, bound, errors, launches = {}, {}, {}, {}
+    for tier in TIERS:
+        try:
+            p = predict(spec, shape, hardware, phase="decode", tier=tier)
+        except (FileNotFoundError, ValueError) as e:
+            errors[tier] = str(e)
+            continue
+        pred[tier], bound[tier] = p.time * 1e6, p.bound
+        launches[tier] = [[str(x[0]), int(x[1])] for x in p.launches]
+    return pred, bound, errors, launches
+
+
+def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
+                     device: str = "cuda") -> dict:
+    """One decode row (same schema as :func:`run_point`'s, ``phase: "decode"``): numerics on
+    batch 0, the first query heads and the first ``max_context`` tokens; timing of the full
+    shape (CUDA only: on the CPU, i.e. under the Triton interpreter, ``measured_us`` is None and
+    ``timing_skipped`` says why); predictions at every tier."""
+    import torch
+
+    from gpu.ops import interpreting
+
+    dtype = getattr(torch, cfg["dtype"])
+    g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
+    B, Hq, Hkv, L, D = (s[x] for x in DECODE_SHAPE_KEYS)
+    q = torch.randn(B, Hq, 1, D, device=device, dtype=dtype, generator=g)
+    k = torch.randn(B, Hkv, L, D, device=device, dtype=dtype, generator=g)
+    v = torch.randn_like(k)
+    k[..., :2] *= 4.0          # a few outlier channels, as real keys have
+    spec = _decode_spec(method, cfg["dtype"])
+    full = decode_shape(s)
+    row = {"method": method, "phase": "decode", "shape": full, "label": decode_label(s),
+           "shape_key": decode_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
+           "hardware": hardware,
+           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"}
+    dn = cfg["decode_numerics"]
+    ctx = min(L, int(dn["max_context"]))
+    hq, hkv = sim_heads(dict(full, kv_len=ctx), int(dn["max_heads"]),
+                        int(cfg["numerics"]["max_elements"]))
+    if hq:
+        row["numerics"] = decode_numerics(
+            method, spec, q[:1, :hq].contiguous(), k[:1, :hkv, :ctx].contiguous(),
+            v[:1, :hkv, :ctx].contiguous(), float(dn["ulp_bound"][method]),
+            float((dn.get("abs_slack") or {}).get(method, 0.0)))
+        if ctx < L:
+            row["numerics"]["context_subsampled"] = (
+                f"numerics on the first {ctx} of {L} tokens (decode_numerics.max_context)")
+    else:
+        row["numerics"] = None
+        row["numerics_skipped"] = (f"L = {ctx} above numerics.max_elements for one head")
+    cal_note = {"turbo": "oracle head priority of the step's own K/V",
+                "double_sparse": "qk channel metric of the step's own queries (oracle)"}
+    if method in cal_note:
+        row["calibration"] = cal_note[method]
+    if device == "cuda" and not interpreting():
+        cal = _decode_calibration(method, q, k, v) if method == "double_sparse" else None
+        t = time_decode(method, spec, q, k, v, cal, bool(cfg["timing"]["cold_l2"]))
+        row["measured_us"] = t.pop("us")
+        row["timing"] = t
+    else:
+        row["measured_us"] = None
+        row["timing_skipped"] = "no CUDA timing on the CPU (Triton interpreter)"
+    row["pred_us"], row["bound"], errs, row["pred_launches"] = decode_predictions(spec, s,
+                                                                                  hardware)
+    if errs:
+        row["pred_errors"] = errs
+    row["git"] = provenance.git_revision()
+    row["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return row
+
+
 # -- summary ---------------------------------------------------------------------------------
 def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: list[str]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,13 +680,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no new point after this many seconds (the rest resume later)")
 
 
+def point_key(method: str, phase: str, s: dict, cfg: dict, hardware: str) -> str:
+    """The store id of a point: method, phase, shape and everything its numbers depend on."""
+    return point_id(method=method, phase=phase, shape=s, dtype=cfg["dtype"], seed=cfg["seed"],
+                    hardware=hardware,
+                    numerics=cfg["decode_numerics" if phase == "decode" else "numerics"],
+                    cold_l2=cfg["timing"]["cold_l2"])
+
+
+def decode_points(cfg: dict, not_run: list[str]) -> list[tuple[str, str, dict]]:
+    """``(method, "decode", shape)`` for every decode method that can run; for each one that
+    cannot, appends ``"decode <method>: not run: <reason>"`` to ``not_run`` (never silent)."""
+    out = []
+    for m in cfg["decode_methods"]:
+        why = decode_not_run(m, cfg)
+        if why:
+            not_run.append(f"decode {m}: not run: {why}")
+        else:
+            out += [(m, "decode", s) for s in cfg["decode_shapes"]]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if not cuda_available():
         print(no_gpu_message("validate"), file=sys.stderr)
         return NO_GPU_EXIT
     import torch
-
-    import gpu
 
     t_start = time.perf_counter()
     cfg = load_config(args.config)
@@ -305,16 +714,18 @@ def run(args: argparse.Namespace) -> int:
     store = ResultStore(args.dir / STORE_NAME, rerun=args.rerun)
     command = provenance.command_line()
     not_run = []
-    if not hasattr(gpu, "decode"):
-        not_run += [f"decode {m}: gpu.decode does not exist yet" for m in cfg["decode_methods"]]
-    points = [(m, s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]
+    points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]
+    points += decode_points(cfg, not_run)
     print(f"qsattn validate: {len(points)} points on {torch.cuda.get_device_name()} ({hw}); "
           f"store {store.path} has {len(store)} rows", flush=True)
+    for line in not_run:
+        print(line, flush=True)
     stopped = 0
-    for i, (m, s) in enumerate(points, 1):
-        pid = point_id(method=m, phase="prefill", shape=s, dtype=cfg["dtype"], seed=cfg["seed"],
-                       hardware=hw, numerics=cfg["numerics"], cold_l2=cfg["timing"]["cold_l2"])
-        tag = f"[{i}/{len(points)}] {m} {shape_label(s)}"
+    for i, (m, phase, s) in enumerate(points, 1):
+        decode = phase == "decode"
+        pid = point_key(m, phase, s, cfg, hw)
+        label = decode_label(s) if decode else shape_label(s)
+        tag = f"[{i}/{len(points)}] {m} {label}"
         if pid in store:
             print(f"{tag}: done earlier, skipped", flush=True)
             continue
@@ -323,11 +734,11 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            row = run_point(m, s, cfg, hw)
+            row = run_decode_point(m, s, cfg, hw) if decode else run_point(m, s, cfg, hw)
         except Exception as e:   # one failing point is recorded, the sweep goes on
             why = _root_cause(e)
             print(f"{tag}: FAILED {why}", flush=True)
-            not_run.append(f"{m} {shape_label(s)}: {why}")
+            not_run.append(f"{m} {label}: {why}")
             torch.cuda.empty_cache()
             continue
         store.add(pid, row)

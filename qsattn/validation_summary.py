@@ -1,22 +1,25 @@
 """Summary math of a GPU validation run, on the rows ``qsattn validate`` stores.
 
-A row (one method x shape point) holds, among provenance fields::
+A row (one method x phase x shape point) holds, among provenance fields::
 
-    method, phase, label (shape in words), shape_key (the shape without the method),
+    method, phase ("prefill" or "decode"; rows without one are prefill),
+    label (shape in words), shape_key (the shape without the method),
     measured_us                    median kernel time (CUDA events, cold L2)
     pred_us  {tier: us}            cost-model prediction per tier (roofline, tiled, calibrated)
     bound    {tier: unit}          the unit the prediction says bounds the point
     numerics {                     None when the numerics part was not run
-      ints: {name: {"identical_pct": float, "exp_free": bool}},
-      ulp_bound, within_ulp_pct,   kernel output vs sim output, fp16 ULPs
+      ints: {name: {"identical_pct": float, "exp_free": bool}},   decode double_sparse
+                                   "indices" adds rows, near_tie_rows, near_tie_identical
+                                   (identical_pct is over the rows without a near tie)
+      ulp_bound, within_ulp_pct,   kernel output vs sim output, ULPs (decode: + abs_slack)
       kernel_max_err, kernel_rel_l2, sim_max_err, sim_rel_l2   each vs float64 ref.attention
     }
 
 Definitions (all medians are over the rows that have both numbers):
 
 * relative time error of a row at a tier: ``|pred - meas| / meas``;
-* speedup ratio of method m at a shape: ``t(fp16_flash) / t(m)``, measured and predicted; its
-  error ``|pred_ratio - meas_ratio| / meas_ratio``;
+* speedup ratio of method m at a shape: ``t(fp16_flash) / t(m)`` with the baseline of the same
+  phase and shape, measured and predicted; its error ``|pred_ratio - meas_ratio| / meas_ratio``;
 * outliers: rows whose relative error at the calibrated tier exceeds ``threshold``, worst first,
   with the unit that bounds them.
 
@@ -35,6 +38,15 @@ from typing import Iterable, Sequence
 BASELINE = "fp16_flash"
 TARGET_TIME = 0.10
 TARGET_RATIO = 0.10
+
+
+def phase(row: dict) -> str:
+    return row.get("phase") or "prefill"
+
+
+def group(row: dict) -> str:
+    """'method' for prefill rows, 'method (decode)' for decode rows: tables and panels."""
+    return row.get("method", "?") if phase(row) == "prefill" else f"{row.get('method')} (decode)"
 
 
 def _num(x) -> bool:
@@ -56,11 +68,12 @@ def median_rel_err(rows: Iterable[dict], tier: str) -> float | None:
 
 
 def speedup_ratios(rows: Sequence[dict], tier: str, baseline: str = BASELINE) -> list[dict]:
-    """Per (method != baseline, shape): measured and predicted speedup vs the baseline there."""
-    base = {r.get("shape_key"): r for r in rows if r.get("method") == baseline}
+    """Per (method != baseline, phase, shape): measured and predicted speedup vs the baseline
+    of the same phase and shape."""
+    base = {(phase(r), r.get("shape_key")): r for r in rows if r.get("method") == baseline}
     out = []
     for r in rows:
-        b = base.get(r.get("shape_key"))
+        b = base.get((phase(r), r.get("shape_key")))
         if r.get("method") == baseline or b is None:
             continue
         mm, mb = r.get("measured_us"), b.get("measured_us")
@@ -68,7 +81,8 @@ def speedup_ratios(rows: Sequence[dict], tier: str, baseline: str = BASELINE) ->
         if not all(_num(x) and x > 0 for x in (mm, mb, pm, pb)):
             continue
         meas, pred = mb / mm, pb / pm
-        out.append({"method": r["method"], "label": r.get("label"), "measured": meas,
+        out.append({"method": r["method"], "phase": phase(r), "label": r.get("label"),
+                    "measured": meas,
                     "predicted": pred, "err": abs(pred - meas) / meas})
     return out
 
@@ -108,6 +122,16 @@ def exp_free_identical(rows: Iterable[dict]) -> tuple[int, int, list[str]]:
     return ok, tot, bad
 
 
+def _int_cell(name: str, d: dict) -> str:
+    star = "*" if d.get("exp_free") else ""
+    pct = d.get("identical_pct")
+    cell = f"{name}{star} " + (f"{pct:.3f}%" if _num(pct) else f"n/a ({d.get('note', '?')})")
+    if d.get("near_tie_rows"):
+        cell += (f" (+{d['near_tie_rows']} near-tie rows, {d.get('near_tie_identical', 0)} "
+                 f"identical)")
+    return cell
+
+
 def _fmt(x, spec=".1%"):
     return "n/a" if x is None else format(x, spec)
 
@@ -134,9 +158,10 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
     lines += ["", "### Predicted vs measured time: median |pred - meas| / meas", "",
               "| method | points | " + " | ".join(tiers) + " |",
               "|---|---|" + "---|" * len(tiers)]
-    methods = sorted({r.get("method") for r in rows if r.get("method")})
-    for m in methods + ["all"]:
-        sub = rows if m == "all" else [r for r in rows if r.get("method") == m]
+    groups = sorted({group(r) for r in rows if r.get("method")},
+                    key=lambda g: (g.endswith("(decode)"), g))
+    for m in groups + ["all"]:
+        sub = rows if m == "all" else [r for r in rows if r.get("method") and group(r) == m]
         n = sum(1 for r in sub if _num(r.get("measured_us")))
         lines.append(f"| {m} | {n} | " + " | ".join(_fmt(median_rel_err(sub, t)) for t in tiers)
                      + " |")
@@ -178,11 +203,12 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
         nm = r.get("numerics")
         if not nm:
             continue
-        ints = ", ".join(f"{k}{'*' if d.get('exp_free') else ''} {d['identical_pct']:.3f}%"
-                         for k, d in (nm.get("ints") or {}).items()) or "-"
+        ints = ", ".join(_int_cell(k, d) for k, d in (nm.get("ints") or {}).items()) or "-"
+        slack = f" + {nm['abs_slack']:.3g}" if _num(nm.get("abs_slack")) and nm["abs_slack"] else ""
+        ctx = f"; context {nm['context']}" if nm.get("context_subsampled") else ""
         lines.append(
-            f"| {r.get('method')} | {r.get('label')} | {nm.get('heads', '?')} | {ints} | "
-            f"{_fmt(nm.get('within_ulp_pct'), '.3f')}% (<= {nm.get('ulp_bound')} ulp) | "
+            f"| {r.get('method')} | {r.get('label')} | {nm.get('heads', '?')}{ctx} | {ints} | "
+            f"{_fmt(nm.get('within_ulp_pct'), '.3f')}% (<= {nm.get('ulp_bound')} ulp{slack}) | "
             f"{_fmt(nm.get('kernel_max_err'), '.3g')} / {_fmt(nm.get('kernel_rel_l2'), '.3g')} | "
             f"{_fmt(nm.get('sim_max_err'), '.3g')} / {_fmt(nm.get('sim_rel_l2'), '.3g')} |")
     if not_run:
@@ -194,17 +220,19 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
 
 def scatter(rows: Sequence[dict], path: str | Path,
             tiers: Sequence[str] = ("tiled", "calibrated")) -> Path:
-    """PNG: predicted vs measured time, one panel per method, y = x and +-10% bands."""
+    """PNG: predicted vs measured time, one panel per method and phase, y = x and +-10%
+    bands."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if _num(r.get("measured_us"))]
-    methods = sorted({r["method"] for r in rows}) or ["(no rows)"]
+    methods = sorted({group(r) for r in rows},
+                     key=lambda g: (g.endswith("(decode)"), g)) or ["(no rows)"]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
     markers = {"roofline": "x", "tiled": "o", "calibrated": "s"}
     for ax, m in zip(axes[0], methods):
-        sub = [r for r in rows if r["method"] == m]
+        sub = [r for r in rows if group(r) == m]
         vals = [r["measured_us"] for r in sub] + [
             r["pred_us"][t] for r in sub for t in tiers if _num((r.get("pred_us") or {}).get(t))]
         lo, hi = (min(vals) / 1.5, max(vals) * 1.5) if vals else (1.0, 10.0)

@@ -177,3 +177,138 @@ def test_numerics_on_a_small_shape_through_the_interpreter():
         assert nm["ints"]["P"]["exp_free"] == (method == "turbo")
         assert 0.0 <= nm["within_ulp_pct"] <= 100.0
         assert math.isfinite(nm["kernel_rel_l2"]) and nm["kernel_rel_l2"] < 0.05
+
+
+# -- decode ----------------------------------------------------------------------------------
+def drow(method, phase, key, meas, cal):
+    return {"method": method, "phase": phase, "label": f"{phase} {key}", "shape_key": key,
+            "measured_us": meas, "pred_us": {"calibrated": cal}, "bound": {"calibrated": "hbm"}}
+
+
+def test_speedup_ratios_pair_rows_within_their_phase():
+    # the same shape_key in both phases: each method pairs with the baseline of its own phase
+    rows = [drow("fp16_flash", "prefill", "A", 100.0, 100.0),
+            drow("turbo", "prefill", "A", 50.0, 40.0),         # meas 2.0, pred 2.5
+            drow("fp16_flash", "decode", "A", 10.0, 12.0),
+            drow("turbo", "decode", "A", 4.0, 6.0),            # meas 2.5, pred 2.0
+            drow("double_sparse", "decode", "B", 1.0, 1.0)]    # no decode baseline at B
+    sr = {(s["method"], s["phase"]): s for s in vs.speedup_ratios(rows, "calibrated")}
+    assert set(sr) == {("turbo", "prefill"), ("turbo", "decode")}
+    assert sr["turbo", "prefill"]["measured"] == pytest.approx(2.0)
+    assert sr["turbo", "prefill"]["predicted"] == pytest.approx(2.5)
+    assert sr["turbo", "decode"]["measured"] == pytest.approx(2.5)
+    assert sr["turbo", "decode"]["predicted"] == pytest.approx(2.0)
+    assert sr["turbo", "decode"]["err"] == pytest.approx(0.2)
+    # a row without a phase is prefill (stores written before decode rows existed)
+    old = [dict(r) for r in rows[:2]]
+    for r in old:
+        del r["phase"]
+    assert vs.speedup_ratios(old, "calibrated")[0]["measured"] == pytest.approx(2.0)
+
+
+def test_markdown_and_scatter_with_decode_rows(tmp_path):
+    rows = [drow("fp16_flash", "prefill", "A", 100.0, 105.0),
+            drow("fp16_flash", "decode", "A", 10.0, 13.0),
+            drow("double_sparse", "decode", "A", 5.0, 5.0)]
+    rows[2]["numerics"] = {"heads": 8, "context": 1024, "context_subsampled": "first 1024",
+                           "ulp_bound": 2, "abs_slack": 2.0 ** -12, "within_ulp_pct": 100.0,
+                           "ints": {"indices": {"identical_pct": 100.0, "exp_free": True,
+                                                "rows": 8, "near_tie_rows": 2,
+                                                "near_tie_identical": 1}}}
+    text = vs.markdown(rows, not_run=["decode turbo: not run: reason"])
+    print(text)
+    # per (method, phase) rows: prefill 5%, decode 30%, double_sparse 0%
+    assert "| fp16_flash | 1 | n/a | n/a | 5.0% |" in text
+    assert "| fp16_flash (decode) | 1 | n/a | n/a | 30.0% |" in text
+    assert "| double_sparse (decode) | 1 | n/a | n/a | 0.0% |" in text
+    assert "indices* 100.000% (+2 near-tie rows, 1 identical)" in text
+    assert "(<= 2 ulp + 0.000244)" in text and "8; context 1024" in text
+    assert "Exp-free integer intermediates identical to the simulator: 1/1 (100%)" in text
+    assert "- decode turbo: not run: reason" in text
+    png = vs.scatter(rows, tmp_path / "s.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_decode_config_and_point_ids_never_collide(tmp_path):
+    cfg = validate.load_config(validate.DEFAULT_CONFIG)
+    assert cfg["decode_methods"] == ["fp16_flash", "turbo", "double_sparse"]
+    assert len(cfg["decode_shapes"]) >= 3
+    assert all(set(s) == set(validate.DECODE_SHAPE_KEYS) for s in cfg["decode_shapes"])
+    s = cfg["decode_shapes"][0]
+    full = validate.decode_shape(s)
+    ids = {validate.point_key("fp16_flash", ph, full, cfg, "h100_sxm")
+           for ph in ("prefill", "decode")}
+    assert len(ids) == 2
+    bad = tmp_path / "bad.yaml"
+    text = ("prefill_methods: [fp16_flash]\nnumerics: {ulp_bound: {fp16_flash: 2}}\n"
+            "shapes: [{batch: 1, q_heads: 1, kv_heads: 1, q_len: 8, kv_len: 8, head_dim: 64, "
+            "causal: false}]\ndecode_methods: [turbo]\n")
+    bad.write_text(text)
+    with pytest.raises(ValueError, match="decode_shapes"):
+        validate.load_config(bad)
+    bad.write_text(text + "decode_shapes: [{batch: 1, q_heads: 1, kv_heads: 1, kv_len: 8}]\n")
+    with pytest.raises(ValueError, match=r"decode_shapes\[0\]"):
+        validate.load_config(bad)
+    bad.write_text(text + "decode_shapes: [{batch: 1, q_heads: 1, kv_heads: 1, kv_len: 8, "
+                   "head_dim: 64}]\n")
+    with pytest.raises(ValueError, match="decode_numerics.ulp_bound.turbo"):
+        validate.load_config(bad)
+
+
+def test_decode_method_that_cannot_run_gets_a_not_run_line(monkeypatch):
+    import gpu
+    cfg = validate.load_config(validate.DEFAULT_CONFIG)
+    cfg["decode_methods"] = ["turbo", "int8_flash", "double_sparse"]
+    cfg["dtype"] = "bfloat16"
+    not_run = []
+    pts = validate.decode_points(cfg, not_run)
+    print(not_run)
+    assert {m for m, _, _ in pts} == {"turbo"}
+    assert all(ph == "decode" for _, ph, _ in pts)
+    assert len(pts) == len(cfg["decode_shapes"])
+    assert not_run[0].startswith("decode int8_flash: not run: gpu.build_cache has no")
+    assert not_run[1].startswith("decode double_sparse: not run: double_sparse caches are fp16")
+    monkeypatch.delattr(gpu, "decode")
+    not_run = []
+    assert validate.decode_points(cfg, not_run) == []
+    assert len(not_run) == 3 and all("gpu.decode" in n and "not run" in n for n in not_run)
+
+
+@pytest.mark.parametrize("method", ["fp16_flash", "turbo", "double_sparse"])
+def test_run_decode_point_end_to_end_through_the_interpreter(method):
+    """The row of one decode point on a tiny shape (GQA, L not a tile multiple): every integer
+    intermediate identical to the simulator, the output within the bound, predictions made;
+    timing is CUDA-only (skipped with a reason on the CPU)."""
+    gpu_run = os.environ.get("QSATTN_GPU_TESTS") == "1"
+    cfg = validate.load_config(validate.DEFAULT_CONFIG)
+    cfg["decode_numerics"]["max_heads"] = 4
+    if method == "turbo":
+        cfg["decode_numerics"]["max_context"] = 140     # context subsampled for numerics
+    s = dict(batch=2, q_heads=4, kv_heads=2, kv_len=150, head_dim=64)
+    row = validate.run_decode_point(method, s, cfg, "h100_sxm",
+                                    device="cuda" if gpu_run else "cpu")
+    nm = row["numerics"]
+    print(method, json.dumps({k: v for k, v in nm.items() if k != "ints"}), nm["ints"])
+    assert row["phase"] == "decode" and row["shape"]["q_len"] == 1
+    assert row["label"] == "decode B2 H4/2 L150 D64" == row["shape_key"]
+    assert (nm["heads"], nm["kv_heads"]) == (4, 2)
+    assert nm["context"] == (140 if method == "turbo" else 150)
+    assert ("context_subsampled" in nm) == (method == "turbo")
+    want = {"fp16_flash": set(), "double_sparse": {"indices"},
+            "turbo": {"q_codes", "packed", "scales8", "S", "m", "P", "O_int"}}[method]
+    assert set(nm["ints"]) == want
+    for name, d in nm["ints"].items():
+        assert d["exp_free"] and d["identical_pct"] == 100.0, name
+    if method == "turbo":
+        assert sorted(nm["head_bits"]) == [2, 4]
+    if method == "double_sparse":
+        assert nm["ints"]["indices"]["rows"] == 4 and nm["approx_scores_max_rel_err"] <= 1e-5
+    assert nm["within_ulp_pct"] == 100.0 and nm["rows_compared"] >= 1
+    assert math.isfinite(nm["kernel_rel_l2"])
+    assert abs(nm["kernel_rel_l2"] - nm["sim_rel_l2"]) < 1e-3
+    if gpu_run:
+        assert row["measured_us"] > 0 and row["timing"]["caches"] >= 2
+    else:
+        assert row["measured_us"] is None and "CPU" in row["timing_skipped"]
+    for tier in ("roofline", "tiled"):
+        assert row["pred_us"][tier] > 0 and row["bound"][tier]
