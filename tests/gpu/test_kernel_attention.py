@@ -12,8 +12,7 @@ pytest.importorskip("transformers")
 from qsattn.kernel_attention import KernelAttention, kernel_supports  # noqa: E402
 from ref.hf_attention import SimAttention, register  # noqa: E402
 from sim import load_method, simulate  # noqa: E402
-
-DEVICE = "cpu"  # conftest runs the kernels through TRITON_INTERPRET=1 unless QSATTN_GPU_TESTS=1
+from tests.gpu.helpers import DEVICE  # noqa: E402  (cpu under the interpreter, cuda on a GPU)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +86,6 @@ def test_study_executor_is_checked_before_work(monkeypatch):
             and v.spec.method in ("fp16_flash", "int8_flash", "turbo")}
     assert chosen == want and chosen
     if not torch.cuda.is_available():
-        monkeypatch.delenv("TRITON_INTERPRET")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
             _check_executor("gpu", variants)
