@@ -341,9 +341,10 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
                     exact = q[b, h, r0:r1].astype(np.float64) @ k[b, g].astype(np.float64).T
                     true = select_topk(exact, vis, budget[r0:r1], sink=sp.sink_tokens,
                                        recent=sp.recent_tokens)
-                    forced = (_forced(vis, Lk, sp.sink_tokens, sp.recent_tokens)
-                              if (sp.sink_tokens or sp.recent_tokens) else False)
-                    hit = (sel & true & ~forced).sum(axis=1)
+                    hit = sel & true
+                    if sp.sink_tokens or sp.recent_tokens:  # kept tokens are not score hits
+                        hit &= ~_forced(vis, Lk, sp.sink_tokens, sp.recent_tokens)
+                    hit = hit.sum(axis=1)
                     kb = budget[r0:r1]
                     tr_recall[b, h, r0:r1] = np.where(kb > 0, hit / np.maximum(kb, 1), np.nan)
     tr = None
