@@ -164,22 +164,12 @@ class DoubleSparseCache(_DenseKV):
     method = "double_sparse"
 
     def __init__(self, k, v, spec: MethodSpec, calibration):
-        from sim.sparse import Calibration
+        from sim.sparse import as_calibration
         if calibration is None:
             raise ValueError("calibration: double_sparse needs a sim.sparse.Calibration (or a "
                              "path to one); the 'qk' channel metric needs queries a cache lacks")
-        if isinstance(calibration, (str, os.PathLike)):
-            calibration = Calibration.load(calibration)
-        if not isinstance(calibration, Calibration):
-            raise TypeError(f"calibration: expected a sim.sparse.Calibration, got "
-                            f"{type(calibration).__name__}")
         B, Hkv, L, D = k.shape
-        if calibration.shape != (Hkv, D):
-            raise ValueError(f"calibration: expected channel statistics for [Hkv={Hkv}, D={D}], "
-                             f"got {calibration.shape}")
-        if calibration.metric != spec.sparse.channel_metric:
-            raise ValueError(f"calibration: spec.sparse.channel_metric is "
-                             f"{spec.sparse.channel_metric!r}, got {calibration.metric!r}")
+        calibration = as_calibration(calibration, spec, Hkv, D)
         sp = spec.sparse
         r = sp.r(D)
         if r & (r - 1) or r < 2:
@@ -276,7 +266,7 @@ class TurboKVCache:
     method = "turbo"
 
     def __init__(self, k, v, spec: MethodSpec, calibration):
-        from sim.kvcache import HeadPriority, _kvcache, head_bits
+        from sim.kvcache import HeadPriority, _kvcache, as_head_priority, head_bits
         torch = _torch()
         check_prefill_spec(spec)
         kvc = _kvcache(spec)  # the simulator's own validation of the cache section
@@ -300,14 +290,7 @@ class TurboKVCache:
             x = torch.cat([kk, vv], dim=1)
             pr = (x.amax(1) - x.amin(1)) * x.std(1, correction=0)
             calibration = HeadPriority(pr.cpu().numpy().astype(np.float64), "oracle")
-        elif isinstance(calibration, (str, os.PathLike)):
-            calibration = HeadPriority.load(calibration)
-        if not isinstance(calibration, HeadPriority):
-            raise TypeError(f"calibration: expected a sim.kvcache.HeadPriority, a path to one, or "
-                            f"None; got {type(calibration).__name__}")
-        if calibration.priority.shape != (Hkv,):
-            raise ValueError(f"calibration: expected a priority per KV head ({Hkv}), got "
-                             f"{calibration.priority.shape[0]}")
+        calibration = as_head_priority(calibration, Hkv)
         self.spec, self.kvc, self.priority = spec, kvc, calibration
         self.bits = head_bits(kvc, calibration.priority)
         self.B, self.Hkv, self.D, self.dtype, self.device = B, Hkv, D, k.dtype, k.device

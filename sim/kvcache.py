@@ -375,9 +375,9 @@ def _int_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return int_matmul(a.astype(np.int8), b.astype(np.int8)).astype(np.float32)
 
 
-def _priority_for(calibration, k, v, Hkv) -> HeadPriority:
-    if calibration is None:
-        return head_priority(k, v)
+def as_head_priority(calibration, Hkv: int) -> HeadPriority:
+    """``calibration`` (a HeadPriority or a path to a saved one) checked for ``Hkv`` KV heads.
+    Shared by the simulator and the GPU cache so both accept and refuse the same inputs."""
     if isinstance(calibration, (str, os.PathLike)):
         calibration = HeadPriority.load(calibration)
     if not isinstance(calibration, HeadPriority):
@@ -387,6 +387,10 @@ def _priority_for(calibration, k, v, Hkv) -> HeadPriority:
         raise ValueError(f"calibration: expected a priority per KV head ({Hkv}), got "
                          f"{calibration.priority.shape[0]}")
     return calibration
+
+
+def _priority_for(calibration, k, v, Hkv) -> HeadPriority:
+    return head_priority(k, v) if calibration is None else as_head_priority(calibration, Hkv)
 
 
 def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,

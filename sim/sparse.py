@@ -252,10 +252,11 @@ def select_topk(scores: np.ndarray, visible: np.ndarray, budget: np.ndarray, *,
 # --------------------------------------------------------------------------------------------
 # simulate
 # --------------------------------------------------------------------------------------------
-def _calibration_for(calibration, q, k, spec, Hkv, D) -> Calibration:
+def as_calibration(calibration, spec, Hkv: int, D: int) -> Calibration:
+    """``calibration`` (a Calibration or a path to a saved one) checked against the spec's
+    channel metric and a ``[Hkv, D]`` shape. Shared by the simulator and the GPU label cache so
+    both accept and refuse the same inputs."""
     metric = spec.sparse.channel_metric
-    if calibration is None:
-        return calibrate(q, k, metric, source="oracle")
     if isinstance(calibration, (str, os.PathLike)):
         calibration = Calibration.load(calibration)
     if not isinstance(calibration, Calibration):
@@ -268,6 +269,12 @@ def _calibration_for(calibration, q, k, spec, Hkv, D) -> Calibration:
         raise ValueError(f"calibration: spec.sparse.channel_metric is {metric!r}, the calibration "
                          f"was computed with {calibration.metric!r}")
     return calibration
+
+
+def _calibration_for(calibration, q, k, spec, Hkv, D) -> Calibration:
+    if calibration is None:
+        return calibrate(q, k, spec.sparse.channel_metric, source="oracle")
+    return as_calibration(calibration, spec, Hkv, D)
 
 
 def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None,
