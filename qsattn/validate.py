@@ -644,7 +644,8 @@ def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
 
 
 # -- summary ---------------------------------------------------------------------------------
-def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: list[str]) -> Path:
+def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: list[str],
+                  note: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = vs.scatter(rows, out_dir / FIGURE_NAME)
     devices = sorted({r.get("device", "?") for r in rows})
@@ -652,7 +653,8 @@ def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: lis
     when = (f"Measured on {', '.join(devices)} between {dates[0]} and {dates[-1]}"
             if dates else "Measurement dates not recorded")
     text = (provenance.header("GPU validation: simulator vs kernel, predicted vs measured",
-                              command) + f"\n{when}; {len(rows)} points.\n\n"
+                              command) + f"\n{when}; {len(rows)} points."
+            + (f" Note: {note}." if note else "") + "\n\n"
             + vs.markdown(rows, not_run=not_run, images=[fig.name]))
     path = out_dir / SUMMARY_NAME
     path.write_text(text)
@@ -678,6 +680,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no new point after this many seconds (the rest resume later)")
+    p.add_argument("--repredict", action="store_true",
+                   help="no GPU needed: re-predict the stored rows with the current cost model "
+                        "and rewrite the summary (measurements are kept as they are)")
 
 
 def point_key(method: str, phase: str, s: dict, cfg: dict, hardware: str) -> str:
@@ -701,7 +706,45 @@ def decode_points(cfg: dict, not_run: list[str]) -> list[tuple[str, str, dict]]:
     return out
 
 
+def repredicted(row: dict) -> dict:
+    """``row`` with ``pred_us``/``bound`` re-made by the current cost model; the predictions
+    made at measurement time stay under ``pred_us_at_measurement``."""
+    import torch
+
+    from gpu.ops import resolve_spec
+
+    out = dict(row, pred_us_at_measurement=row.get("pred_us"))
+    if row.get("phase") == "decode":
+        spec = _decode_spec(row["method"], row["dtype"])
+        s = {k: row["shape"][k] for k in ("batch", "q_heads", "kv_heads", "kv_len", "head_dim")}
+        out["pred_us"], out["bound"], errs, out["pred_launches"] = decode_predictions(
+            spec, s, row["hardware"])
+    else:
+        spec = resolve_spec(row["method"], None, getattr(torch, row["dtype"]))
+        out["pred_us"], out["bound"], errs = predictions(spec, row["shape"], row["hardware"])
+    out.pop("pred_errors", None)
+    if errs:
+        out["pred_errors"] = errs
+    return out
+
+
+def _repredict_summary(args: argparse.Namespace) -> int:
+    store = ResultStore(args.dir / STORE_NAME)
+    rows = [repredicted(r) for r in store.rows()]
+    if not rows:
+        raise ValueError(f"--repredict: no stored rows in {store.path}")
+    note = (f"predictions re-made at git {provenance.git_revision()} with the current cost model "
+            f"(`qsattn validate --repredict`); measured times, numerics and the predictions made "
+            f"at measurement time (`pred_us_at_measurement`) are as stored")
+    summary = write_summary(rows, args.dir, command=provenance.command_line(), not_run=[],
+                            note=note)
+    print(summary.read_text())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.repredict:
+        return _repredict_summary(args)
     if not cuda_available():
         print(no_gpu_message("validate"), file=sys.stderr)
         return NO_GPU_EXIT

@@ -312,3 +312,38 @@ def test_run_decode_point_end_to_end_through_the_interpreter(method):
         assert row["measured_us"] is None and "CPU" in row["timing_skipped"]
     for tier in ("roofline", "tiled"):
         assert row["pred_us"][tier] > 0 and row["bound"][tier]
+
+
+def test_repredict_rewrites_predictions_not_measurements(tmp_path):
+    """--repredict (no GPU): every stored row gets the current model's predictions, the old ones
+    move to pred_us_at_measurement, measured times and numerics are untouched."""
+    import argparse
+    import json
+
+    from qsattn import validate as V
+    from qsattn.store import ResultStore
+
+    shape = {"batch": 1, "q_heads": 4, "kv_heads": 2, "q_len": 256, "kv_len": 256,
+             "head_dim": 64, "causal": True}
+    dshape = {"batch": 2, "q_heads": 4, "kv_heads": 2, "q_len": 1, "kv_len": 512,
+              "head_dim": 64, "causal": False}
+    store = ResultStore(tmp_path / V.STORE_NAME)
+    base = {"dtype": "float16", "seed": 0, "hardware": "h100_sxm", "device": "fake",
+            "date": "2026-01-01 00:00 UTC", "numerics": None, "measured_us": 123.0,
+            "pred_us": {"tiled": 1.0}, "bound": {"tiled": "x"}}
+    store.add("p", dict(base, method="int8_flash", phase="prefill", shape=shape,
+                        label="p", shape_key="p"))
+    store.add("d", dict(base, method="turbo", phase="decode", shape=dshape,
+                        label="d", shape_key="d"))
+    args = argparse.Namespace(repredict=True, dir=tmp_path)
+    assert V.run(args) == 0
+    text = (tmp_path / V.SUMMARY_NAME).read_text()
+    assert "re-made at git" in text
+    for r in (dict(base, method="int8_flash", phase="prefill", shape=shape),
+              dict(base, method="turbo", phase="decode", shape=dshape)):
+        new = V.repredicted(r)
+        assert new["measured_us"] == 123.0 and new["pred_us_at_measurement"] == {"tiled": 1.0}
+        assert set(new["pred_us"]) >= {"roofline", "tiled"} and new["pred_us"]["tiled"] != 1.0
+    # the store itself is not rewritten
+    rows = [json.loads(x) for x in (tmp_path / V.STORE_NAME).read_text().splitlines() if x.strip()]
+    assert all("pred_us_at_measurement" not in json.dumps(x) for x in rows)
