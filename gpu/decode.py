@@ -12,7 +12,9 @@
   score first, ties to the lower index; sink/recent tokens forced), ``torch.sort`` of the chosen
   indices (ascending, as the contract walks them), then the split-K flash-decode gathering the
   selected rows inside the kernel.
-- fp16_flash: the same split-K flash-decode over all keys.
+- fp16_flash: split-K flash-decode over all keys with the G = Hq / Hkv query heads of a KV
+  head in one program (K/V read once per KV head, tensor-core dots);
+  ``launch={"grouped": False}`` runs the per-query-head kernel instead.
 
 ``decode_trace`` returns the intermediates for validation.
 """
@@ -175,25 +177,42 @@ def _flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | N
     kd, _ = _decode_kernels()
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
+    G = Hq // Hkv
     dev = q.device
+    launch = dict(launch or {})
+    gather = idx is not None
+    # grouped: the G query heads of a KV head share one program (K/V read once per KV head,
+    # tensor-core dots over G rows padded to 16). Not with gather: each query head has its own
+    # selection, so its K/V rows differ. Default for every G: on H100 (reports/bench/decode_gqa.md)
+    # it was faster also at G = 1 (1.56 vs 1.70 ms, B=8 H=32 D=128 L=32K).
+    grouped = bool(launch.pop("grouped", True)) and not gather
     nt = triton_cdiv(count, bn)
-    cfg = _launch(nt, B * Hq, launch)
+    cfg = _launch(nt, B * (Hkv if grouped else Hq), launch)
     splits = int(cfg["splits"])
     sps = triton_cdiv(nt, splits) * bn
     splits = triton_cdiv(count, sps)
     m = torch.empty((B * Hq, splits), dtype=torch.float32, device=dev)
     ls = torch.empty((B * Hq, splits), dtype=torch.float32, device=dev)
     acc = torch.empty((B * Hq, splits, D), dtype=torch.float32, device=dev)
-    cnt = torch.full((B * Hq,), count, dtype=torch.int32, device=dev)
-    gather = idx is not None
-    ix = idx if gather else cnt
-    kd.flash_decode_kernel[(splits, B * Hq)](
-        q, k, v, ix, cnt, m, ls, acc, float(np.float32(sm * LOG2E)), Hq, Hq // Hkv, splits, sps,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), ix.stride(0) if gather else 0,
-        D=D, BN=bn, GATHER=gather, P_BF16=q.dtype == torch.bfloat16,
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
-        enable_fp_fusion=False)
+    qk = float(np.float32(sm * LOG2E))
+    warps, stages = int(cfg["num_warps"]), int(cfg["num_stages"])
+    if grouped:
+        kd.flash_decode_group_kernel[(splits, B * Hkv)](
+            q, k, v, m, ls, acc, qk, Hq, Hkv, G, count, splits, sps,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            D=D, BN=bn, BG=max(16, 1 << (G - 1).bit_length()),
+            P_BF16=q.dtype == torch.bfloat16, DOT_F32=interpreting(),
+            num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+    else:
+        cnt = torch.full((B * Hq,), count, dtype=torch.int32, device=dev)
+        ix = idx if gather else cnt
+        kd.flash_decode_kernel[(splits, B * Hq)](
+            q, k, v, ix, cnt, m, ls, acc, qk, Hq, G, splits, sps,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), ix.stride(0) if gather else 0,
+            D=D, BN=bn, GATHER=gather, P_BF16=q.dtype == torch.bfloat16,
+            num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     out = torch.empty((B, Hq, 1, D), dtype=q.dtype, device=dev)
     kd.flash_combine_kernel[(B * Hq,)](m, ls, acc, out, splits, out.stride(0), out.stride(1), Hq,
                                        D=D, SPLIT_P2=max(2, 1 << (splits - 1).bit_length()),

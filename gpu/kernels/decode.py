@@ -22,9 +22,11 @@ of one KV head, padded to a power of two ``BG``; with ``USE_DOT`` (G > 2, ``BG >
 integer products are ``tl.dot`` (int8 tensor cores), otherwise exact int32 products summed on
 CUDA cores (MHA decode would waste 15 of 16 ``tl.dot`` rows, and their SAS work).
 
-fp16_flash / double_sparse: :func:`flash_decode_kernel` (split-K over key slots; with
-``GATHER`` slot ``i`` reads key ``IDX[i]``, the selected rows, inside the kernel) and
-:func:`flash_combine_kernel` (``M = max m_j``, weights ``exp2(m_j - M)``).
+fp16_flash / double_sparse: :func:`flash_decode_kernel` (split-K over key slots, one query head
+per program; with ``GATHER`` slot ``i`` reads key ``IDX[i]``, the selected rows, inside the
+kernel), :func:`flash_decode_group_kernel` (fp16_flash: the G query heads of one KV head per
+program, tensor-core dots, K/V read once per KV head) and :func:`flash_combine_kernel`
+(``M = max m_j``, weights ``exp2(m_j - M)``).
 """
 import triton
 import triton.language as tl
@@ -469,3 +471,69 @@ def flash_combine_kernel(M, LS, ACC, Out, NSPLIT, sob, soh, Hq, D: tl.constexpr,
     b = bh // Hq
     h = bh % Hq
     _store_out(Out, b * sob + h * soh + cols, o)
+
+
+@triton.jit
+def flash_decode_group_kernel(Q, K, V, M, LS, ACC, qk_scale, Hq, Hkv, G, NCOUNT, NSPLIT, SPS,
+                              sqb, sqh, skb, skh, skn, svb, svh, svn,
+                              D: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+                              P_BF16: tl.constexpr, DOT_F32: tl.constexpr):
+    """:func:`flash_decode_kernel` over all keys with the ``G`` query heads of one KV head in one
+    program, so each K/V tile is read once per KV head (not once per query head).
+
+    Grid (NSPLIT, B * Hkv). Rows are query heads ``hk*G + r``, ``r < G``, padded to ``BG >= 16``
+    (zero q rows, never stored); ``S = dot(q, k^T)`` and ``PV = dot(rnd(p), v)`` run on tensor
+    cores with f32 accumulation (the contract's sums in another order). DOT_F32 (interpreter):
+    the operands go to the dot as f32, exact copies of the fp16 / bf16 values, in IEEE f32.
+    Writes m, l, acc per query head exactly as :func:`flash_decode_kernel` (same layout)."""
+    j = tl.program_id(0)
+    bk = tl.program_id(1)
+    b = bk // Hkv
+    hk = bk % Hkv
+    rows = tl.arange(0, BG)
+    rmask = rows < G
+    hq = hk * G + rows
+    cols = tl.arange(0, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + hq[:, None] * sqh + cols[None, :],
+                mask=rmask[:, None], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    lo = j * SPS
+    hi = tl.minimum(lo + SPS, NCOUNT)
+    kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh  # > 2^31 elements at long contexts
+    vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    m_i = tl.full([BG], float("-inf"), tl.float32)
+    l_i = tl.zeros([BG], tl.float32)
+    acc = tl.zeros([BG, D], tl.float32)
+    for start in range(lo, hi, BN):
+        slots = start + tl.arange(0, BN)
+        smask = slots < hi
+        idx = slots.to(tl.int64)
+        k = tl.load(kb + idx[:, None] * skn + cols[None, :], mask=smask[:, None], other=0.0)
+        if DOT_F32:
+            S = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            S = tl.dot(q, tl.trans(k))
+        s = S * qk_scale
+        s = tl.where(smask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        v = tl.load(vb + idx[:, None] * svn + cols[None, :], mask=smask[:, None], other=0.0)
+        if P_BF16:  # round to nearest even by bits (the interpreter's f32 -> bf16 cast truncates)
+            pb = p.to(tl.uint32, bitcast=True)
+            pb = (pb + 0x7FFF + ((pb >> 16) & 1)) & 0xFFFF0000
+            p16 = pb.to(tl.float32, bitcast=True)
+        else:
+            p16 = p.to(tl.float16).to(tl.float32)
+        if DOT_F32:
+            pv = tl.dot(p16, v.to(tl.float32), input_precision="ieee")
+        else:  # p16 holds values of V's format: the cast is exact
+            pv = tl.dot(p16.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    po = (b * Hq + hq).to(tl.int64) * NSPLIT + j
+    tl.store(M + po, m_i, mask=rmask)
+    tl.store(LS + po, l_i, mask=rmask)
+    tl.store(ACC + po[:, None] * D + cols[None, :], acc, mask=rmask[:, None])
