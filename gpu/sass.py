@@ -13,6 +13,10 @@ passes), built on ``meta`` tensors of the benchmark shape; Triton's own binder t
 signature, constexprs and divisibility attributes, as ``attn_fwd_kernel[grid](...)`` would on a
 device (every pointer is taken 16-byte aligned, as the CUDA caching allocator gives).
 
+``python -m gpu.sass --decode`` prints the same counts for the decode kernels (flash-decode,
+turbo passes, label scores, radix select; :func:`decode_tables`), with the load round trips per
+loop iteration (:func:`load_rounds`), for the tables of ``sim/cost/kernels.py``.
+
 Main loop: the first backward branch in program order and its target (the unmasked loop of
 ``_attn_fwd_inner`` comes before the masked one); one iteration is one K/V tile per thread.
 
@@ -301,6 +305,156 @@ def diff_committed(tabs: dict, path: Path = TABLE) -> list[str]:
     return out
 
 
+# ---- decode kernels (optional; ``python -m gpu.sass --decode``) ----------------------------
+# The decode point of reports/validation (B=8, Hq=32, D=128, L=32768); Hkv 32 (G=1: one row per
+# program) and 8 (G=4: rows padded to 16). Printed for sim/cost/kernels.py's *_SASS tables.
+DECODE_SHAPE = {"batch": 8, "q_heads": 32, "length": 32768, "head_dim": 128}
+LDG_CLUSTER_GAP = 16     # LDGs closer than this (instructions) are in flight together
+
+
+def _compile_fn(fn, args, kwargs):
+    """Compile any @triton.jit ``fn`` for sm_90 on the CPU with Triton's binder (as
+    :func:`compile_call` does for the prefill kernel); returns (listing, registers, shared)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+    target = GPUTarget(*TARGET)
+    backend = make_backend(target)
+    kwargs = dict(kwargs, debug=False)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
+                                                          specialization, options)
+    ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                        options=options.__dict__)
+    listing, regs = disassemble(ck.asm["cubin"])
+    return listing, regs, int(ck.metadata.shared)
+
+
+def loops(ins: list[tuple[int, str]]) -> list[list[str]]:
+    """Bodies (target..branch) of every backward branch, in program order."""
+    out = []
+    for addr, txt in ins:
+        if txt.split()[0].split(".")[0] == "BRA":
+            m = _BRA.search(txt)
+            if m and int(m.group(1), 16) < addr:
+                lo = int(m.group(1), 16)
+                out.append([t for a, t in ins if lo <= a <= addr])
+    return out
+
+
+def load_rounds(body: list[str], gap: int = LDG_CLUSTER_GAP) -> int:
+    """Clusters of global loads (LDG) in a loop body: consecutive LDGs at most ``gap``
+    instructions apart are one cluster, i.e. one load round trip of the loop's chain."""
+    at = [i for i, t in enumerate(body) if t.startswith("LDG")]
+    return sum(1 for j, i in enumerate(at) if j == 0 or i - at[j - 1] > gap)
+
+
+def _mix(body: list[str]) -> dict:
+    cls = collections.Counter(classify(t.split()[0]) for t in body)
+    return {c: int(cls[c]) for c in CLASSES if cls.get(c)}
+
+
+def decode_tables(kv_heads=(32, 8)) -> dict:
+    """Per-thread SASS of our decode kernels' loops (one K/V tile / key chunk per iteration):
+    ``{name: {"instr": {class: n}, "regs", "smem", "rounds", "loop"}}``. Whole-kernel counts for
+    the loop-free label_score_kernel."""
+    import torch
+    from sim.spec import load_method as _lm
+    from .kernels import decode as kd
+    from .kernels import labels as kl
+    from .ops import ROUNDING_IDS, _sas_constants, interpreting
+    if interpreting():
+        raise RuntimeError("gpu.sass compiles for sm_90: unset TRITON_INTERPRET")
+    m = lambda *shape, dt=torch.float32: torch.empty(shape, dtype=dt, device="meta")
+    B, Hq, L, D = (DECODE_SHAPE[k] for k in ("batch", "q_heads", "length", "head_dim"))
+    out = {}
+
+    def put(name, listing, regs, smem, pick):
+        ins = parse(listing)
+        body = pick(ins)
+        out[name] = {"instr": _mix(body), "regs": regs, "smem": smem,
+                     "rounds": load_rounds(body), "loop": len(body)}
+
+    biggest = lambda ins: max(loops(ins), key=len)
+    # flash_decode_kernel (fp16_flash; GATHER for double_sparse), BN 64, 3 splits
+    for gather in (False, True):
+        Hkv, bn, S = 8, 64, 3
+        q, k = m(B, Hq, 1, D, dt=torch.float16), m(B, Hkv, L, D, dt=torch.float16)
+        ix = m(B * Hq, L // 16, dt=torch.int32) if gather else m(B * Hq, dt=torch.int32)
+        args = (q, k, k, ix, m(B * Hq, dt=torch.int32), m(B * Hq, S), m(B * Hq, S),
+                m(B * Hq, S, D), 0.1, Hq, Hq // Hkv, S, bn * 171, q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1), k.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                ix.stride(0) if gather else 0)
+        put(f"flash_decode gather={gather}", *_compile_fn(
+            kd.flash_decode_kernel, args, dict(D=D, BN=bn, GATHER=gather, P_BF16=False,
+                                               num_warps=4, num_stages=3,
+                                               enable_fp_fusion=False)), biggest)
+    # turbo passes, fold on, per G and stored width
+    spec = _lm("turbo")
+    kvc, p = spec.kvcache, spec.p
+    nb = kvc.buffer_tokens
+    sas = _sas_constants(spec)
+    sas.pop("SAS")
+    pconst = dict(LEVELS=int(p.levels), P_FP16=p.arithmetic == "fp16",
+                  P_ROUNDING=ROUNDING_IDS[p.rounding], P_SATURATE=bool(p.saturate),
+                  ROWSUM_Q=p.rowsum == "quantized")
+    for Hkv in kv_heads:
+        G = Hq // Hkv
+        use_dot = G > 1
+        BG = max(16, 1 << (G - 1).bit_length()) if use_dot else 1
+        ngrp = D // kvc.k_group_channels
+        ngp = max(ngrp, -(-16 // BG))
+        NT = L // nb
+        splits = max(1, min(NT, -(-4 * 132 // (B * Hkv))))
+        tps = -(-NT // splits)
+        for bits in (kvc.high_bits, kvc.low_bits):
+            ng = Hkv // 2
+            kc = m(B, ng, L, D * bits // 8, dt=torch.uint8)
+            sc, zc = m(B, Hkv, L, ngrp, dt=torch.uint8), m(B, Hkv, L, ngrp, dt=torch.int8)
+            kb, ks8 = m(B, Hkv, nb, D, dt=torch.int8), m(B, Hkv, NT)
+            sout, tmax, tsi = m(B, Hq, NT * nb), m(B, Hq, NT), m(1, dt=torch.int32)
+            heads = m(ng, dt=torch.int32)
+            put(f"turbo scores BG={BG} bits={bits}", *_compile_fn(
+                kd.turbo_scores_kernel,
+                (m(B, Hq, D, dt=torch.int8), m(B, Hq), kc, sc, zc, kb, ks8, sout, tmax, tsi,
+                 heads, 0.1, Hq, Hkv, G, ng, L, NT, NT - 1, L, NT, NT * nb, tps),
+                dict(D=D, BN=nb, BG=BG, KG=kvc.k_group_channels, BITS=bits, TRACE=False,
+                     USE_DOT=use_dot, FOLD=True, NGP=ngp, num_warps=4, num_stages=3,
+                     enable_fp_fusion=False)), biggest)
+            nv = L // kvc.v_group_tokens
+            put(f"turbo pv BG={BG} bits={bits}", *_compile_fn(
+                kd.turbo_pv_kernel,
+                (sout, tmax, kc, m(B, Hkv, nv, D, dt=torch.uint8),
+                 m(B, Hkv, nv, D, dt=torch.int8), kb, ks8, m(B, Hq, splits, D),
+                 m(B, Hq, splits), m(B, Hq, splits), tsi, tsi, heads, Hq, Hkv, G, ng, L, NT,
+                 NT - 1, L, nv, NT, NT * nb, tps, splits),
+                dict(D=D, BN=nb, BG=BG, VG=kvc.v_group_tokens, BITS=bits, **pconst, **sas,
+                     EXACT_FMA_F64=False, TMCHUNK=64, TRACE=False, USE_DOT=use_dot, FOLD=True,
+                     num_warps=4, num_stages=3, enable_fp_fusion=False)), biggest)
+    # double_sparse selection: label scores (no loop: whole kernel), radix select loops
+    Hkv, r = 8, 32
+    q = m(B, Hq, 1, D, dt=torch.float16)
+    put("label_score", *_compile_fn(
+        kl.label_score_kernel,
+        (q, m(Hkv, r, dt=torch.int32), m(B, Hkv, L, r // 2, dt=torch.uint8),
+         m(B, Hkv, L, dt=torch.float16), m(B, Hkv, L, dt=torch.int32), m(1),
+         m(B, Hq, L, dt=torch.int32), L, L, Hq, Hkv, Hq // Hkv, 0, 0, q.stride(0),
+         q.stride(1), q.stride(3)),
+        dict(R=r, BLOCK=256, BITS=4, WRITE_APPROX=False, KEY32=True, num_warps=4,
+             enable_fp_fusion=False)), lambda ins: [t for _, t in ins])
+    kk = L // 16
+    lst, regs, smem = _compile_fn(
+        kl.topk_select_kernel, (m(B * Hq, L, dt=torch.int32), m(B * Hq, kk, dt=torch.int32),
+                                L, kk, kk), dict(BLOCK=2048, num_warps=8))
+    lps = loops(parse(lst))
+    for i, body in enumerate(lps):
+        out[f"radix_select loop{i}"] = {"instr": _mix(body), "regs": regs, "smem": smem,
+                                        "rounds": load_rounds(body), "loop": len(body)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.sass", description=__doc__.split("\n")[0])
     ap.add_argument("--variant", action="append", choices=list(VARIANTS),
@@ -309,7 +463,14 @@ def main(argv=None) -> int:
     ap.add_argument("--opcodes", action="store_true", help="also print per-opcode counts")
     ap.add_argument("--check", action="store_true",
                     help=f"exit 1 when the counts differ from {TABLE.name}")
+    ap.add_argument("--decode", action="store_true",
+                    help="print the decode kernels' loop mixes (sim/cost/kernels.py *_SASS) "
+                         "instead")
     a = ap.parse_args(argv)
+    if a.decode:
+        for name, t in decode_tables().items():
+            print(f"{name}: {t}")
+        return 0
     if a.write and a.variant and set(a.variant) != set(VARIANTS):
         ap.error("--write rewrites every variant's table: drop --variant")
     tabs = tables(a.variant)

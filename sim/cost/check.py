@@ -18,6 +18,10 @@ block_n=128, attention kernel only) that ran today's kernels: int8_flash (defaul
 turbo with exp2. Its other rows are left out: the turbo SAS rows ran a floor that was since
 reverted, and the ``p-fp32-even`` rows run PQUANT mode 2, which has no counted mix.
 
+``python -m sim.cost.check --validation`` re-predicts every measured row of
+``reports/validation/results.jsonl`` (prefill and decode; the file is only read) with the current
+model and prints the median signed errors per method/phase and tier, stored vs now.
+
 >>> rows = points()                   # doctest: +SKIP
 """
 from __future__ import annotations
@@ -188,12 +192,83 @@ def summary(pts: list[dict], tiers=("tiled", "calibrated")) -> str:
     return "\n".join(lines)
 
 
+def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
+                         tiers=("roofline", "tiled", "calibrated")) -> list[dict]:
+    """Every measured row of ``reports/validation/results.jsonl`` (both phases) with the
+    predictions stored at measurement (``stored``) and the current model's (``now``), per
+    tier, in us. The file is only read. Prefill rows use ``gpu.ops.default_launch``."""
+    out, specs = [], {}
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("measured_us") is None:
+            continue
+        sh = r["shape"]
+        shape = Shape(sh["batch"], sh["q_heads"], sh["kv_heads"], sh["q_len"], sh["kv_len"],
+                      sh["head_dim"], bool(sh["causal"]))
+        m, ph = r["method"], r["phase"]
+        spec = specs.get(m) or specs.setdefault(m, load_method(m))
+        launch = dict(_DEFAULT_LAUNCH[128 if sh["head_dim"] >= 128 else 64]) \
+            if ph == "prefill" else None
+        now, bound = {}, {}
+        for t in tiers:
+            pr = predict(spec, shape, hardware, phase=ph, tier=t, launch=launch)
+            now[t], bound[t] = pr.time * 1e6, pr.bound
+        out.append({"method": m, "phase": ph, "label": r.get("label", shape.label()),
+                    "measured_us": float(r["measured_us"]), "stored": dict(r.get("pred_us") or {}),
+                    "now": now, "bound": bound})
+    return out
+
+
+def validation_medians(rows: list[dict], tiers=("roofline", "tiled", "calibrated")) -> str:
+    """Markdown: per (method, phase) and tier, the median signed error (pred - meas) / meas of
+    the stored predictions and of the current model's, with the point count."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["phase"]), []).append(r)
+    head = "| method | phase | n | " + " | ".join(
+        f"{t} stored -> now" for t in tiers) + " |"
+    lines = [head, "|---" * (3 + len(tiers)) + "|"]
+    for (m, ph), rs in sorted(groups.items(), key=lambda x: (x[0][1], x[0][0])):
+        cells = []
+        for t in tiers:
+            def med(key):
+                e = [(r[key][t] - r["measured_us"]) / r["measured_us"] for r in rs
+                     if t in r[key]]
+                return f"{statistics.median(e):+.0%}" if e else "-"
+            cells.append(f"{med('stored')} -> {med('now')}")
+        lines.append(f"| {m} | {ph} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def validation_table(rows: list[dict], tier: str = "calibrated") -> str:
+    lines = [f"| method | point | measured us | {tier} stored us | {tier} now us (err, bound) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        st = r["stored"].get(tier)
+        e = (r["now"][tier] - r["measured_us"]) / r["measured_us"]
+        lines.append(f"| {r['method']} | {r['label']} | {r['measured_us']:.1f} | "
+                     f"{'-' if st is None else f'{st:.1f}'} | {r['now'][tier]:.1f} ({e:+.0%}, "
+                     f"{r['bound'][tier]}) |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="python -m sim.cost.check", description=__doc__.split("\n")[0])
     ap.add_argument("--probe", action="store_true",
                     help="predict the probe's points of today's kernels (module doc) instead")
+    ap.add_argument("--validation", action="store_true",
+                    help="re-predict every measured row of reports/validation/results.jsonl "
+                         "(read only) and print median errors, stored vs now, per method/phase")
     a = ap.parse_args(argv)
+    if a.validation:
+        rows = repredict_validation()
+        print(validation_medians(rows))
+        print()
+        print(validation_table([r for r in rows if r["phase"] == "decode"]))
+        return 0
     pts = points(None, None, probe=PROBE) if a.probe else points()
     print(summary(pts))
     print()

@@ -68,7 +68,7 @@ class Launch:
     """Totals of one kernel launch (see module docstring)."""
 
     __slots__ = ("name", "ctas", "warps", "smem_cta", "regs", "tc", "instr", "mma", "hbm",
-                 "l2", "smem", "max_share", "useful_tc", "reread")
+                 "l2", "smem", "max_share", "useful_tc", "reread", "serial")
 
     def __init__(self, name, ctas, warps, smem_cta, regs):
         self.name, self.ctas, self.warps, self.smem_cta, self.regs = name, ctas, warps, smem_cta, regs
@@ -81,6 +81,9 @@ class Launch:
         # (K/V bytes re-read beyond the unique ones, bytes of one K/V stream, CTAs per stream):
         # model.py turns it into HBM traffic with the L2 reuse model.
         self.reread = (0.0, 0.0, 1)
+        # (loop iterations of one CTA, load round trips per iteration, HBM share of the loads):
+        # the CTA's dependent chain for latency-bound launches (``_serial``); None: unmodeled.
+        self.serial = None
 
     def add_tc(self, dtype: str, ops: float) -> None:
         self.tc[dtype] = self.tc.get(dtype, 0.0) + ops
@@ -249,3 +252,126 @@ def decode(name: str, *, B: int, Hq: int, Hkv: int, q_len: int, kv_len: int, bn:
     if s > 1 and not ideal:
         out.append(_combine(B * Hq * q_len, s, d))
     return out
+
+
+# ---- our Triton decode kernels (gpu/kernels/decode.py, gpu/kernels/labels.py) ---------------
+# Idle load-to-use latencies of H100 (ESTIMATE, not fitted: pointer-chase microbenchmarks put an
+# L2 hit near 260-300 SM clocks and an HBM access near 500 ns; chipsandcheese.com "Nvidia's
+# H100: Funny L2, and Tons of Bandwidth", 2023). Loaded latency is higher and not modeled, so
+# latency-bound launches are priced optimistically.
+LAT_L2_CLK = 270.0
+LAT_HBM_NS = 500.0
+
+# SASS of flash_decode_kernel's K/V loop at D=128, BN=64, num_warps=4, num_stages=3, per thread
+# per tile (``python -m gpu.sass --decode``, sm_90, triton 3.6.0): instructions by class,
+# registers, and ``rounds`` = LDG clusters whose results are consumed before the next cluster is
+# issued (LDGs within 16 instructions of each other form one cluster; the 16-byte loads reuse
+# R24..R36: two at a time in flight, no cp.async pipeline -- 2 KB shared memory is the
+# reductions' scratch). GATHER adds the index loads (one more round).
+FLASH_DECODE_SASS = {
+    False: {"instr": {"fp32": 381, "fp16x2": 136, "int32": 125, "sfu": 9, "other": 162},
+            "regs": 80, "smem": 2048, "rounds": 11},
+    True: {"instr": {"fp32": 381, "fp16x2": 141, "int32": 150, "sfu": 9, "other": 171},
+           "regs": 80, "smem": 2048, "rounds": 12},
+}
+
+
+# turbo_scores_kernel / turbo_pv_kernel (fold on, BN = 64, D = 128, num_warps=4, num_stages=3),
+# same provenance, keyed by (pass, BG, stored bits): BG = 1 for one query row per KV head
+# (CUDA-core rows), 16 for GQA groups of 2..16 rows (tl.dot). Per thread per key tile; the
+# IGMMA/IMMA instructions are in "other". Mostly INT32: PRMT byte permutes of the code unpack /
+# int8 repack, and the layout conversions of the fold (LDS/STS + BAR).
+TURBO_DECODE_SASS = {
+    ("scores", 1, 4): {"instr": {"int32": 900, "fp32": 146, "cvt": 32, "sfu": 16, "other": 149},
+                       "regs": 121, "smem": 14336, "rounds": 6},
+    ("scores", 1, 2): {"instr": {"int32": 799, "fp32": 160, "cvt": 32, "sfu": 16, "other": 138},
+                       "regs": 141, "smem": 10240, "rounds": 5},
+    ("scores", 16, 4): {"instr": {"int32": 753, "fp32": 200, "cvt": 20, "sfu": 10, "other": 165},
+                        "regs": 176, "smem": 22528, "rounds": 5},
+    ("scores", 16, 2): {"instr": {"int32": 687, "fp32": 203, "cvt": 20, "sfu": 10, "other": 165},
+                        "regs": 177, "smem": 18432, "rounds": 5},
+    ("pv", 1, 4): {"instr": {"int32": 665, "fp32": 216, "fp16x2": 13, "cvt": 18, "sfu": 5,
+                             "other": 216}, "regs": 168, "smem": 17928, "rounds": 5},
+    ("pv", 1, 2): {"instr": {"int32": 658, "fp32": 221, "fp16x2": 13, "cvt": 18, "sfu": 5,
+                             "other": 208}, "regs": 168, "smem": 13832, "rounds": 5},
+    ("pv", 16, 4): {"instr": {"int32": 700, "fp32": 298, "fp16x2": 33, "cvt": 38, "sfu": 5,
+                              "other": 219}, "regs": 168, "smem": 25728, "rounds": 5},
+    ("pv", 16, 2): {"instr": {"int32": 692, "fp32": 308, "fp16x2": 33, "cvt": 38, "sfu": 5,
+                              "other": 216}, "regs": 168, "smem": 21632, "rounds": 6},
+}
+
+
+# Double Sparsity selection kernels (gpu/kernels/labels.py; same provenance). label_score_kernel
+# (BLOCK=256 tokens, R=32 4-bit labels, KEY32, 4 warps): the whole program per thread (no loop).
+# topk_select_kernel (BLOCK=2048, 8 warps, one program per row): per thread per 2048-key chunk
+# of a histogram pass (tl.histogram lowers to VOTE ballots + POPC per bin: LOP3/POPC-heavy,
+# 16 ATOMS per chunk; the mean of the four passes' loops) and of the compaction pass.
+LABEL_SCORE_SASS = {"instr": {"int32": 303, "fp32": 292, "fp16x2": 34, "cvt": 4, "sfu": 2,
+                              "other": 133}, "regs": 64, "smem": 1024, "rounds": 2}
+RADIX_SELECT_SASS = {
+    "hist": {"int32": 529, "fp32": 54, "other": 230},
+    "compact": {"int32": 405, "fp32": 182, "other": 163},
+    "regs": 104, "smem": 2048, "rounds": 2,
+}
+
+
+def default_splits(n_tiles: int, programs: int, sm_count: int, per_sm: int = 4) -> int:
+    """gpu.decode.default_decode_launch: splits so that ~``per_sm`` programs run per SM.
+
+    >>> default_splits(512, 256, 132)
+    3
+    """
+    return max(1, min(n_tiles, -(-per_sm * sm_count // max(programs, 1))))
+
+
+def load_latency_clk(hbm_share: float, clk_hz: float | None) -> float:
+    """Load latency in clocks when ``hbm_share`` of the bytes come from HBM, the rest from L2."""
+    hbm = LAT_HBM_NS * 1e-9 * (clk_hz or 1.83e9)
+    return LAT_L2_CLK + hbm_share * max(0.0, hbm - LAT_L2_CLK)
+
+
+def _serial(lau: Launch, iters: float, rounds: float, hbm_share: float) -> None:
+    """Record the per-CTA dependent chain: ``iters`` loop iterations, each waiting ``rounds``
+    load round trips (model.py adds the CTA's own issue time per iteration)."""
+    lau.serial = (float(iters), float(rounds), float(hbm_share))
+
+
+def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: int, d: int,
+                      sm_count: int, gather: bool, kv_len: int | None = None,
+                      per_sm: int = 4) -> list[Launch]:
+    """gpu.decode._flash_decode: ``flash_decode_kernel`` on grid (splits, B*Hq) -- one program
+    per QUERY head and split, CUDA-core f32 products (no tl.dot), K/V of the head's KV head
+    read by each of the G query heads (HBM once when the group's programs, adjacent in the grid,
+    hit L2; L2->SM once per query head) -- then ``flash_combine_kernel`` (grid B*Hq, 1 warp),
+    always launched. ``gather``: slot i reads key IDX[i] (double_sparse), the selections differ
+    per head so every gathered row is unique HBM traffic; ``count`` slots per row."""
+    programs = B * Hq
+    nt = -(-count // bn)
+    s = default_splits(nt, programs, sm_count, per_sm)
+    sps = -(-nt // s) * bn
+    s = -(-count // sps)
+    iters = sps // bn
+    mix = FLASH_DECODE_SASS[gather]
+    lau = Launch(name, s * programs, 4, mix["smem"], mix["regs"])
+    tiles = programs * s * iters                 # every program walks full BN-slot tiles
+    # per thread per tile x 128 threads; the table is the BN=64, D=128 compile, other tiles
+    # scale by their elements per thread (an estimate, not a compile)
+    lau.add(mix["instr"], tiles * 128 * bn * d / (64 * 128))
+    row = 2 * d * 2                              # K + V bytes of one slot, fp16
+    slots = programs * count
+    idx = slots * 4 if gather else 0
+    if gather:
+        uniq = slots * row
+    else:
+        uniq = B * Hkv * count * row
+    partial = programs * s * (d + 2) * 4
+    lau.hbm = uniq + idx + programs * d * 2 + partial
+    lau.l2 = slots * row + idx + programs * d * 2 + partial
+    lau.useful_tc = 0.0
+    _serial(lau, iters, mix["rounds"], uniq / (slots * row))
+    comb = Launch("combine", programs, 1, 0, 40)
+    comb.hbm = comb.l2 = partial + programs * d * 2
+    # per split: exp2 weight, D FMUL + FADD (acc), l; division per D
+    comb.add({"sfu": s, "fp32": s * (2 * d + 3) + d}, programs)
+    _serial(comb, 1, 2, 0.0)                     # m/l/acc vector loads, then the store
+    return [lau, comb]

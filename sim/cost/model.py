@@ -27,7 +27,12 @@ Per launch (``tier="tiled"``; ``"calibrated"`` is the same on the measured ceili
    bytes + K/V re-reads that miss L2: the in-flight K/V streams (CTAs of one stream are
    consecutive in the grid) must fit in half the L2, else the excess share misses. Bandwidth
    scales with the SMs in use (an SM streams ~1/SMs of the chip's bandwidth).
-6. Launches run back to back: the prediction is their sum.
+6. Latency chains (our decode kernels, ``Launch.serial``): a CTA that walks a loop of
+   dependent global-load round trips (loads consumed before the next ones are issued, as the
+   SASS of gpu/kernels/decode.py shows) takes at least ``iterations x (rounds x load latency
+   + its warp's instructions)`` per wave (:func:`_chain_time`); the launch takes the max of
+   that, compute and memory, and reports ``bound = "latency"`` when the chain binds.
+7. Launches run back to back: the prediction is their sum.
 
 ``tier="roofline"``: useful work only (no padding, no re-reads), time = max over units of
 ops / chip peak and unique HBM bytes / bandwidth; no occupancy, waves, overlap or launch.
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field
 from ..spec import MethodSpec, load_method
 from . import methods
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
-from .kernels import UNIT_OF, Launch
+from .kernels import UNIT_OF, Launch, load_latency_clk
 from .shape import Shape
 
 TIERS = ("roofline", "tiled", "calibrated")
@@ -222,11 +227,12 @@ def _launch_time(r: _Rates, lau: Launch):
     wave = c * per_cta
     longest = per_cta * lau.max_share
     compute = max(wave * rounds, longest)
+    chain = _chain_time(r, lau, c, rounds, warp_instr)
     active = min(r.sm, lau.ctas) / r.sm
     hbm = lau.hbm + lau.reread[0] * l2_miss(r, lau, r.sm * c)
     t_hbm = hbm / (r.hbm * active)
     t_l2 = lau.l2 / (r.l2 * active)
-    body = max(compute, t_hbm, t_l2)
+    body = max(compute, chain, t_hbm, t_l2)
     # breakdown: compute split over units by busy share; exposed memory; launch
     bd = {}
     ser = ut["tensor"] + cuda
@@ -238,16 +244,43 @@ def _launch_time(r: _Rates, lau: Launch):
             bd["tensor"] = compute * ut["tensor"] / ser
         if cuda > 0:
             bd[top] = compute * cuda / ser
-    if body > compute:
+    mem = max(t_hbm, t_l2)
+    if chain > compute and chain >= mem:
+        bd["latency"] = body - compute
+    elif body > compute:
         bd["hbm" if t_hbm >= t_l2 else "l2"] = body - compute
     bd["launch"] = r.launch
     if body == compute:
         bound = "tensor" if ut["tensor"] >= cuda else top
+    elif chain >= mem:
+        bound = "latency"
     else:
         bound = "hbm" if t_hbm >= t_l2 else "l2"
     if r.launch > body:
         bound = "launch"
     return body + r.launch, bound, bd, hbm, occ, rounds
+
+
+def _chain_time(r: _Rates, lau: Launch, c: int, rounds: int, warp_instr: float) -> float:
+    """Latency-bound time of a launch whose CTAs walk a loop of dependent load round trips
+    (``Launch.serial``, set by the decode builders). One iteration of one CTA takes its
+    ``load_rounds`` round trips plus its own instructions (a warp issues one per clock), or, when
+    longer, the schedulers' time for the ``c`` co-resident CTAs' instructions:
+
+        t_iter = max(load_rounds * latency + I_warp, c * warps * I_warp / schedulers)
+
+    with ``latency`` the L2 / HBM load-to-use estimate of ``kernels`` (weighted by the share
+    of the loads that come from HBM). 0 when the launch has no recorded chain."""
+    if lau.serial is None:
+        return 0.0
+    iters, load_rounds, share = lau.serial
+    if iters <= 0:
+        return 0.0
+    lat = load_latency_clk(share, r.clk)
+    per_warp = warp_instr / (lau.ctas * lau.warps * iters)
+    sched = r.issue / r.clk
+    t_iter = max(load_rounds * lat + per_warp, c * lau.warps * per_warp / sched)
+    return rounds * iters * t_iter / r.clk
 
 
 def _roofline_time(r: _Rates, lau: Launch):

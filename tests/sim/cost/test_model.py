@@ -70,12 +70,47 @@ def test_gqa_reads_kv_once_per_kv_head():
 
 def test_decode_one_row_pads_to_an_mma_tile():
     s = Shape(1, 1, 1, 1, 1024, 128)
-    p = predict("fp16_flash", s, A100, phase="decode")
+    p = predict("fp16_flash", s, A100, phase="decode", kernel="ideal")
     r = predict("fp16_flash", s, A100, phase="decode", tier="roofline")
     assert r.tensor_ops["fp16"] == 2 * 1024 * 256          # useful: one row
     assert p.tensor_ops["fp16"] == 16 * 2 * 1024 * 256      # 16-row MMA tile
     assert p.hbm_bytes >= 2 * 1024 * 128 * 2
     assert p.bound in ("hbm", "launch", "flash_decode:launch", "flash_decode:hbm")
+
+
+def test_our_fp16_decode_reads_kv_per_query_head():
+    # gpu/kernels/decode.py flash_decode_kernel: grid (splits, B*Hq), CUDA-core products
+    mha, gqa = Shape(8, 32, 32, 1, 32768, 128), Shape(8, 32, 8, 1, 32768, 128)
+    H100 = "h100_sxm"
+    pm = predict("fp16_flash", mha, H100, phase="decode")
+    pg = predict("fp16_flash", gqa, H100, phase="decode")
+    assert pm.tensor_ops == {} and pg.tensor_ops == {}
+    kv_q = 8 * 32 * 32768 * 128 * 2 * 2                     # K + V per query head
+    assert pg.l2_bytes >= kv_q and pm.l2_bytes >= kv_q
+    assert pg.hbm_bytes < 0.3 * pm.hbm_bytes                 # HBM once per KV head
+    # splits = min(tiles, cdiv(4 * 132, 256)) = 3 -> 768 programs, then the combine
+    assert [(n, c) for n, c, *_ in pm.launches] == [("flash_decode", 768), ("combine", 256)]
+    # GQA saves HBM bytes but the per-query-head programs keep it far from Hkv/Hq of MHA
+    assert pg.time > 0.3 * pm.time
+    ideal = predict("fp16_flash", gqa, H100, phase="decode", kernel="ideal")
+    assert ideal.time < pg.time
+
+
+def test_our_decode_launches():
+    s = Shape(8, 32, 8, 1, 16384, 128)
+    t = predict("turbo", s, "h100_sxm", phase="decode")
+    names = [n for n, *_ in t.launches]
+    # Q quant; pass 1 and pass 2 per stored width (INT4 heads, INT2 heads); combine
+    assert names == ["q_quant", "turbo_scores4", "turbo_scores2", "turbo_pv4", "turbo_pv2",
+                     "combine"]
+    d = predict("double_sparse", s, "h100_sxm", phase="decode")
+    assert [n for n, *_ in d.launches] == ["label_scores", "radix_select", "sparse_attn",
+                                           "combine"]
+    # one radix-select program per query row, a latency chain of 5 x cdiv(L, 2048) chunk steps
+    assert d.launches[1][1] == 8 * 32
+    for m in ("turbo", "double_sparse"):
+        assert predict(m, s, "h100_sxm", phase="decode", kernel="ideal").time < \
+            predict(m, s, "h100_sxm", phase="decode").time
 
 
 def test_causal_halves_prefill_work():
