@@ -15,6 +15,7 @@ from pathlib import Path
 from qsattn import provenance
 from sim import schema
 from sim.cost import Shape, load_hardware, mixes, predict
+from sim.cost.methods import OURS, default_kernel
 from sim.schema import meta
 from sim.spec import config_dir, load_method
 
@@ -98,13 +99,23 @@ def decode_shape(c: DecodeSweep, L: int) -> Shape:
 
 
 # ---- tables -------------------------------------------------------------------------------
+def _baseline(ent, phase: str):
+    """The fp16_flash entry a speedup is taken against: in decode, our Triton fp16 kernel for
+    entries priced as our kernels, the optimal ("ideal") fp16 decode for the others."""
+    if phase != "decode":
+        return _entry("fp16_flash")
+    spec, kernel, _ = ent
+    ours = (spec.method, kernel or default_kernel(spec, "decode")) in OURS
+    return _entry("fp16_flash" if ours else "fp16_flash:ideal")
+
+
 def sweep_table(cfg: RooflineConfig, hw: str, phase: str) -> str:
-    """Markdown: predicted time (us), speedup vs fp16_flash and bound, per method and length."""
+    """Markdown: predicted time (us), speedup vs fp16_flash and bound, per method and length
+    (decode: like against like, see :func:`_baseline`)."""
     sweep = cfg.prefill if phase == "prefill" else cfg.decode
     entries = [_entry(e) for e in (cfg.prefill_methods if phase == "prefill"
                                    else cfg.decode_methods)]
     mk = prefill_shape if phase == "prefill" else decode_shape
-    base = _entry("fp16_flash")
     head = "| method | " + " | ".join(f"L={L}" for L in sweep.lengths) + " |"
     rows = [head, "|---" * (len(sweep.lengths) + 1) + "|"]
     for ent in entries:
@@ -115,7 +126,7 @@ def sweep_table(cfg: RooflineConfig, hw: str, phase: str) -> str:
             if p is None:
                 cells.append("n/a")
                 continue
-            b = _pred(base, s, hw, phase, cfg)
+            b = _pred(_baseline(ent, phase), s, hw, phase, cfg)
             cells.append(f"{p.time * 1e6:.1f} us, {b.time / p.time:.2f}x, {p.bound}")
         rows.append(f"| `{ent[2]}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -165,29 +176,36 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
                         f"{'more' if b.time / p.time > 1.8 else 'less'} than the 1.8x claimed, "
                         f"which needs a SAS with far fewer instructions per score or softmax "
                         f"overlapped with MMAs (warp specialization)."))
+    # Decode claims compare the papers' implementations: price both sides with the optimal
+    # ("ideal") decode kernels, i.e. what the bytes and units allow; our Triton kernels' own
+    # predicted ratio is quoted next to it.
+    ideal = dict(phase="decode", kernel="ideal", tier=tier, clock=clock)
+    ours = dict(phase="decode", tier=tier, clock=clock)
     s = Shape(16, 32, 8, 1, 8192, 128)
-    b = predict(fp16, s, hw, phase="decode", tier=tier, clock=clock)
-    p = predict(turbo, s, hw, phase="decode", tier=tier, clock=clock)
+    b, p = predict(fp16, s, hw, **ideal), predict(turbo, s, hw, **ideal)
+    ob, op = predict(fp16, s, hw, **ours), predict(turbo, s, hw, **ours)
     out.append(PaperRow("TurboAttention decode", "assumed A100-80G B16 H32/8 D128 ctx 8K",
                         "up to 1.7x", f"{b.time / p.time:.2f}x",
-                        f"both {b.bound}/{p.bound}-bound; bytes ratio "
+                        f"optimal kernels on both sides, {b.bound}/{p.bound}-bound; bytes ratio "
                         f"{b.hbm_bytes / p.hbm_bytes:.2f}x (INT4/INT2 + scales/zeros + INT8 "
-                        f"buffer vs FP16) bounds the speedup; the claim is below it."))
+                        f"buffer vs FP16) bounds the speedup; the claim is below it. Our Triton "
+                        f"kernels: {ob.time / op.time:.2f}x ({op.bound}-bound)."))
     ds = load_method("double_sparse", sparse__label_bits=16, sparse__label_channels=8,
                      sparse__token_fraction=1 / 16)
     best = None
     for B in (1, 4, 8, 16, 32):
         for L in (2048, 4096, 8192, 16384):
             s = Shape(B, 32, 32, 1, L, 128)
-            b = predict(fp16, s, hw, phase="decode", tier=tier, clock=clock)
-            p = predict(ds, s, hw, phase="decode", tier=tier, clock=clock)
+            b, p = predict(fp16, s, hw, **ideal), predict(ds, s, hw, **ideal)
             r = (b.time / p.time, b.hbm_bytes / p.hbm_bytes, B, L, p.bound)
             if best is None or r[0] > best[0]:
                 best = r
             if (B, L) in ((1, 2048), (32, 16384)):
                 out.append(PaperRow("Double Sparsity decode", f"A100-80G B{B} H32 D128 ctx {L}, "
                                     "r=8 fp16 labels, k=ctx/16", "up to 14.1x",
-                                    f"{r[0]:.2f}x", f"{p.bound}-bound; bytes ratio {r[1]:.2f}x"))
+                                    f"{r[0]:.2f}x", f"optimal kernels, {p.bound}-bound; bytes "
+                                    f"ratio {r[1]:.2f}x; our Triton kernels: "
+                                    f"{predict(fp16, s, hw, **ours).time / predict(ds, s, hw, **ours).time:.2f}x"))
     sp, ratio, B, L, bound = best
     out.append(PaperRow(
         "Double Sparsity decode", f"best of B 1..32 x ctx 2K..16K (B{B}, ctx {L})",
