@@ -14,8 +14,9 @@ signature, constexprs and divisibility attributes, as ``attn_fwd_kernel[grid](..
 device (every pointer is taken 16-byte aligned, as the CUDA caching allocator gives).
 
 ``python -m gpu.sass --decode`` prints the same counts for the decode kernels (flash-decode,
-turbo passes, label scores, radix select; :func:`decode_tables`), with the load round trips per
-loop iteration (:func:`load_rounds`), for the tables of ``sim/cost/kernels.py``.
+grouped flash-decode, turbo passes, label scores, radix select; :func:`decode_tables`), with
+the load round trips per loop iteration (:func:`load_rounds`) and its cp.async waits
+(``DEPBAR``, ``waits``), for the tables of ``sim/cost/kernels.py``.
 
 Main loop: the first backward branch in program order and its target (the unmasked loop of
 ``_attn_fwd_inner`` comes before the masked one); one iteration is one K/V tile per thread.
@@ -375,7 +376,8 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
         ins = parse(listing)
         body = pick(ins)
         out[name] = {"instr": _mix(body), "regs": regs, "smem": smem,
-                     "rounds": load_rounds(body), "loop": len(body)}
+                     "rounds": load_rounds(body), "loop": len(body),
+                     "waits": sum(1 for t in body if t.startswith("DEPBAR"))}
 
     biggest = lambda ins: max(loops(ins), key=len)
     # flash_decode_kernel (fp16_flash; GATHER for double_sparse), BN 64, 3 splits
@@ -391,6 +393,20 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
             kd.flash_decode_kernel, args, dict(D=D, BN=bn, GATHER=gather, P_BF16=False,
                                                num_warps=4, num_stages=3,
                                                enable_fp_fusion=False)), biggest)
+    # flash_decode_group_kernel (fp16_flash default): one program per KV head and split, the G
+    # query heads padded to BG >= 16 rows, tl.dot on tensor cores; K/V tiles by cp.async
+    # (LDGSTS, counted as LDG clusters by load_rounds) num_stages - 1 tiles ahead
+    for Hkv in kv_heads:
+        G, bn, S = Hq // Hkv, 64, 3
+        BG = max(16, 1 << (G - 1).bit_length())
+        q, k = m(B, Hq, 1, D, dt=torch.float16), m(B, Hkv, L, D, dt=torch.float16)
+        args = (q, k, k, m(B * Hq, S), m(B * Hq, S), m(B * Hq, S, D), 0.1, Hq, Hkv, G, L, S,
+                bn * 171, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                k.stride(0), k.stride(1), k.stride(2))
+        put(f"flash_decode_group G={G} BG={BG}", *_compile_fn(
+            kd.flash_decode_group_kernel, args, dict(D=D, BN=bn, BG=BG, P_BF16=False,
+                                                     DOT_F32=False, num_warps=4, num_stages=3,
+                                                     enable_fp_fusion=False)), biggest)
     # turbo passes, fold on, per G and stored width
     spec = _lm("turbo")
     kvc, p = spec.kvcache, spec.p

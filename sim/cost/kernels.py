@@ -275,6 +275,17 @@ FLASH_DECODE_SASS = {
            "regs": 80, "smem": 2048, "rounds": 12},
 }
 
+# flash_decode_group_kernel (the fp16_flash default), same compile settings and provenance,
+# keyed by BG (the G query rows padded to >= 16; compiled at G = 4, the G = 1 loop differs by one
+# NOP): per thread per K/V tile. QK^T and PV are 32 HMMA.16816.F32 (in "other", with 28 LDSM,
+# the LDGSTS/LDS/STS/BAR of the pipeline and the SHFL reductions). K/V tiles arrive by cp.async
+# (LDGSTS: ``rounds`` = 2 clusters, K and V) issued num_stages - 1 = 2 tiles ahead, one DEPBAR
+# wait per iteration (``waits``): 70 KB of shared memory holds the 3 stages.
+FLASH_DECODE_GROUP_SASS = {
+    16: {"instr": {"fp32": 116, "int32": 102, "sfu": 10, "other": 140},
+         "regs": 78, "smem": 71680, "rounds": 2, "waits": 1, "stages": 3},
+}
+
 
 # turbo_scores_kernel / turbo_pv_kernel (fold on, BN = 64, D = 128, num_warps=4, num_stages=3),
 # same provenance, keyed by (pass, BG, stored bits): BG = 1 for one query row per KV head
@@ -369,9 +380,54 @@ def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: i
     lau.l2 = slots * row + idx + programs * d * 2 + partial
     lau.useful_tc = 0.0
     _serial(lau, iters, mix["rounds"], uniq / (slots * row))
-    comb = Launch("combine", programs, 1, 0, 40)
-    comb.hbm = comb.l2 = partial + programs * d * 2
+    return [lau, _flash_combine(programs, s, d, partial)]
+
+
+def _flash_combine(rows: int, s: int, d: int, partial: float) -> Launch:
+    """``flash_combine_kernel`` over ``rows`` = B*Hq query rows of ``s`` splits (grid rows,
+    1 warp), reading the ``partial`` bytes of m, l, acc and writing the fp16 output."""
+    comb = Launch("combine", rows, 1, 0, 40)
+    comb.hbm = comb.l2 = partial + rows * d * 2
     # per split: exp2 weight, D FMUL + FADD (acc), l; division per D
-    comb.add({"sfu": s, "fp32": s * (2 * d + 3) + d}, programs)
+    comb.add({"sfu": s, "fp32": s * (2 * d + 3) + d}, rows)
     _serial(comb, 1, 2, 0.0)                     # m/l/acc vector loads, then the store
-    return [lau, comb]
+    return comb
+
+
+def ours_flash_decode_group(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: int,
+                            d: int, sm_count: int, per_sm: int = 4) -> list[Launch]:
+    """gpu.decode._flash_decode (default, grouped): ``flash_decode_group_kernel`` on grid
+    (splits, B*Hkv) -- one program per KV head and split holding the G = Hq/Hkv query heads
+    padded to BG >= 16 rows, S = QK^T and PV by tl.dot on tensor cores (fp16, f32 accumulate),
+    each K/V tile read once per KV head (HBM and L2->SM) -- then ``flash_combine_kernel`` (grid
+    B*Hq, 1 warp) as :func:`ours_flash_decode`. Splits: gpu.decode's default over B*Hkv programs.
+
+    >>> [l.ctas for l in ours_flash_decode_group("fd", B=8, Hq=32, Hkv=8, count=32768, bn=64,
+    ...                                          d=128, sm_count=132)]
+    [576, 256]
+    """
+    G = Hq // Hkv
+    BG = max(16, 1 << (G - 1).bit_length())
+    programs = B * Hkv
+    nt = -(-count // bn)
+    s = default_splits(nt, programs, sm_count, per_sm)
+    sps = -(-nt // s) * bn
+    s = -(-count // sps)
+    iters = sps // bn
+    mix = FLASH_DECODE_GROUP_SASS[16]
+    lau = Launch(name, s * programs, 4, mix["smem"] * bn * d / (64 * 128), mix["regs"])
+    tiles = programs * s * iters                 # every program walks full BN-slot tiles
+    # the table is the BG=16, BN=64, D=128 compile; other tiles scale by their elements per
+    # thread (an estimate, not a compile)
+    lau.add(mix["instr"], tiles * 128 * bn * d / (64 * 128) * (BG // 16))
+    lau.add_tc("fp16", 2 * 2.0 * BG * bn * d * tiles)    # QK^T + PV over the padded rows
+    lau.mma = 0.0                                # the HMMA are in the mix's "other"
+    lau.useful_tc = 2 * 2.0 * B * Hq * count * d
+    row = 2 * d * 2                              # K + V bytes of one slot, fp16
+    uniq = programs * count * row
+    partial = B * Hq * s * (d + 2) * 4
+    lau.hbm = lau.l2 = uniq + B * Hq * d * 2 + partial
+    # cp.async keeps stages - 1 tiles in flight: one wait per iteration on a tile issued
+    # stages - 1 iterations earlier, i.e. 1 / (stages - 1) round trips per iteration
+    _serial(lau, iters, mix["waits"] / (mix["stages"] - 1), 1.0)
+    return [lau, _flash_combine(B * Hq, s, d, partial)]

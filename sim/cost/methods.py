@@ -3,8 +3,9 @@
 ============  ====================  =========================================================
 method        prefill kernel        decode kernel(s)
 ============  ====================  =========================================================
-fp16_flash    ``fp16_flash`` (FA2)  ``flash_decode``: OUR split-K kernel (one program per
-                                    query head, CUDA-core f32 products) + combine;
+fp16_flash    ``fp16_flash`` (FA2)  ``flash_decode``: OUR grouped split-K kernel (one
+                                    program per KV head, G rows padded to 16, tl.dot)
+                                    + combine;
                                     ``ideal``: tensor-core split-K, one CTA per kv head
 fp16_flash    ``sage_v1``           ``sage_v1`` (INT8 QK^T per-block scales, FP16 PV; plus a
                                     Q/K quantize + K-smoothing pre-pass launch)
@@ -119,8 +120,8 @@ def build(spec, shape: Shape, *, phase: str, kernel: str, sm_count: int,
     if not ideal and (spec.method, kernel) in OURS and (
             spec.method != "fp16_flash" or spec.operands.format == "fp16"):
         if kernel == "flash_decode":
-            return K.ours_flash_decode("flash_decode", B=B, Hq=Hq, Hkv=Hkv, count=Lk,
-                                       bn=t.block_n, d=D, sm_count=sm_count, gather=False)
+            return K.ours_flash_decode_group("flash_decode", B=B, Hq=Hq, Hkv=Hkv, count=Lk,
+                                             bn=t.block_n, d=D, sm_count=sm_count)
         if kernel == "turbo_decode":
             return _turbo_ours(spec, s, sm_count)
         return _double_sparse_ours(spec, s, sm_count)

@@ -24,8 +24,9 @@ def test_repredict_validation_reads_only(tmp_path):
     g = got[0]
     assert g["measured_us"] == 1330.7 and g["stored"] == {"calibrated": 364.5}
     assert set(g["now"]) == {"roofline", "tiled", "calibrated"}
-    # our fp16 kernel reads K/V per query head: more than the ideal kernel's stored prediction
-    assert g["now"]["calibrated"] > 364.5
+    # our grouped fp16 kernel streams K/V once per KV head: above the roofline, below the old
+    # per-query-head kernel's price at this point (606.5 us)
+    assert g["now"]["roofline"] < g["now"]["calibrated"] < 500.0
     md = check.validation_medians(got)
     print(md)
     assert "| fp16_flash | decode | 1 |" in md and "-73% -> " in md

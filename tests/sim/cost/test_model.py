@@ -78,22 +78,32 @@ def test_decode_one_row_pads_to_an_mma_tile():
     assert p.bound in ("hbm", "launch", "flash_decode:launch", "flash_decode:hbm")
 
 
-def test_our_fp16_decode_reads_kv_per_query_head():
-    # gpu/kernels/decode.py flash_decode_kernel: grid (splits, B*Hq), CUDA-core products
+def test_our_fp16_decode_reads_kv_once_per_kv_head():
+    # gpu/kernels/decode.py flash_decode_group_kernel: grid (splits, B*Hkv), the G query heads
+    # padded to 16 rows on the tensor cores, K/V read once per KV head
     mha, gqa = Shape(8, 32, 32, 1, 32768, 128), Shape(8, 32, 8, 1, 32768, 128)
     H100 = "h100_sxm"
     pm = predict("fp16_flash", mha, H100, phase="decode")
     pg = predict("fp16_flash", gqa, H100, phase="decode")
-    assert pm.tensor_ops == {} and pg.tensor_ops == {}
-    kv_q = 8 * 32 * 32768 * 128 * 2 * 2                     # K + V per query head
-    assert pg.l2_bytes >= kv_q and pm.l2_bytes >= kv_q
-    assert pg.hbm_bytes < 0.3 * pm.hbm_bytes                 # HBM once per KV head
-    # splits = min(tiles, cdiv(4 * 132, 256)) = 3 -> 768 programs, then the combine
+    kv = 32768 * 128 * 2 * 2                                 # K + V of one KV head
+    for p, hkv in ((pm, 32), (pg, 8)):
+        # 16-row tiles; 512 tiles per head in 3 x 171 or 9 x 57 walked: 513 tiles of 64 keys
+        assert p.tensor_ops == {"fp16": 2 * 2 * 16 * 128 * 513 * 64 * 8 * hkv}
+        assert 8 * hkv * kv <= p.l2_bytes == p.hbm_bytes < 1.01 * 8 * hkv * kv
+    # splits = min(tiles, cdiv(4 * 132, B*Hkv)): 3 for 256 programs, 9 for 64; then the combine
     assert [(n, c) for n, c, *_ in pm.launches] == [("flash_decode", 768), ("combine", 256)]
-    # GQA saves HBM bytes but the per-query-head programs keep it far from Hkv/Hq of MHA
-    assert pg.time > 0.3 * pm.time
+    assert [(n, c) for n, c, *_ in pg.launches] == [("flash_decode", 576), ("combine", 256)]
+    # HBM-bound: GQA's time follows its K/V bytes (Hkv/Hq of MHA's)
+    assert pm.bound == pg.bound == "flash_decode:hbm"
+    assert 0.2 < pg.time / pm.time < 0.3
+    # the ideal kernel (one CTA per KV head and split, K/V at their byte floor) is the same
+    # stream: within a few percent (its splits differ)
     ideal = predict("fp16_flash", gqa, H100, phase="decode", kernel="ideal")
-    assert ideal.time < pg.time
+    print(pg.time, ideal.time)
+    assert abs(pg.time / ideal.time - 1.0) < 0.05
+    # double_sparse's gathered decode keeps the per-query-head kernel (CUDA-core products)
+    ds = predict("double_sparse", gqa, H100, phase="decode")
+    assert "fp16" not in ds.tensor_ops
 
 
 def test_our_decode_launches():
@@ -195,12 +205,15 @@ def test_roofline_tier_is_a_lower_bound():
                                           ("turbo", "prefill"), ("fp16_flash", "decode"),
                                           ("turbo", "decode"), ("double_sparse", "decode")])
 def test_more_work_never_faster(method, phase):
-    prev = 0.0
+    prev, ctas = 0.0, 0
     for L in (64, 100, 512, 1000, 4096, 8192, 16384, 32768):
         s = Shape(2, 32, 8, L if phase == "prefill" else 1, L, 128, phase == "prefill")
-        t = predict(method, s, "h100_sxm", phase=phase).time
-        assert t >= prev, (L, t, prev)
-        prev = t
+        p = predict(method, s, "h100_sxm", phase=phase)
+        # the grouped fp16 decode at 16 programs: a new split puts more SMs on the K/V stream
+        # (L 64 -> 100: 1 -> 2 splits, 16 -> 32 CTAs), which may win back a few percent
+        more = (method, phase) == ("fp16_flash", "decode") and p.launches[0][1] > ctas
+        assert p.time >= (0.95 if more else 1.0) * prev, (L, p.time, prev)
+        prev, ctas = p.time, p.launches[0][1]
 
 
 def _scaled(hw, field, f):
