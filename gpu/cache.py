@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from sim.checks import check_qkv
 from sim.spec import MethodSpec, load_method
 
-from .ops import (HEAD_DIMS, ROUNDING_IDS, _check_tensors, _kernels, _torch, check_prefill_spec,
+from .ops import (ROUNDING_IDS, _check_inputs, _kernels, _torch, check_prefill_spec,
                   interpreting, quantize_operand, triton_cdiv)
 
 __all__ = ["build_cache", "TurboKVCache", "DoubleSparseCache", "FP16Cache", "CACHE_METHODS"]
@@ -67,15 +66,7 @@ def _resolve(method: str, spec) -> MethodSpec:
 
 
 def _check_kv(k, v, dtypes=("float16", "bfloat16"), what="k"):
-    _check_tensors({"k": k, "v": v})
-    shp = check_qkv(k, k, v, check_finite=True, allow_dtypes=set(dtypes),
-                    require_same_dtype=True)
-    if shp.D not in HEAD_DIMS:
-        raise ValueError(f"{what}: head dim D={shp.D} is not supported by the kernels; expected "
-                         f"one of {HEAD_DIMS}")
-    if shp.Dv != shp.D:
-        raise ValueError(f"v: head dim Dv={shp.Dv} must equal D={shp.D}")
-    return shp
+    return _check_inputs(k, k, v, True, dtypes=dtypes, what=what)
 
 
 def _check_new(cache, k_new, v_new, dtypes):

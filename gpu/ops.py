@@ -176,13 +176,15 @@ def _check_tensors(named: dict[str, Any]) -> None:
             raise ValueError(f"{name}: expected device {dev} like the other inputs, got {x.device}")
 
 
-def _check_inputs(q, k, v, check_finite: bool):
-    _check_tensors({"q": q, "k": k, "v": v})
-    shp = check_qkv(q, k, v, check_finite=check_finite, allow_dtypes={"float16", "bfloat16"},
+def _check_inputs(q, k, v, check_finite: bool, dtypes=("float16", "bfloat16"), what="q"):
+    """Device/contiguity checks, then sim.checks.check_qkv, then the kernels' own limits (head
+    dim, Dv == D). ``what`` names the tensor a bad head dim is reported on."""
+    _check_tensors({"q": q, "k": k, "v": v} if q is not k else {"k": k, "v": v})
+    shp = check_qkv(q, k, v, check_finite=check_finite, allow_dtypes=set(dtypes),
                     require_same_dtype=True)
     if shp.D not in HEAD_DIMS:
-        raise ValueError(f"q: head dim D={shp.D} is not supported by the kernels; expected one of "
-                         f"{HEAD_DIMS}")
+        raise ValueError(f"{what}: head dim D={shp.D} is not supported by the kernels; expected "
+                         f"one of {HEAD_DIMS}")
     if shp.Dv != shp.D:
         raise ValueError(f"v: head dim Dv={shp.Dv} must equal D={shp.D}")
     return shp

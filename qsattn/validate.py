@@ -146,6 +146,15 @@ def sim_heads(s: dict, max_heads: int, max_elements: int) -> tuple[int, int]:
 
 
 # -- one point (GPU) -------------------------------------------------------------------------
+def _errors(x, want) -> tuple[float, float]:
+    """(max |x - want|, relative L2 error ||x - want|| / ||want||) against the float64 reference."""
+    import numpy as np
+
+    d = x - want
+    nr = float(np.linalg.norm(want))
+    return float(np.abs(d).max()), (float(np.linalg.norm(d)) / nr if nr else 0.0)
+
+
 def _fp16_ulp(x):
     import numpy as np
     a = np.maximum(np.abs(x), 2.0 ** -14)
@@ -201,13 +210,8 @@ def numerics(method: str, spec, q, k, v, causal: bool, hq: int, hkv: int,
     diff = np.abs(got - so)
     within = diff <= ulp_bound * _fp16_ulp(so)
 
-    def err(x):
-        d = x - want
-        nr = float(np.linalg.norm(want))
-        return float(np.abs(d).max()), (float(np.linalg.norm(d)) / nr if nr else 0.0)
-
-    km, kr = err(got)
-    sm, sr = err(so)
+    km, kr = _errors(got, want)
+    sm, sr = _errors(so, want)
     return {"heads": hq, "kv_heads": hkv, "ints": ints, "ulp_bound": ulp_bound,
             "within_ulp_pct": 100.0 * float(within.mean()),
             "max_ulp": float((diff / _fp16_ulp(so)).max()),
@@ -510,13 +514,8 @@ def decode_numerics(method: str, spec, q, k, v, ulp_bound: float, abs_slack: flo
     u = _ulp(so, dtype_name)[rows_ok]
     within = diff <= ulp_bound * u + abs_slack
 
-    def err(x):
-        d = x - want
-        nr = float(np.linalg.norm(want))
-        return float(np.abs(d).max()), (float(np.linalg.norm(d)) / nr if nr else 0.0)
-
-    km, kr = err(got)
-    sm, sr = err(so)
+    km, kr = _errors(got, want)
+    sm, sr = _errors(so, want)
     return {"heads": int(q.shape[1]), "kv_heads": int(k.shape[1]), "context": int(k.shape[2]),
             "ints": ints, "ulp_bound": ulp_bound, "abs_slack": abs_slack,
             "rows_compared": int(rows_ok.sum()), "within_ulp_pct": _pct(within),
