@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from sim.checks import check_qkv, check_sm_scale
+from sim.cost.launch import prefill_launch
 from sim.spec import MethodSpec, OperandQuant, load_method
 
 __all__ = ["attention", "attention_trace", "quantize_operand", "quantize_qkv",
@@ -287,11 +288,12 @@ def quantize_qkv(q, k, v, spec: MethodSpec, *, check: bool = True):
 # ---------------------------------------------------------------------------------------------
 def default_launch(D: int, Lq: int, integer: bool, causal: bool) -> dict:
     """Program tile and pipeline for the forward: (block_m, num_warps, num_stages).
-    Tuned on H100 (reports/bench/); the interpreter uses small row blocks."""
+    On a GPU: configs/kernels/launch_sm90.yaml (tuned on H100, read by the cost model too);
+    the interpreter uses small row blocks."""
     if interpreting():
         bm = 16 if Lq <= 16 else 32
         return {"block_m": bm, "num_warps": 4, "num_stages": 1}
-    return {"block_m": 128, "num_warps": 8, "num_stages": 3 if D == 128 else 4}
+    return prefill_launch(D)
 
 
 def _p_mode(p) -> int:

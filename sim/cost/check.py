@@ -31,6 +31,7 @@ import statistics
 from pathlib import Path
 
 from ..spec import config_dir, load_method
+from .launch import prefill_launch
 from .model import predict
 from .shape import Shape
 
@@ -41,8 +42,6 @@ PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
 _PROBE_VARIANTS = {"int8_flash": ("int8_flash", {}),               # probe row name -> spec
                    "turbo exp2": ("turbo", {"softmax__exp": "exp2"})}
 HOST_MS = 1.0          # bench rows below this are host-inclusive (module doc)
-_DEFAULT_LAUNCH = {128: {"block_m": 128, "num_warps": 8, "num_stages": 3},
-                   64: {"block_m": 128, "num_warps": 8, "num_stages": 4}}  # gpu.ops.default_launch
 
 
 def _bench_points(path: Path) -> list[dict]:
@@ -91,7 +90,7 @@ def _validation_points(path: Path) -> list[dict]:
         shape = Shape(s["batch"], s["q_heads"], s["kv_heads"], s["q_len"], s["kv_len"],
                       s["head_dim"], bool(s["causal"]))
         out.append({"source": "validate", "name": r["method"], "method": r["method"], "over": {},
-                    "launch": dict(_DEFAULT_LAUNCH[128 if s["head_dim"] >= 128 else 64]),
+                    "launch": prefill_launch(s["head_dim"]),
                     "shape": shape, "ms": r["measured_us"] / 1e3, "kind": "attn"})
     return out
 
@@ -209,7 +208,7 @@ def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
                       sh["head_dim"], bool(sh["causal"]))
         m, ph = r["method"], r["phase"]
         spec = specs.get(m) or specs.setdefault(m, load_method(m))
-        launch = dict(_DEFAULT_LAUNCH[128 if sh["head_dim"] >= 128 else 64]) \
+        launch = prefill_launch(sh["head_dim"]) \
             if ph == "prefill" else None
         now, bound = {}, {}
         for t in tiers:

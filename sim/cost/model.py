@@ -301,7 +301,7 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
     ``kernel``: None for the method's default (``sim.cost.methods.KERNELS`` lists the choices,
     e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
     boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
-    "num_warps", "num_stages"}`` (any subset; gpu.ops.default_launch is 128 / 8 / 3 at D=128),
+    "num_warps", "num_stages"}`` (any subset; the kernels' default is sim.cost.launch.prefill_launch),
     default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
 
     >>> p = predict("fp16_flash", Shape(4, 32, 32, 4096, 4096, 64), "a100_80gb_sxm")
