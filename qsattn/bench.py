@@ -602,24 +602,21 @@ def run(args: argparse.Namespace) -> int:
     prov = {"command": command, "git": provenance.git_revision(),
             "machine": provenance.machine(), "versions": provenance.versions(),
             "gpu": torch.cuda.get_device_name()}
-    if "prefill" not in skip:
-        result = _run_bench(cfg, args, log)
+    def save(name: str, result: dict, markdown, plot) -> None:
+        """<name>.json, <name>.md and the sweep plot, with provenance, under --out."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
-        (args.out / "prefill.json").write_text(json.dumps(result, indent=1, default=str))
-        (args.out / "prefill.md").write_text(_markdown(result, command))
-        log(f"wrote {args.out / 'prefill.json'} and {args.out / 'prefill.md'}")
-        for p in bench_plots.plot_prefill(result, args.out / "prefill_sweep.png"):
-            log(f"wrote {p}")
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        (args.out / f"{name}.md").write_text(markdown(result, command))
+        written = [args.out / f"{name}.json", args.out / f"{name}.md",
+                   *plot(result, args.out / f"{name}_sweep.png")]
+        log("wrote " + ", ".join(map(str, written)))
+
+    if "prefill" not in skip:
+        save("prefill", _run_bench(cfg, args, log), _markdown, bench_plots.plot_prefill)
     if "decode" not in skip and "decode" in cfg:
-        dres = _run_decode_bench(cfg, args, log)
-        dres["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                time.gmtime())}
-        (args.out / "decode.json").write_text(json.dumps(dres, indent=1, default=str))
-        (args.out / "decode.md").write_text(_decode_markdown(dres, command))
-        log(f"wrote {args.out / 'decode.json'} and {args.out / 'decode.md'}")
-        for p in bench_plots.plot_decode(dres, args.out / "decode_sweep.png"):
-            log(f"wrote {p}")
+        save("decode", _run_decode_bench(cfg, args, log), _decode_markdown,
+             bench_plots.plot_decode)
     return 0
 
 

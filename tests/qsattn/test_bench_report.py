@@ -47,3 +47,26 @@ def test_sweep_plots_are_written(tmp_path):
     assert [p.name for p in made] == ["prefill_sweep_noncausal.png", "prefill_sweep_causal.png",
                                       "decode_sweep.png"]
     assert all(p.stat().st_size > 10_000 for p in made)
+
+
+def test_run_saves_json_markdown_and_plots_with_provenance(tmp_path, monkeypatch):
+    """run() on a (faked) GPU writes <phase>.json/.md/_sweep PNGs for each phase, with provenance."""
+    import argparse
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "FakeGPU")
+    # the committed results of a real run have exactly the schema the bench functions return
+    from qsattn.provenance import ROOT
+
+    real = {n: json.loads((ROOT / "reports" / "bench" / f"{n}.json").read_text())
+            for n in ("prefill", "decode")}
+    monkeypatch.setattr(bench, "_run_bench", lambda cfg, args, log: real["prefill"])
+    monkeypatch.setattr(bench, "_run_decode_bench", lambda cfg, args, log: real["decode"])
+    args = argparse.Namespace(config=bench.DEFAULT_CONFIG, out=tmp_path, skip="")
+    assert bench.run(args) == 0
+    for name in ("prefill.json", "prefill.md", "prefill_sweep_noncausal.png",
+                 "prefill_sweep_causal.png", "decode.json", "decode.md", "decode_sweep.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "decode.json").read_text())["provenance"]["gpu"] == "FakeGPU"
