@@ -410,10 +410,11 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
     final cache read back as INT8), ``cache_bytes`` (per field) and ``compression_vs_fp16``,
     and the engine's ``m``/``l``/``alpha`` per tile ``[B, Hq, Lq, n_tiles]``.
     """
-    from .checks import check_sm_scale, last_visible_key
+    from .checks import check_sm_scale
     from .flash import online_softmax
     from .operands import pquant, token_scale, v_tile_factor
-    from .simulate import SimResult, _exp_fns, qk_scale_of
+    from .simulate import SimResult, qk_scale_of
+    from .softmax import exp_fns
 
     if spec.method != "turbo":
         raise ValueError(f"spec: expected a turbo spec, got method {spec.method!r}")
@@ -432,7 +433,7 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
     if pq.levels > 127:
         raise ValueError(f"spec.p.levels: expected <= 127 for int8 P codes, got {pq.levels}")
     qk_scale = qk_scale_of(sm)
-    exp, rescale = _exp_fns(spec)
+    exp, rescale = exp_fns(spec.softmax)
     levels = np.float32(pq.levels)
 
     pos = np.arange(Lq) + (Lk - Lq) if causal else np.full(Lq, Lk - 1)

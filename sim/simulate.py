@@ -40,7 +40,6 @@ Float methods (fp16_flash, fp8_flash)::
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,7 @@ from .flash import online_softmax
 from .numerics.intgemm import FP32_EXACT_K, int_matmul
 from .operands import (cast_operand, pquant, quantize_operand, round_p, token_scale,
                        v_tile_factor)
-from .softmax import _sas_exp2, exp2_f32, sas_rescale
+from .softmax import exp_fns
 from .spec import MethodSpec, load_method
 
 __all__ = ["simulate", "SimResult", "LOG2E", "qk_scale_of", "TRACE_LIMIT"]
@@ -222,19 +221,12 @@ def _fused_eligible(spec: MethodSpec) -> bool:
     return sm.exp == "exp2" or (sm.exp == "sas" and sm.sas.arithmetic == "fp16")
 
 
-def _exp_fns(spec: MethodSpec):
-    if spec.softmax.exp == "sas":
-        sas = spec.softmax.sas
-        return (lambda x: _sas_exp2(x, sas)), (lambda x: sas_rescale(x, sas))
-    return exp2_f32, None
-
-
 def _dense(q, k, v, spec, shp, causal, sm_scale, want_trace) -> SimResult:
     B, Hq, Hkv, Lq, Lk, D, Dv, G = shp
     qk_scale = qk_scale_of(sm_scale)
     bn = spec.tiling.block_n
     n_tiles = -(-Lk // bn)
-    exp, rescale = _exp_fns(spec)
+    exp, rescale = exp_fns(spec.softmax)
     tr: dict | None = None
     if want_trace:
         tr = {"qk_scale": qk_scale,

@@ -43,7 +43,7 @@ import numpy as np
 
 from .numerics import round_float
 
-__all__ = ["exp2_f32", "fma", "sas_poly", "sas_exp2", "sas_rescale", "fit_sas", "SasFit",
+__all__ = ["exp2_f32", "exp_fns", "fma", "sas_poly", "sas_exp2", "sas_rescale", "fit_sas", "SasFit",
            "fp16_unit_interval", "sas_rel_error"]
 
 _F16_ONE = 0x3C00  # bit pattern of 1.0 in fp16; patterns 0 .. 0x3C00 are the values in [0, 1]
@@ -249,3 +249,13 @@ if __name__ == "__main__":  # python -m sim.softmax [degree]: print the fit for 
     print(f"coefficients: {list(fit.coefficients)}")
     print(f"max_rel_error: {fit.max_rel_error!r}  (continuous minimax {fit.continuous_rel_error:.3e})")
     print(f"threshold -log2(254) = {-math.log2(254)!r}; {time.perf_counter() - t0:.2f} s")
+
+
+def exp_fns(softmax) -> tuple:
+    """``(EXP, rescale)`` of the online softmax for a spec's ``softmax`` section
+    (docs/numerics.md): exp2 for both (rescale None), or SAS for p and the unlimited SAS for
+    alpha. Shared by every simulator path (dense tiles, turbo's cache mode)."""
+    if softmax.exp == "sas":
+        sas = softmax.sas
+        return (lambda x: _sas_exp2(x, sas)), (lambda x: sas_rescale(x, sas))
+    return exp2_f32, None
