@@ -128,10 +128,8 @@ def _accuracy(method_fns: dict, B, H, L, D, causal, log) -> dict:
 def _run_bench(cfg: dict, args, log) -> dict:
     import torch
 
-    import gpu
     from gpu.bench import attention_flops, time_cuda
     from gpu.ops import attention_quantized, quantize_qkv, resolve_spec
-    from sim import load_method
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     P = cfg["prefill"]
@@ -362,7 +360,6 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
     is far larger than L2, so one set is already cold."""
     import gc
 
-    import numpy as np
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -8,7 +8,6 @@ closed-form prediction.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -313,7 +313,7 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
     out = np.zeros((B, Hq, Lq, Dv), np.float32)
     block_n = spec.tiling.block_n
     chunk = max(1, min(Lq, _MAX_SCORES // max(Lk, 1)))
-    tr_idx, tr_cnt, tr_approx, tr_recall = [], [], [], []
+    tr_cnt, tr_approx, tr_recall = [], [], []
     if trace:
         tr_cnt = np.zeros((B, Hq, Lq), np.int32)
         tr_approx = np.full((B, Hq, Lq, Lk), -np.inf, np.float32)

@@ -199,8 +199,6 @@ def turbo_scores_kernel(Q8, QS, KC, KSC, KZ, KBUF, KS8, SOUT, TMAX, TSI, HEADS, 
 @triton.jit
 def _score_tile(q, qf, k8, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
                 BN: tl.constexpr, TRACE: tl.constexpr, USE_DOT: tl.constexpr):
-    offs_n = t * BN + tl.arange(0, BN)
-    nmask = offs_n < Lk
     if USE_DOT:
         S = tl.dot(q, tl.trans(k8))
     else:  # few rows: exact int32 products summed on CUDA cores (no 16-row padding)

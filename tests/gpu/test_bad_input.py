@@ -1,10 +1,9 @@
 """Bad input raises a clear error before any kernel launch."""
 import pytest
-import torch
 
 import gpu
 from sim import load_method
-from tests.gpu.helpers import DEVICE, make_qkv
+from tests.gpu.helpers import make_qkv
 
 
 def _qkv(**kw):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from qsattn import accuracy, cli
+from qsattn import cli
 from qsattn.accuracy import DEFAULT_CONFIG, load_study
 
 

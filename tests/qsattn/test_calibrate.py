@@ -107,7 +107,6 @@ def test_no_gpu_message(monkeypatch, capsys):
 
 # -- microbenchmark kernels (interpreter on the CPU, the GPU with QSATTN_GPU_TESTS=1) ----------
 def _dev():
-    import torch
     return "cuda" if os.environ.get("QSATTN_GPU_TESTS") == "1" else "cpu"
 
 

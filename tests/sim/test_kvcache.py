@@ -1,5 +1,4 @@
 """TurboAttention KV cache: priority, requant round trip, packing, bytes, flush rule, simulate."""
-import math
 
 import numpy as np
 import pytest

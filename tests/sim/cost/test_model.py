@@ -4,7 +4,6 @@ import pytest
 
 from sim import load_method
 from sim.cost import Shape, UnsupportedOnHardware, load_hardware, overlap, predict
-from sim.cost.hardware import Quantity
 from sim.cost.kernels import tile_counts
 from sim.cost import methods
 
