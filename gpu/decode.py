@@ -25,9 +25,10 @@ import dataclasses
 import numpy as np
 
 from sim.checks import check_sm_scale
+from sim.simulate import qk_scale_of
 
 from .cache import DoubleSparseCache, FP16Cache, TurboKVCache
-from .ops import (LOG2E, ROUNDING_IDS, _check_tensors, _kernels, _sas_constants, _torch,
+from .ops import (ROUNDING_IDS, _check_tensors, _kernels, _sas_constants, _torch,
                   interpreting, quantize_operand, triton_cdiv)
 
 __all__ = ["decode", "decode_trace", "decode_unchecked", "default_decode_launch"]
@@ -113,7 +114,7 @@ def _turbo(q, cache: TurboKVCache, sm: float, trace: bool, launch: dict | None):
     qq = quantize_operand(q, qop, spec.tiling.block_m, check=False)
     q8 = qq.codes.reshape(B, Hq, D)
     qs = qq.scale.reshape(B, Hq)
-    qk_scale = float(np.float32(sm * LOG2E))
+    qk_scale = float(qk_scale_of(sm))
     NT = triton_cdiv(L, nb)
     NT_FL = cache.flushed // nb
     LKP = NT * nb
@@ -194,7 +195,7 @@ def _flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | N
     m = torch.empty((B * Hq, splits), dtype=torch.float32, device=dev)
     ls = torch.empty((B * Hq, splits), dtype=torch.float32, device=dev)
     acc = torch.empty((B * Hq, splits, D), dtype=torch.float32, device=dev)
-    qk = float(np.float32(sm * LOG2E))
+    qk = float(qk_scale_of(sm))
     warps, stages = int(cfg["num_warps"]), int(cfg["num_stages"])
     if grouped:
         kd.flash_decode_group_kernel[(splits, B * Hkv)](

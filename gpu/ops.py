@@ -21,7 +21,6 @@ V codes are stored transposed ``[B, H, D, Lpad]`` so the PV product's operand is
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from sim.checks import check_qkv, check_sm_scale
 from sim.cost.launch import prefill_launch
+from sim.simulate import qk_scale_of
 from sim.spec import MethodSpec, OperandQuant, load_method
 
 __all__ = ["attention", "attention_trace", "quantize_operand", "quantize_qkv",
@@ -42,7 +42,6 @@ HEAD_DIMS = (64, 128)
 ROUNDING_IDS = {"half_even": 0, "half_away": 1, "half_up": 2, "floor": 3, "toward_zero": 4}
 _QK_GRANULARITIES = ("per_token", "per_block", "per_head")
 _V_GRANULARITIES = ("per_head", "per_block")
-LOG2E = math.log2(math.e)
 
 
 def interpreting() -> bool:
@@ -388,7 +387,7 @@ def prefill_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
         pconst = dict(LEVELS=127, P_FP16=True, P_ROUNDING=0, P_SATURATE=False, ROWSUM_Q=False,
                       P_MODE=0)
         op = spec.operands.format
-    qk_scale = float(np.float32(sm_scale * LOG2E))
+    qk_scale = float(qk_scale_of(sm_scale))  # the contract's f32(sm_scale * log2(e))
     args = (Q, K, V, QS, KS, VS, out, TS, TP, TO, qk_scale,
             *Q.stride(), *K.stride(), *sv, *out.stride(),
             Hq, Hkv, Hq // Hkv, Lq, Lk, nqs, nks, nvs, nt)
