@@ -8,7 +8,8 @@ accuracy studies and the cost model run on any CPU.
 """
 from . import numerics
 from .schema import ConfigError
-from .spec import MethodSpec, available_methods, load_method
+from .spec import MethodSpec, available_methods, load_method, resolve_spec
 from .simulate import simulate, SimResult
 
-__all__ = ["numerics", "ConfigError", "MethodSpec", "available_methods", "load_method", "simulate", "SimResult"]
+__all__ = ["numerics", "ConfigError", "MethodSpec", "available_methods", "load_method",
+           "resolve_spec", "simulate", "SimResult"]

@@ -1,7 +1,7 @@
 """numba kernels for the dense integer methods' per-tile elementwise work (int8_flash, turbo).
 
 They compute exactly what the numpy reference path of :mod:`sim.simulate` computes (the
-``_IntGroup`` closures driven by :func:`sim.flash.online_softmax`), touching each element of a
+``_IntGroup`` closures driven by :func:`sim.engine.online_softmax`), touching each element of a
 tile once or twice instead of in ~10 numpy passes. Exactness rests on:
 
 - every operation is one IEEE float32 operation on float32 operands, in the reference's order:

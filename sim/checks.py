@@ -117,13 +117,15 @@ def check_qkv(
     check_finite: bool = True,
     allow_dtypes: Collection[str] | None = None,
     require_same_dtype: bool = False,
+    names: tuple[str, str, str] = ("q", "k", "v"),
 ) -> QKVShape:
     """Validate attention inputs and return their sizes.
 
     ``q`` ``[B, Hq, Lq, D]``, ``k`` ``[B, Hkv, Lk, D]``, ``v`` ``[B, Hkv, Lk, Dv]``: numpy arrays or
     torch tensors with a floating dtype. ``allow_dtypes`` optionally restricts dtypes by name
     (``{"float16", "bfloat16"}``; torch names without the ``torch.`` prefix).
-    ``check_finite`` costs one ``isfinite(...).all()`` pass per tensor.
+    ``check_finite`` costs one ``isfinite(...).all()`` pass per tensor. ``names``: the caller's
+    argument names for q, k, v (e.g. ``("q", "k_new", "v_new")``), used in every message.
 
     Raises TypeError (not an array, non-float dtype, dtype not allowed or not shared) or
     ValueError (ndim, zero sizes, shape mismatch, GQA divisibility, NaN/Inf), naming the argument.
@@ -132,29 +134,31 @@ def check_qkv(
     >>> check_qkv(np.ones((2, 4, 3, 8)), np.ones((2, 2, 9, 8)), np.ones((2, 2, 9, 16))).Dv
     16
     """
-    qs = _check_array(q, "q", allow_dtypes)
-    ks = _check_array(k, "k", allow_dtypes)
-    vs = _check_array(v, "v", allow_dtypes)
-    _check_nonempty(qs, "q", "Lq")
-    _check_nonempty(ks, "k", "Lk")
-    _check_nonempty(vs, "v", "Lk")
+    nq, nk, nv = names
+    qs = _check_array(q, nq, allow_dtypes)
+    ks = _check_array(k, nk, allow_dtypes)
+    vs = _check_array(v, nv, allow_dtypes)
+    _check_nonempty(qs, nq, "Lq")
+    _check_nonempty(ks, nk, "Lk")
+    _check_nonempty(vs, nv, "Lk")
     if require_same_dtype and not (q.dtype == k.dtype == v.dtype):
         raise TypeError(
-            "q, k, v must share one dtype, got "
-            f"q={_dtype_name(q.dtype)}, k={_dtype_name(k.dtype)}, v={_dtype_name(v.dtype)}"
+            f"{nq}, {nk}, {nv} must share one dtype, got "
+            f"{nq}={_dtype_name(q.dtype)}, {nk}={_dtype_name(k.dtype)}, {nv}={_dtype_name(v.dtype)}"
         )
     B, Hq, Lq, D = qs
     _, Hkv, Lk, Dk = ks
     if ks[:3] != vs[:3]:
-        raise ValueError(f"k and v must agree on [B, Hkv, Lk], got k {ks} and v {vs}")
+        raise ValueError(f"{nv}: {nk} and {nv} must agree on [B, Hkv, Lk], got {nk} {ks} and "
+                         f"{nv} {vs}")
     if ks[0] != B:
-        raise ValueError(f"q/k batch: q has B={B}, k has B={ks[0]}; expected equal")
+        raise ValueError(f"{nk}: batch B={ks[0]} differs from {nq}'s B={B}; expected equal")
     if Dk != D:
-        raise ValueError(f"q/k head dim: q has D={D}, k has D={Dk}; expected equal")
+        raise ValueError(f"{nk}: head dim D={Dk} differs from {nq}'s D={D}; expected equal")
     if Hq % Hkv != 0:
-        raise ValueError(f"q/k heads: Hq ({Hq}) must be a multiple of Hkv ({Hkv})")
+        raise ValueError(f"{nq}: heads Hq ({Hq}) must be a multiple of {nk}'s Hkv ({Hkv})")
     if check_finite:
-        for name, x in (("q", q), ("k", k), ("v", v)):
+        for name, x in ((nq, q), (nk, k), (nv, v)):
             bad = _count_nonfinite(x)
             if bad:
                 raise ValueError(f"{name} has {bad} non-finite value(s) (NaN/Inf); expected all finite")

@@ -1,7 +1,7 @@
 """Per-method operand preparation for the tiled engine: float casts, FP8 per-tensor scaling,
 INT8 quantization of Q/K/V (``spec.q/k/v``) and of the softmax numerator P (``spec.p``).
 
-Everything here follows docs/numerics.md; the engine (:mod:`sim.flash`) only sees the results.
+Everything here follows docs/numerics.md; the engine (:mod:`sim.engine`) only sees the results.
 
 - :func:`cast_operand` — Q/K/V of fp16_flash / fp8_flash / double_sparse: ``f16(x)`` (or bf16, or
   ``round_float(f32(x) / sx, fp8, saturate=True)`` with the per-tensor scale ``sx``).
@@ -26,7 +26,7 @@ from .numerics import quantize, round_float, round_to_int
 from .numerics.formats import float_format
 
 __all__ = ["cast_operand", "quantize_operand", "token_scale", "v_tile_factor", "pquant",
-           "pquant_max_code", "round_p"]
+           "pquant_table_f32", "round_p", "float_kv_bytes", "int_kv_bytes"]
 
 _ROW_GRANULARITIES = ("per_tensor", "per_head", "per_token", "per_block")
 _V_GRANULARITIES = ("per_tensor", "per_head", "per_channel", "per_block", "per_channel_block")
@@ -138,7 +138,7 @@ def _pquant_table_i8(levels: int, rounding: str, saturate: bool) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _pquant_table_f32(levels: int, rounding: str, saturate: bool) -> np.ndarray:
+def pquant_table_f32(levels: int, rounding: str, saturate: bool) -> np.ndarray:
     return _pquant_table_fp16(levels, rounding, saturate).astype(np.float32)
 
 
@@ -147,11 +147,11 @@ def pquant(p: np.ndarray, pq, *, as_float: bool = False) -> np.ndarray:
 
     ``as_float=True`` returns the same integer codes as float32 (exact, unclipped: a code above
     127 shows up as such), ready for the exact float GEMM; otherwise int8, and callers guarantee
-    the codes fit (see :func:`pquant_max_code`)."""
+    the codes fit (exp2 gives p <= 1, so codes <= levels <= 127; SAS outputs are checked)."""
     if pq.arithmetic == "fp16":
         bits = p.astype(np.float16).view(np.uint16)
         if as_float:
-            return _pquant_table_f32(pq.levels, pq.rounding, pq.saturate)[bits]
+            return pquant_table_f32(pq.levels, pq.rounding, pq.saturate)[bits]
         return _pquant_table_i8(pq.levels, pq.rounding, pq.saturate)[bits]
     t = p * np.float32(pq.levels)
     r = round_to_int(t, pq.rounding)
@@ -160,15 +160,24 @@ def pquant(p: np.ndarray, pq, *, as_float: bool = False) -> np.ndarray:
     return r if as_float else r.astype(np.int8)
 
 
-def pquant_max_code(p_max: float, pq) -> int:
-    """The code of the largest p the method's EXP can return (``p_max``): PQUANT is monotone, so
-    this bounds every code; simulate refuses specs where it exceeds 127 (int8 would wrap)."""
-    p = np.float32(p_max).reshape(1)
-    if pq.arithmetic == "fp16":
-        return int(_pquant_table_fp16(pq.levels, pq.rounding, pq.saturate)[
-            p.astype(np.float16).view(np.uint16)][0])
-    t = p * np.float32(pq.levels)
-    r = round_to_int(t, pq.rounding)
-    if pq.saturate:
-        r = np.clip(r, 0, pq.levels)
-    return int(r[0])
+def float_kv_bytes(ops, *, tokens: int, head_dim: int, kv_heads: int) -> float:
+    """Bytes of K and V held in ``ops.format`` (``spec.operands``) for ``tokens`` tokens of
+    ``kv_heads`` heads, plus one per-tensor scale each when the format is scaled."""
+    fmt = float_format(ops.format)
+    elems = tokens * kv_heads * head_dim
+    scales = 0 if ops.scale == "none" else 2 * (2 if ops.scale_dtype == "fp16" else 4)
+    return 2 * elems * fmt.bits / 8 + scales
+
+
+def int_kv_bytes(spec, *, tokens: int, head_dim: int, kv_heads: int) -> float:
+    """Bytes of the integer K and V codes (``spec.k``, ``spec.v``) with their scale grids."""
+    import math
+    elems = tokens * kv_heads * head_dim
+    total = 0.0
+    for op in (spec.k, spec.v):
+        t = op.block_tokens or spec.tiling.block_n
+        nscale = {"per_tensor": 1, "per_head": kv_heads, "per_token": kv_heads * tokens,
+                  "per_block": kv_heads * math.ceil(tokens / t), "per_channel": kv_heads * head_dim,
+                  "per_channel_block": kv_heads * head_dim * math.ceil(tokens / t)}[op.granularity]
+        total += elems * op.bits / 8 + nscale * (2 if op.scale_dtype == "fp16" else 4)
+    return total

@@ -14,6 +14,8 @@ them as ConfigError with the file and the section they came from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -118,8 +120,9 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
             raise ConfigError(where, path, "an integer", value)
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, path, "a number", value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise ConfigError(where, path, "a finite number", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -131,15 +134,24 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
 
 
 def _check_range(f: dataclasses.Field, value: Any, where: str, path: str) -> None:
+    """The field's bounds on a number, or on every number inside a list or mapping value."""
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    vals = value if isinstance(value, tuple) else (value,)
-    for v in vals:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-            unit = f" {f.metadata['unit']}" if f.metadata.get("unit") else ""
-            raise ConfigError(where, path, f"a value in {rng}{unit}", v)
+    if lo is None and hi is None:
+        return
+    if isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _check_range(f, v, where, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_range(f, v, where, f"{path}.{k}")
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        unit = f" {f.metadata['unit']}" if f.metadata.get("unit") else ""
+        raise ConfigError(where, path, f"a value in {rng}{unit}", value)
 
 
 def build(cls: type, data: Any, *, where: str = "", path: str = "") -> Any:
@@ -151,8 +163,10 @@ def build(cls: type, data: Any, *, where: str = "", path: str = "") -> Any:
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
         p = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(where, p, f"a known field of {cls.__name__} ({', '.join(fields)})",
-                          "an unknown field")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(where, p, f"a known field of {cls.__name__} ({', '.join(fields)})"
+                          f"{hint}", "an unknown field")
     kwargs = {}
     for name, f in fields.items():
         p = f"{path}.{name}" if path else name

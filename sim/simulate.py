@@ -9,16 +9,17 @@
     >>> res.out.shape, res.trace["s_int"].dtype, res.trace["p_codes"].shape
     ((1, 4, 17, 64), dtype('int32'), (1, 4, 17, 97))
 
-Dense methods (fp16_flash, fp8_flash, int8_flash, turbo prefill) run here on the engine of
-:mod:`sim.flash`, one pass per key tile over all rows of one (batch, KV head) (the ``G`` query
-heads of a GQA group times ``Lq``, at most 65536 rows per pass). ``double_sparse`` and turbo with
-``kv_cache=True`` are dispatched to ``sim.sparse.simulate_double_sparse`` and
-``sim.kvcache.simulate_turbo_cache`` after the same validation.
+``simulate`` validates the inputs once, resolves the spec and runs the method's simulator path,
+found in the registry :data:`sim.methods.SIMULATORS` by ``spec.method``. Methods that read all
+keys run on the dense path of :mod:`sim.dense` (the engine of :mod:`sim.engine`, one pass per
+key tile over all rows of one (batch, KV head)); double_sparse and turbo's ``kv_cache`` mode have
+their own paths in their method modules.
 
 Trace layout (``trace=True``; refused when ``B * Hq * Lq * Lk > 2**25``). Always::
 
     qk_scale            float32 scalar, f32(sm_scale * log2(e))
-    m, l, alpha         float32 [B, Hq, n_key_tiles, Lq]: state after each key tile
+    m, l, alpha         float32 [B, Hq, n_key_tiles, Lq]: state after each key tile (every method
+                        that runs the engine over key tiles, turbo's kv_cache mode included)
     p                   float32 [B, Hq, Lq, Lk]: EXP output (SAS output for turbo), 0 where masked
     visible             bool    [B, Hq, Lq, Lk]: the causal mask (all True without causal)
 
@@ -40,67 +41,22 @@ Float methods (fp16_flash, fp8_flash)::
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .checks import check_qkv, check_sm_scale, last_visible_key
-from .flash import online_softmax
-from .numerics.intgemm import FP32_EXACT_K, int_matmul
-from .operands import (cast_operand, pquant, quantize_operand, round_p, token_scale,
-                       v_tile_factor)
-from .softmax import exp_fns
-from .spec import MethodSpec, load_method
+from .checks import check_qkv, check_sm_scale
+from .engine import LOG2E, TRACE_LIMIT, SimResult, qk_scale_of
+from .methods import SIMULATORS
+from .spec import MethodSpec, resolve_spec
 
 __all__ = ["simulate", "SimResult", "LOG2E", "qk_scale_of", "TRACE_LIMIT"]
-
-LOG2E = 1.4426950408889634  # float64 log2(e)
-TRACE_LIMIT = 1 << 25  # B * Hq * Lq * Lk entries for trace=True
-_MAX_ROWS = 1 << 16  # rows per engine pass
-_CHUNK_TILES = 8  # key tiles per score GEMM
-# Without a trace, int8_flash / turbo run the per-tile elementwise work in the numba kernels of
-# sim._fused, bit-identical to the numpy closures below (tests/sim/test_fused.py compares
-# them); False forces the numpy path (the reference).
-_FUSED = True
-_PV_BLAS = False  # fused path: PV dot on BLAS (True) or inside the numba tile kernel (False:
-# no BLAS thread hand-off per tile, which stalls for ms on a loaded machine)
-
-
-@dataclass
-class SimResult:
-    """Output of :func:`simulate`: ``out`` float32 ``[B, Hq, Lq, Dv]``; ``trace`` a dict of
-    intermediates (``trace=True``) or None; ``spec`` the spec that ran; ``info`` method-specific
-    facts that are not intermediates (e.g. cache bytes, calibration source)."""
-
-    out: np.ndarray
-    trace: dict | None = None
-    spec: MethodSpec | None = None
-    info: dict = field(default_factory=dict)
-
-
-def qk_scale_of(sm_scale: float) -> np.float32:
-    """``f32(sm_scale * log2(e))``, the product taken in float64."""
-    return np.float32(float(sm_scale) * LOG2E)
 
 
 def _bool(x: Any, name: str) -> bool:
     if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
     return bool(x)
-
-
-def _resolve_spec(spec: Any) -> MethodSpec:
-    if isinstance(spec, MethodSpec):
-        return spec
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec: expected a MethodSpec, a method name or a YAML path, "
-                        f"got {type(spec).__name__}")
-    try:
-        return load_method(spec)
-    except ValueError as e:
-        raise ValueError(f"spec: {e}") from None
 
 
 def simulate(q: np.ndarray, k: np.ndarray, v: np.ndarray, spec: "MethodSpec | str",
@@ -112,16 +68,16 @@ def simulate(q: np.ndarray, k: np.ndarray, v: np.ndarray, spec: "MethodSpec | st
         q, k, v: numpy float16 / float32 / float64 arrays, finite, ``Lk >= 1``, ``Hq % Hkv == 0``
             (query head h reads KV head ``h // (Hq // Hkv)``). Any D >= 1 (D <= 1040 keeps
             ``f32(S_int)`` exact; GPU kernels need their own D constraints).
-        spec: a MethodSpec, a shipped method name or a YAML path.
+        spec: a MethodSpec, a shipped spec name or a YAML path.
         causal: bottom-right aligned mask (row i sees keys j <= i + Lk - Lq); rows that see no
             key output 0.
         sm_scale: default ``1 / sqrt(D)``.
-        calibration: only for ``double_sparse`` (label channels) and turbo with ``kv_cache``
-            (head ranking); None calibrates on the call's own inputs there.
+        calibration: for the methods and modes that take one (double_sparse: label channels;
+            turbo with ``kv_cache``: head ranking); None calibrates on the call's own inputs.
         trace: return intermediates (layout in the module docstring).
-        kv_cache: turbo only: K/V as the progressive cache holds them when each row is decoded
-            (INT8 buffer + INT4/INT2 re-quantized groups, ``spec.kvcache``); default False runs
-            the prefill compute path on K/V quantized per block.
+        kv_cache: K/V as the method's cache holds them when each row is decoded (turbo: INT8
+            buffer + INT4/INT2 re-quantized groups, ``spec.kvcache``); default False runs the
+            prefill compute path.
 
     Returns:
         :class:`SimResult` with ``out`` float32 ``[B, Hq, Lq, Dv]``.
@@ -131,391 +87,26 @@ def simulate(q: np.ndarray, k: np.ndarray, v: np.ndarray, spec: "MethodSpec | st
         mismatches, NaN/Inf, empty sequences, Hq not a multiple of Hkv, unknown method, options
         a method does not take, a trace too large to hold.
     """
-    spec = _resolve_spec(spec)
+    spec = resolve_spec(spec)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray (sim never takes torch tensors), "
+            raise TypeError(f"{name}: expected a numpy.ndarray (sim never takes torch tensors), "
                             f"got {type(x).__name__}")
     shp = check_qkv(q, k, v, allow_dtypes={"float16", "float32", "float64"})
     scale = check_sm_scale(sm_scale, shp.D)
     causal = _bool(causal, "causal")
     trace = _bool(trace, "trace")
-    kv_cache = _bool(kv_cache, "kv_cache")
-    if kv_cache and spec.method != "turbo":
-        raise ValueError(f"kv_cache: only the turbo method has a KV-cache mode, "
-                         f"got kv_cache=True with method {spec.method!r}")
-    takes_calibration = spec.method == "double_sparse" or kv_cache
-    if calibration is not None and not takes_calibration:
-        raise ValueError(f"calibration: only double_sparse and turbo with kv_cache=True take one; "
-                         f"method {spec.method!r} got {type(calibration).__name__}")
+    mode = "kv_cache" if _bool(kv_cache, "kv_cache") else None
+    method = SIMULATORS.get(spec.method)
+    if mode is not None and mode not in method.modes:
+        raise ValueError(f"kv_cache: method {spec.method!r} has no KV-cache mode (modes: "
+                         f"{list(method.modes)}), got kv_cache=True")
+    if calibration is not None and mode not in method.calibrated:
+        raise ValueError(f"calibration: method {spec.method!r} "
+                         f"{'with kv_cache=True ' if mode else ''}takes none, got "
+                         f"{type(calibration).__name__}")
     if trace and shp.B * shp.Hq * shp.Lq * shp.Lk > TRACE_LIMIT:
         raise ValueError(f"trace: B*Hq*Lq*Lk = {shp.B * shp.Hq * shp.Lq * shp.Lk} exceeds "
                          f"{TRACE_LIMIT}; trace smaller problems")
-
-    if spec.method == "double_sparse":
-        from .sparse import simulate_double_sparse
-        return simulate_double_sparse(q, k, v, spec, causal=causal, sm_scale=scale,
-                                      calibration=calibration, trace=trace)
-    if kv_cache:
-        from .kvcache import simulate_turbo_cache
-        return simulate_turbo_cache(q, k, v, spec, causal=causal, sm_scale=scale,
-                                    calibration=calibration, trace=trace)
-    return _dense(q, k, v, spec, shp, causal, scale, trace)
-
-
-# --------------------------------------------------------------------------------------------
-# dense methods
-
-def _exact_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Integer dot of int codes held exactly in float32 (float32 result, exact integers).
-
-    sgemm is exact for inner length K <= 1024 (sim.numerics.intgemm's argument); longer K goes
-    through int_matmul (float64), whose exact int32 result is returned as float32."""
-    if a.shape[-1] <= FP32_EXACT_K:
-        return a @ b
-    return int_matmul(a.astype(np.int8), b.astype(np.int8)).astype(np.float32)
-
-
-class _ScoreChunks:
-    """Serves score tiles from one dot over ``_CHUNK_TILES`` key tiles at a time.
-
-    Score entries do not depend on the softmax state, so computing a wider block first is the
-    same arithmetic (exact for integer dots; for float dots only BLAS's summation order, which
-    the contract leaves open, could change) and runs the GEMM at a better shape."""
-
-    def __init__(self, dot, bn: int, n: int):
-        self.dot, self.width, self.n = dot, bn * _CHUNK_TILES, n
-        self.start, self.block = -1, None
-
-    def __call__(self, sl: slice) -> np.ndarray:
-        c0 = (sl.start // self.width) * self.width
-        if c0 != self.start:
-            self.start = c0
-            self.block = self.dot(slice(c0, min(c0 + self.width, self.n)))
-        return self.block[:, sl.start - c0:sl.stop - c0]
-
-
-class _Visibility:
-    """Causal visibility of a block of flat rows (row r is query position ``(r0 + r) % Lq``)."""
-
-    def __init__(self, causal: bool, r0: int, r1: int, Lq: int, Lk: int):
-        self.causal = causal
-        if causal:
-            self.last = last_visible_key(np.arange(r0, r1) % Lq, Lq, Lk)
-            self.lo, self.hi = int(self.last.min()), int(self.last.max())
-
-    def __call__(self, sl: slice):
-        if not self.causal or sl.stop - 1 <= self.lo:
-            return None
-        if sl.start > self.hi:
-            return np.zeros((1, 1), bool)
-        return np.arange(sl.start, sl.stop)[None, :] <= self.last[:, None]
-
-
-def _fused_eligible(spec: MethodSpec) -> bool:
-    """Whether the numba kernels of :mod:`sim._fused` cover ``spec`` (no trace wanted): integer
-    methods with fp16 PQUANT and exp2 or fp16 SAS. Everything else runs the numpy closures."""
-    if not (_FUSED and spec.integer and spec.p.arithmetic == "fp16"):
-        return False
-    sm = spec.softmax
-    return sm.exp == "exp2" or (sm.exp == "sas" and sm.sas.arithmetic == "fp16")
-
-
-def _dense(q, k, v, spec, shp, causal, sm_scale, want_trace) -> SimResult:
-    B, Hq, Hkv, Lq, Lk, D, Dv, G = shp
-    qk_scale = qk_scale_of(sm_scale)
-    bn = spec.tiling.block_n
-    n_tiles = -(-Lk // bn)
-    exp, rescale = exp_fns(spec.softmax)
-    tr: dict | None = None
-    if want_trace:
-        tr = {"qk_scale": qk_scale,
-              "m": np.full((B, Hq, Lq, n_tiles), -np.inf, np.float32),
-              "l": np.zeros((B, Hq, Lq, n_tiles), np.float32),
-              "alpha": np.ones((B, Hq, Lq, n_tiles), np.float32),
-              "p": np.zeros((B, Hq, Lq, Lk), np.float32)}
-        vis = np.ones((Lq, Lk), bool)
-        if causal:
-            vis = np.arange(Lk)[None, :] <= last_visible_key(np.arange(Lq), Lq, Lk)[:, None]
-        tr["visible"] = np.broadcast_to(vis, (B, Hq, Lq, Lk))
-
-    if spec.integer:
-        ops = _IntOperands(q, k, v, spec, Lq, Lk, tr)
-    else:
-        ops = _FloatOperands(q, k, v, spec, qk_scale, tr)
-    out = np.zeros((B, Hq, Lq, Dv), np.float32)
-    R = G * Lq
-    fused = tr is None and _fused_eligible(spec)
-    for b in range(B):
-        for g in range(Hkv):
-            heads = slice(g * G, (g + 1) * G)
-            group = ops.group(b, g, heads, R, qk_scale)
-            og = out[b, heads].reshape(R, Dv)  # view
-            for r0 in range(0, R, _MAX_ROWS):
-                r1 = min(R, r0 + _MAX_ROWS)
-                vis = _Visibility(causal, r0, r1, Lq, Lk)
-                if fused:
-                    og[r0:r1] = group.run_fused(r0, r1, vis, rescale or exp)
-                    continue
-                sub = None if tr is None else {}
-                scores, pv = group.closures(r0, r1, sub)
-                og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=vis,
-                                           rows=r1 - r0, dv=Dv, trace=sub, rescale=rescale)
-                if tr is not None:
-                    _store_rows(tr, sub, b, heads, r0, r1, Lq)
-    if tr is not None:
-        _finish_tiles(tr)
-        vis_all = tr["visible"]
-        for key in ("s_int", "p_codes", "p", "p_op"):
-            if key in tr:
-                tr[key][~vis_all] = 0
-        if "s" in tr:
-            tr["s"][~vis_all] = -np.inf
-    return SimResult(out, tr, spec)
-
-
-def _flat(arr_bh: np.ndarray, r0: int, r1: int, Lq: int):
-    """Views of rows r0:r1 of a [G, Lq, ...] array flattened to [G*Lq, ...] (contiguous source)."""
-    G = arr_bh.shape[0]
-    return arr_bh.reshape((G * Lq,) + arr_bh.shape[2:])[r0:r1]
-
-
-def _store_rows(tr, sub, b, heads, r0, r1, Lq):
-    """Copy one engine pass's trace (rows r0:r1 of the flat G*Lq rows) into the full arrays.
-
-    While running, per-tile arrays are held row-major (``[B, Hq, Lq, T(, Dv)]``, so a flat row
-    block is a slice); :func:`_finish_tiles` moves the tile axis before Lq at the end."""
-    for key in ("m", "l", "alpha"):  # sub[key]: [T, rows]
-        _flat(tr[key][b, heads], r0, r1, Lq)[...] = sub[key].T
-    for key in ("s_int", "p_codes", "p", "p_op", "s"):
-        if key in sub:
-            _flat(tr[key][b, heads], r0, r1, Lq)[...] = sub[key]
-    if "o_int" in sub:  # [T, rows, Dv]
-        _flat(tr["o_int"][b, heads], r0, r1, Lq)[...] = sub["o_int"].transpose(1, 0, 2)
-
-
-def _finish_tiles(tr):
-    for key in ("m", "l", "alpha"):
-        tr[key] = np.ascontiguousarray(tr[key].transpose(0, 1, 3, 2))
-    if "o_int" in tr:
-        tr["o_int"] = np.ascontiguousarray(tr["o_int"].transpose(0, 1, 3, 2, 4))
-
-
-class _IntOperands:
-    """int8_flash / turbo prefill: INT8 Q/K/V, INT32 dots, INT8 P (docs/numerics.md)."""
-
-    def __init__(self, q, k, v, spec, Lq, Lk, tr):
-        bm, bn = spec.tiling.block_m, spec.tiling.block_n
-        pq = spec.p
-        if pq.levels > 127:
-            raise ValueError(f"spec.p.levels: P codes are int8 for the PV dot, expected <= 127, "
-                             f"got {pq.levels}")
-        self.spec, self.pq, self.bn, self.Lq, self.Lk = spec, pq, bn, Lq, Lk
-        self.Q = quantize_operand(q, spec.q, bm, "q")
-        self.K = quantize_operand(k, spec.k, bn, "k")
-        self.V = quantize_operand(v, spec.v, bn, "v")
-        self.qs = token_scale(self.Q, Lq)
-        self.ks = token_scale(self.K, Lk)
-        # exp2 gives p <= 1, so codes <= PQUANT(1) = levels; SAS output is checked per tile
-        self.guard = spec.softmax.exp == "sas" and not pq.saturate
-        self.tr = tr
-        if tr is not None:
-            B, Hq = q.shape[:2]
-            n_tiles, Dv = -(-Lk // bn), v.shape[3]
-            tr.update(q_codes=self.Q.codes, q_scale=self.Q.scale, k_codes=self.K.codes,
-                      k_scale=self.K.scale, v_codes=self.V.codes, v_scale=self.V.scale,
-                      s_int=np.zeros((B, Hq, Lq, Lk), np.int32),
-                      p_codes=np.zeros((B, Hq, Lq, Lk), np.int8),
-                      o_int=np.zeros((B, Hq, Lq, n_tiles, Dv), np.int32))
-
-    def group(self, b, g, heads, R, qk_scale):
-        return _IntGroup(self, b, g, heads, R, qk_scale)
-
-class _IntGroup:
-    def __init__(self, ops, b, g, heads, R, qk_scale):
-        self.ops = ops
-        D = ops.Q.codes.shape[3]
-        self.qc = ops.Q.codes[b, heads].reshape(R, D).astype(np.float32)  # exact
-        self.qf = ops.qs[b, heads].reshape(R).astype(np.float32) * qk_scale  # f32, once per row
-        self.kc = ops.K.codes[b, g].astype(np.float32)  # [Lk, D], contiguous
-        self.ks = np.ascontiguousarray(ops.ks[b, g], np.float32)
-        self.vc = ops.V.codes[b, g].astype(np.float32)
-        bn, Lk = ops.bn, ops.Lk
-        self.vf = [v_tile_factor(ops.V, ops.pq.levels, b, g, t, bn) for t in range(-(-Lk // bn))]
-
-    def closures(self, r0, r1, sub):
-        ops, pq, bn = self.ops, self.ops.pq, self.ops.bn
-        qc, qf = self.qc[r0:r1], self.qf[r0:r1, None]
-        levels = np.float32(pq.levels)
-        rows = r1 - r0
-        if sub is not None:
-            sub["s_int"] = np.zeros((rows, ops.Lk), np.int32)
-            sub["p_codes"] = np.zeros((rows, ops.Lk), np.int8)
-            sub["p"] = np.zeros((rows, ops.Lk), np.float32)
-            sub["o_int"] = np.zeros((len(self.vf), rows, self.vc.shape[1]), np.int32)
-
-        chunk = _ScoreChunks(lambda c: _exact_dot(qc, self.kc[c].T), bn, ops.Lk)
-
-        def scores(sl):
-            S = chunk(sl)  # S_int as exact float32 (|S_int| < 2^24)
-            if sub is not None:
-                sub["s_int"][:, sl] = S.astype(np.int32)
-            S = S * qf  # (f32(S_int) * qf) * f32(k_scale): two f32 roundings, left to right
-            S *= self.ks[None, sl]
-            return S
-
-        def pv(p, sl):
-            c32 = pquant(p, pq, as_float=True)
-            if ops.guard and c32.max() > 127:
-                raise ValueError("spec.p.saturate: a P code exceeds 127 (the SAS output is above "
-                                 "1); set p.saturate: true or refit the SAS coefficients")
-            O = _exact_dot(c32, self.vc[sl])  # O_int, exact (K = tile length <= 256)
-            t = sl.start // bn
-            contrib = O * self.vf[t]
-            psum = (p if pq.rowsum == "unquantized" else c32 / levels).sum(axis=1, dtype=np.float32)
-            if sub is not None:
-                sub["p_codes"][:, sl] = c32.astype(np.int8)
-                sub["p"][:, sl] = p
-                sub["o_int"][t] = O.astype(np.int32)
-            return contrib, psum
-
-        return scores, pv
-
-    def run_fused(self, r0, r1, vis, rescale):
-        """Rows r0:r1 through every key tile with the numba kernels; float32 ``[rows, Dv]``.
-
-        The same sequence as :func:`sim.flash.online_softmax` driving :meth:`closures`, without
-        a trace: tiles past every row's last visible key are skipped, the others masked per row
-        by ``vis.last`` (all keys visible without causal)."""
-        from . import _fused as F
-        from .operands import _pquant_table_f32
-        from .softmax import _poly_table
-
-        ops, pq, bn, Lk = self.ops, self.ops.pq, self.ops.bn, self.ops.Lk
-        rows, Dv = r1 - r0, self.vc.shape[1]
-        qc, qf = self.qc[r0:r1], np.ascontiguousarray(self.qf[r0:r1])
-        if vis.causal:
-            last, hi = np.ascontiguousarray(vis.last, np.int64), vis.hi
-        else:
-            last, hi = np.full(rows, Lk - 1, np.int64), Lk - 1
-        ptab = _pquant_table_f32(pq.levels, pq.rounding, pq.saturate)
-        levels, quantized = np.float32(pq.levels), pq.rowsum == "quantized"
-        sas = ops.spec.softmax.sas if ops.spec.softmax.exp == "sas" else None
-        if sas is not None:
-            poly_tab = _poly_table(tuple(float(c) for c in sas.coefficients))
-            lut = np.float32(2.0) ** -np.arange(sas.lut_entries, dtype=np.float32)
-            thr = np.float32(sas.threshold)
-            f16_to_f32 = _f16_values()
-        chunk = _ScoreChunks(lambda c: _exact_dot(qc, self.kc[c].T), bn, Lk)
-        m = np.full(rows, -np.inf, np.float32)
-        m_new = np.empty(rows, np.float32)
-        l = np.zeros(rows, np.float32)
-        acc = np.zeros((rows, Dv), np.float32)
-        O = np.empty((rows, Dv), np.float32)
-        psum = np.empty(rows, np.float32)
-        bufs = {}
-        if sas is None:  # placeholders of the right types for the SAS arguments
-            thr, lut, poly_tab, f16_to_f32 = np.float32(0), ptab, ptab, ptab
-        for t in range(-(-Lk // bn)):
-            c0, c1 = t * bn, min((t + 1) * bn, Lk)
-            if c0 > hi:
-                continue  # masked for every row: state unchanged (online_softmax skips it)
-            n = c1 - c0
-            if n not in bufs:
-                bufs[n] = (np.empty((rows, n), np.float32),
-                           np.empty((rows, n) if sas is None else (1, 1), np.float64),
-                           np.empty((rows, n), np.float32))
-            x, e64 = bufs[n][:2]
-            F.scores_x(chunk(slice(c0, c1)), c0, qf, self.ks[c0:c1], last, m, x, m_new)
-            seen = m_new != -np.inf
-            fresh = m == -np.inf
-            d = np.where(fresh, np.float32(0), m - np.where(seen, m_new, np.float32(0)))
-            alpha = np.asarray(rescale(d), np.float32)
-            alpha = np.where(fresh, np.where(seen, np.float32(0), np.float32(1)), alpha)
-            if sas is None:  # exp2_f32(x) = f32(np.exp2(f64(x))); the last cast in finish_tile
-                np.copyto(e64, x)
-                np.exp2(e64, out=e64)
-            vf = np.atleast_1d(np.asarray(self.vf[t], np.float32))
-            if _PV_BLAS:
-                codes = bufs[n][2]
-                cmax = F.codes_tile(x, e64, sas is not None, thr, lut, poly_tab, f16_to_f32,
-                                    ptab, quantized, levels, codes, psum)
-                np.matmul(codes, self.vc[c0:c1], out=O)  # O_int, exact (K <= 256)
-                F.acc_tile(acc, alpha, O, vf)
-            else:
-                cmax = F.finish_tile(x, e64, sas is not None, thr, lut, poly_tab, f16_to_f32,
-                                     ptab, quantized, levels, self.vc[c0:c1], vf, alpha, acc,
-                                     psum)
-            if ops.guard and cmax > 127:
-                raise ValueError("spec.p.saturate: a P code exceeds 127 (the SAS output is above "
-                                 "1); set p.saturate: true or refit the SAS coefficients")
-            l = l * alpha + psum
-            m, m_new = m_new, m
-        out = np.zeros((rows, Dv), np.float32)
-        pos = l > 0
-        out[pos] = acc[pos] / l[pos, None]
-        return out
-
-
-def _f16_values() -> np.ndarray:
-    """float32 value of every fp16 bit pattern (index = pattern)."""
-    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
-class _FloatOperands:
-    """fp16_flash / fp8_flash: float operands, float32 dots and accumulation."""
-
-    def __init__(self, q, k, v, spec, qk_scale, tr):
-        ops = spec.operands
-        self.ops = ops
-        (self.q, sq), (self.k, sk), (self.v, sv) = (cast_operand(x, ops) for x in (q, k, v))
-        one = np.float32(1)
-        sq, sk, self.sv = (one if s is None else s for s in (sq, sk, sv))
-        self.factor = np.float32(np.float32(sq * sk) * qk_scale) if ops.scale != "none" else qk_scale
-        self.scaled_v = ops.scale != "none"
-        self.bn = spec.tiling.block_n
-        if tr is not None:
-            B, Hq, Lq = q.shape[:3]
-            Lk = k.shape[2]
-            tr.update(q=self.q, k=self.k, v=self.v, q_scale=sq, k_scale=sk, v_scale=self.sv,
-                      s=np.zeros((B, Hq, Lq, Lk), np.float32),
-                      p_op=np.zeros((B, Hq, Lq, Lk), np.float32))
-
-    def group(self, b, g, heads, R, qk_scale):
-        return _FloatGroup(self, b, g, heads, R)
-
-class _FloatGroup:
-    def __init__(self, ops, b, g, heads, R):
-        self.ops = ops
-        self.qv = ops.q[b, heads].reshape(R, -1)
-        self.kk = ops.k[b, g]
-        self.vv = ops.v[b, g]
-
-    def closures(self, r0, r1, sub):
-        ops = self.ops
-        qv = self.qv[r0:r1]
-        pfmt = ops.ops.p
-        if sub is not None:
-            Lk = self.kk.shape[0]
-            for key in ("s", "p", "p_op"):
-                sub[key] = np.zeros((r1 - r0, Lk), np.float32)
-
-        chunk = _ScoreChunks(lambda c: qv @ self.kk[c].T, ops.bn, self.kk.shape[0])
-
-        def scores(sl):
-            S = chunk(sl) * ops.factor  # f32 accumulation (BLAS order; GPU order differs)
-            if sub is not None:
-                sub["s"][:, sl] = S
-            return S
-
-        def pv(p, sl):
-            pc = round_p(p, pfmt)
-            contrib = pc @ self.vv[sl]
-            if ops.scaled_v:
-                contrib *= ops.sv
-            if sub is not None:
-                sub["p"][:, sl] = p
-                sub["p_op"][:, sl] = pc
-            return contrib, p.sum(axis=1, dtype=np.float32)
-
-        return scores, pv
+    return method.run(q, k, v, spec, shp, causal=causal, sm_scale=scale, calibration=calibration,
+                      trace=trace, mode=mode)

@@ -98,7 +98,7 @@ def sas_poly(coefficients, f, arithmetic: str = "fp16") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _poly_table(coefficients: tuple[float, ...]) -> np.ndarray:
+def poly_table(coefficients: tuple[float, ...]) -> np.ndarray:
     """float32 ``poly(f)`` for every fp16 bit pattern ``0 .. 0x3C00`` (f in [0, 1])."""
     return _horner(coefficients, fp16_unit_interval(), "fp16").astype(np.float32)
 
@@ -116,7 +116,7 @@ def _poly_of(frac: np.ndarray, sas) -> np.ndarray:
     coeffs = tuple(float(c) for c in sas.coefficients)
     if sas.arithmetic == "fp16":
         bits = frac.astype(np.float16).view(np.uint16)  # f = f16(y - n), in [0, 1]
-        return _poly_table(coeffs)[bits]
+        return poly_table(coeffs)[bits]
     return sas_poly(coeffs, frac.astype(np.float64), "fp32").astype(np.float32)
 
 

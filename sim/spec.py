@@ -5,18 +5,10 @@ is the single source of every numeric choice: the simulator (``sim.simulate``), 
 (``sim.cost.predict``) and the Triton kernels (``gpu``) read the same object, so a choice made
 here (a rounding mode, a tile, a scale dtype) cannot drift between them.
 
-Sections, and which methods use them (others must be absent):
-
-============  ===========  ===========  ==========  =======  ==============
-section       fp16_flash   fp8_flash    int8_flash  turbo    double_sparse
-============  ===========  ===========  ==========  =======  ==============
-tiling        yes          yes          yes         yes      yes
-operands      yes          yes          -           -        yes
-q, k, v, p    -            -            yes         yes      -
-softmax       exp2         exp2         exp2        exp2|sas exp2
-kvcache       -            -            -           yes      -
-sparse        -            -            -           -        yes
-============  ===========  ===========  ==========  =======  ==============
+Every spec has ``tiling`` and ``softmax``; which of the optional sections (``operands``, ``q``,
+``k``, ``v``, ``p``, ``kvcache``, ``sparse``) it must have, and which ``softmax.exp`` values it may
+use, is declared by its method's simulator module (``sim.methods.<method>.METHOD``), found through
+the registry ``sim.methods.SIMULATORS``: ``qsattn specs`` prints the table.
 
 Example::
 
@@ -27,6 +19,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -36,19 +29,27 @@ from pathlib import Path
 from typing import Literal
 
 from . import schema
+from .methods import SECTIONS, SIMULATORS
 from .schema import ConfigError, meta
 
-METHODS = ("fp16_flash", "fp8_flash", "int8_flash", "turbo", "double_sparse")
-MethodName = Literal["fp16_flash", "fp8_flash", "int8_flash", "turbo", "double_sparse"]
 RoundingName = Literal["half_even", "half_away", "half_up", "floor", "toward_zero"]
 FloatName = Literal["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
 ScaleDtype = Literal["fp16", "fp32"]
 
 
 def config_dir() -> Path:
-    """Root of the shipped configs (``$QSATTN_CONFIG_DIR`` overrides)."""
+    """Root of the shipped configs: ``$QSATTN_CONFIG_DIR`` if set; else ``configs/`` beside the
+    packages in a source checkout, or ``sim/configs/`` inside an installed wheel (pyproject maps
+    the repository's ``configs/`` there)."""
     env = os.environ.get("QSATTN_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs", here / "configs"):
+        if (cand / "methods").is_dir():
+            return cand
+    raise FileNotFoundError(f"configs: no configs/methods folder beside {here} or inside it "
+                            f"(set QSATTN_CONFIG_DIR to the folder holding methods/, hardware/)")
 
 
 @dataclass(frozen=True)
@@ -249,22 +250,12 @@ class Sparse:
         return min(k, kv_len)
 
 
-_SECTIONS = {
-    "fp16_flash": {"operands"},
-    "fp8_flash": {"operands"},
-    "int8_flash": {"q", "k", "v", "p"},
-    "turbo": {"q", "k", "v", "p", "kvcache"},
-    "double_sparse": {"operands", "sparse"},
-}
-_OPTIONAL = ("operands", "q", "k", "v", "p", "kvcache", "sparse")
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     """A validated method description. Build with :func:`load_method`."""
 
     name: str = field(metadata=meta("spec name (the file stem unless given)"))
-    method: MethodName = field(metadata=meta("which algorithm executes the spec"))
+    method: str = field(metadata=meta("which algorithm executes the spec (a registered method)"))
     description: str = field(metadata=meta("one line"))
     source: str = field(metadata=meta("paper / code the choices follow"))
     tiling: Tiling = field(metadata=meta("kernel tile"))
@@ -278,28 +269,29 @@ class MethodSpec:
     sparse: Sparse | None = None
 
     def __post_init__(self):
-        need = _SECTIONS[self.method]
-        for sec in _OPTIONAL:
+        if self.method not in SIMULATORS:
+            raise ConfigError("", "method", f"one of {list(SIMULATORS.names())}", self.method)
+        m = SIMULATORS.get(self.method)
+        for sec in SECTIONS:
             present = getattr(self, sec) is not None
-            if sec in need and not present:
+            if sec in m.sections and not present:
                 raise ValueError(f"method {self.method!r} needs a '{sec}' section")
-            if sec not in need and present:
+            if sec not in m.sections and present:
                 raise ValueError(f"method {self.method!r} does not use a '{sec}' section")
-        if self.softmax.exp == "sas" and self.method != "turbo":
-            raise ValueError(f"softmax.exp 'sas' is only defined for turbo, not {self.method!r}")
-        if self.method == "fp8_flash" and not self.operands.format.startswith("fp8"):
-            raise ValueError(f"fp8_flash needs an fp8 operands.format, got {self.operands.format!r}")
-        if self.method == "fp16_flash" and self.operands.format not in ("fp16", "bf16"):
-            raise ValueError(f"fp16_flash needs operands.format fp16 or bf16, "
-                             f"got {self.operands.format!r}")
+        if self.softmax.exp not in m.exps:
+            raise ValueError(f"softmax.exp: method {self.method!r} implements {list(m.exps)}, "
+                             f"got {self.softmax.exp!r}")
+        if m.check_spec is not None:
+            m.check_spec(self)
 
     # -- derived -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return schema.to_dict(self)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """Short content hash: equal specs (whatever their name) share it; used as a cache key."""
+        """Short content hash: equal specs (whatever their name) share it; used as a cache key
+        (computed once per spec object)."""
         d = self.to_dict()
         d.pop("name"), d.pop("description")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -327,6 +319,38 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     return cand
 
 
+def resolve_spec(spec: "MethodSpec | str | os.PathLike", method: str | None = None, *,
+                 arg: str = "spec") -> MethodSpec:
+    """The one spec resolver of every executor: ``spec`` as a MethodSpec, a shipped spec name or
+    a YAML path, loaded once per distinct name (:func:`load_method` caches by file content).
+    ``method``: the method the caller runs (a spec of another method is refused). ``arg`` names
+    the argument in error messages."""
+    if isinstance(spec, MethodSpec):
+        s = spec
+    elif isinstance(spec, (str, os.PathLike)):
+        try:
+            s = load_method(spec)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ValueError(f"{arg}: {e}") from None
+    else:
+        raise TypeError(f"{arg}: expected a MethodSpec, a spec name or a YAML path, got "
+                        f"{type(spec).__name__}")
+    if method is not None and s.method != method:
+        raise ValueError(f"{arg}: method {method!r} was asked for, but spec {s.name!r} describes "
+                         f"{s.method!r}")
+    return s
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(path: str, mtime_ns: int, size: int) -> MethodSpec:
+    p = Path(path)
+    data = schema.load_yaml(p)
+    data.setdefault("name", p.stem)
+    return schema.build(MethodSpec, data, where=str(p))
+
+
 def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> MethodSpec:
     """Load and validate a method spec.
 
@@ -340,13 +364,16 @@ def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> 
         raise TypeError(f"name_or_path: expected a method name, path or MethodSpec, "
                         f"got {type(name_or_path).__name__}")
     path = _resolve(name_or_path)
+    if not overrides:  # specs are frozen: one object per file version, no YAML parsing per call
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ConfigError(str(path), "", "an existing YAML file", "no such file") from None
+        return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
     data = schema.load_yaml(path)
     data.setdefault("name", path.stem)
-    where = str(path)
-    if overrides:
-        data = schema.merge(data, overrides)
-        where += " + overrides"
-    return schema.build(MethodSpec, data, where=where)
+    data = schema.merge(data, overrides)
+    return schema.build(MethodSpec, data, where=f"{path} + overrides")
 
 
 def available_methods() -> list[str]:
@@ -355,5 +382,5 @@ def available_methods() -> list[str]:
 
 
 __all__ = ["MethodSpec", "Tiling", "FloatOperands", "OperandQuant", "PQuant", "SAS", "Softmax",
-           "KVCache", "Sparse", "ConfigError", "METHODS", "load_method", "available_methods",
+           "KVCache", "Sparse", "ConfigError", "load_method", "resolve_spec", "available_methods",
            "config_dir"]

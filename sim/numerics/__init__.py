@@ -85,7 +85,7 @@ from .formats import (
     float_format,
     int_range,
 )
-from .intgemm import _int_matmul_unchecked, int_matmul, int_matmul_reference
+from .intgemm import int_matmul_unchecked, int_matmul, int_matmul_reference
 from .packing import PACK_BITS, pack, unpack
 from .quantize import ZERO_SCALE_POLICIES, Quantized, dequantize, quantize, round_to_int
 from .requantize import Requantized, dequantize_int, requantize, requantize_error_bound
@@ -98,5 +98,5 @@ __all__ = [
     "Quantized", "quantize", "dequantize", "round_to_int", "ZERO_SCALE_POLICIES",
     "Requantized", "requantize", "dequantize_int", "requantize_error_bound",
     "pack", "unpack", "PACK_BITS",
-    "int_matmul", "int_matmul_reference", "_int_matmul_unchecked",
+    "int_matmul", "int_matmul_reference", "int_matmul_unchecked",
 ]

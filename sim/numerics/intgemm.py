@@ -11,7 +11,7 @@ up to ``2^p`` exactly, so every operation is exact while ``K * 2^14 <= 2^p``:
 
 (Strassen-like algorithms would break this; numpy's BLAS backends do not use them.)
 ``int_matmul`` uses one sgemm for ``K <= 1024`` and, above, sgemms over K chunks of 1024 whose
-exact results are summed in integers (see :func:`_int_matmul_unchecked`).
+exact results are summed in integers (see :func:`int_matmul_unchecked`).
 The int32 result can only overflow when ``K * 2^14 > 2^31 - 1``, i.e. ``K >= 131072``; only then
 is the range checked, and a true result outside int32 raises OverflowError.
 """
@@ -56,7 +56,7 @@ def _to_int32(r: np.ndarray, k: int) -> np.ndarray:
     return r.astype(np.int32)
 
 
-def _int_matmul_unchecked(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def int_matmul_unchecked(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``int_matmul`` without argument validation (the simulator's inner loop).
 
     Callers guarantee int8 arrays with matching inner dims. Still exact (the path is chosen by K)
@@ -88,7 +88,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
            [ -129]], dtype=int32)
     """
     _check(a, b)
-    return _int_matmul_unchecked(a, b)
+    return int_matmul_unchecked(a, b)
 
 
 def int_matmul_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

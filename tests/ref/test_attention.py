@@ -221,7 +221,7 @@ def test_validation_is_applied():
     k_nan[0, 1, 2, 3] = np.nan
     with pytest.raises(ValueError, match=r"^k has 1 non-finite value"):
         ref.attention(q, k_nan, v)
-    with pytest.raises(ValueError, match=r"^q/k heads: Hq \(3\) must be a multiple of Hkv \(2\)"):
+    with pytest.raises(ValueError, match=r"^q: heads Hq \(3\) must be a multiple of k\'s Hkv \(2\)"):
         ref.attention(q[:, :3], k, v)
     with pytest.raises(ValueError, match=r"^q: empty sequence"):
         ref.attention(q[:, :, :0], k, v)

@@ -130,7 +130,7 @@ def test_bad_arguments():
         ref.sdpa(q, k, v, dtype="fp8")
     with pytest.raises(ValueError, match=r"^dtype must be one of"):
         ref.sdpa(q, k, v, dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"^q/k heads: Hq \(4\) must be a multiple of Hkv \(3\)"):
+    with pytest.raises(ValueError, match=r"^q: heads Hq \(4\) must be a multiple of k\'s Hkv \(3\)"):
         ref.sdpa(q, np.zeros((1, 3, 5, 8)), np.zeros((1, 3, 5, 8)))
     bad = q.copy()
     bad[0, 0, 0, 0] = np.inf

@@ -93,24 +93,24 @@ def test_zero_sizes(kw, match):
 
 def test_shape_mismatches():
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match=r"^k and v must agree on \[B, Hkv, Lk\], got k \(1, 2, 5, 8\) and v \(1, 2, 4, 8\)"):
+    with pytest.raises(ValueError, match=r"^v: k and v must agree on \[B, Hkv, Lk\], got k \(1, 2, 5, 8\) and v \(1, 2, 4, 8\)"):
         check_qkv(q, k, v[:, :, :4])
-    with pytest.raises(ValueError, match=r"^k and v must agree"):
+    with pytest.raises(ValueError, match=r"^v: k and v must agree"):
         check_qkv(q, k, v[:, :1])
     q2 = np.zeros((2, 4, 3, 8), np.float32)
-    with pytest.raises(ValueError, match=r"^q/k batch: q has B=2, k has B=1"):
+    with pytest.raises(ValueError, match=r"^k: batch B=1 differs from q\'s B=2"):
         check_qkv(q2, k, v)
-    with pytest.raises(ValueError, match=r"^q/k head dim: q has D=8, k has D=7"):
+    with pytest.raises(ValueError, match=r"^k: head dim D=7 differs from q\'s D=8"):
         check_qkv(q, k[..., :7], v)
     check_qkv(q, k, v[..., :3])  # Dv may differ from D
 
 
 def test_gqa_divisibility_message():
     q, k, v = _qkv(Hq=9, Hkv=4)
-    with pytest.raises(ValueError, match=r"^q/k heads: Hq \(9\) must be a multiple of Hkv \(4\)$"):
+    with pytest.raises(ValueError, match=r"^q: heads Hq \(9\) must be a multiple of k\'s Hkv \(4\)$"):
         check_qkv(q, k, v)
     q, k, v = _qkv(Hq=2, Hkv=4)
-    with pytest.raises(ValueError, match=r"Hq \(2\) must be a multiple of Hkv \(4\)"):
+    with pytest.raises(ValueError, match=r"Hq \(2\) must be a multiple of k\'s Hkv \(4\)"):
         check_qkv(q, k, v)
 
 
@@ -185,7 +185,7 @@ def test_torch_tensors_duck_typed():
     bad[0, 0, 0, :2] = float("nan")
     with pytest.raises(ValueError, match=r"^v has 2 non-finite value\(s\)"):
         check_qkv(q, k, bad)
-    with pytest.raises(ValueError, match=r"^q/k heads: Hq \(4\) must be a multiple of Hkv \(3\)"):
+    with pytest.raises(ValueError, match=r"^q: heads Hq \(4\) must be a multiple of k\'s Hkv \(3\)"):
         check_qkv(q, torch.zeros(1, 3, 5, 8), torch.zeros(1, 3, 5, 8))
 
 

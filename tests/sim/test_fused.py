@@ -9,7 +9,7 @@ import pytest
 from sim import _fused as F
 from sim import load_method, simulate
 
-SIM = sys.modules["sim.simulate"]
+SIM = sys.modules["sim.dense"]
 
 
 def test_f16_bits_matches_numpy(fp16_finite):
@@ -72,7 +72,7 @@ SPECS = [
 def test_fused_equals_reference(name, over, shape, monkeypatch):
     _, B, Hq, Hkv, Lq, Lk, D, causal = shape
     spec = load_method(name, **over)
-    assert SIM._fused_eligible(spec)
+    assert SIM.fused_covers(spec)
     rng = np.random.default_rng(Lq * 31 + Lk)
     q = (rng.standard_normal((B, Hq, Lq, D)) * 2).astype(np.float16)
     k = rng.standard_normal((B, Hkv, Lk, D)).astype(np.float16)
@@ -96,9 +96,9 @@ def test_fused_equals_reference_ties(name, monkeypatch):
 
 
 def test_not_eligible_runs_reference():
-    assert not SIM._fused_eligible(load_method("int8_flash", p__arithmetic="fp32"))
-    assert not SIM._fused_eligible(load_method("turbo", softmax__sas__arithmetic="fp32"))
-    assert not SIM._fused_eligible(load_method("fp16_flash"))
+    assert not SIM.fused_covers(load_method("int8_flash", p__arithmetic="fp32"))
+    assert not SIM.fused_covers(load_method("turbo", softmax__sas__arithmetic="fp32"))
+    assert not SIM.FloatOperands.fused  # float operands never take the numba path
 
 
 @pytest.mark.parametrize("name", ["int8_flash", "turbo"])

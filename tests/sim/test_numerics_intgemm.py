@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from sim.numerics import _int_matmul_unchecked, int_matmul, int_matmul_reference
+from sim.numerics import int_matmul_unchecked, int_matmul, int_matmul_reference
 
 
 def python_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_against_python_ints(K):
     want = python_matmul(a, b).astype(np.int64)
     np.testing.assert_array_equal(int_matmul(a, b), want)
     np.testing.assert_array_equal(int_matmul_reference(a, b), want)
-    np.testing.assert_array_equal(_int_matmul_unchecked(a, b), want)
+    np.testing.assert_array_equal(int_matmul_unchecked(a, b), want)
 
 
 @pytest.mark.parametrize("K", [1024, 1025, 4096])
@@ -107,8 +107,8 @@ def test_speed_report():
             t.append(time.perf_counter() - t0)
         return min(t)
 
-    fast, unchecked, ref = best(int_matmul, 50), best(_int_matmul_unchecked, 50), best(int_matmul_reference, 5)
+    fast, unchecked, ref = best(int_matmul, 50), best(int_matmul_unchecked, 50), best(int_matmul_reference, 5)
     print(f"\nint_matmul [128,128]x[128,64]: fast {fast*1e6:.1f} us, unchecked {unchecked*1e6:.1f} us, "
           f"reference {ref*1e6:.1f} us")
     np.testing.assert_array_equal(int_matmul(a, b), int_matmul_reference(a, b))
-    np.testing.assert_array_equal(_int_matmul_unchecked(a, b), int_matmul_reference(a, b))
+    np.testing.assert_array_equal(int_matmul_unchecked(a, b), int_matmul_reference(a, b))

@@ -1,4 +1,5 @@
-"""Double Sparsity (Yang et al., arXiv 2408.07092): label channels pick the top-k tokens.
+"""double_sparse, the simulator path: Double Sparsity (Yang et al., arXiv 2408.07092), label
+channels pick the top-k tokens.
 
 Sequence (docs/numerics.md, "double_sparse"), per (batch, query head h, query row i), with
 ``g = h // (Hq / Hkv)`` the KV head:
@@ -43,9 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_qkv, check_sm_scale, last_visible_key
-from .softmax import exp2_f32
-from .numerics.quantize import dequantize, quantize
+from ..checks import check_qkv, check_sm_scale, last_visible_key
+from ..engine import SimResult, online_softmax, qk_scale_of
+from ..numerics.quantize import dequantize, quantize
+from ..softmax import exp2_f32
+from .base import CalibrationKind, SimMethod
 
 __all__ = ["Calibration", "calibrate", "LabelCache", "label_cache", "row_budget",
            "select_topk", "simulate_double_sparse", "CHANNEL_METRICS"]
@@ -260,7 +263,7 @@ def as_calibration(calibration, spec, Hkv: int, D: int) -> Calibration:
     if isinstance(calibration, (str, os.PathLike)):
         calibration = Calibration.load(calibration)
     if not isinstance(calibration, Calibration):
-        raise TypeError(f"calibration: expected a sim.sparse.Calibration, a path to one, or None; "
+        raise TypeError(f"calibration: expected a sim.methods.double_sparse.Calibration, a path to one, or None; "
                         f"got {type(calibration).__name__}")
     if calibration.shape != (Hkv, D):
         raise ValueError(f"calibration: expected channel statistics for [Hkv={Hkv}, D={D}], got "
@@ -301,10 +304,7 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
     cal = _calibration_for(calibration, q, k, spec, Hkv, D)
     channels = cal.channels(r)
     labels = label_cache(k, channels, sp.label_bits)
-    from .flash import online_softmax
-    from .simulate import SimResult
-
-    qk_scale = np.float32(sm * math.log2(math.e))
+    qk_scale = qk_scale_of(sm)
     q16, k16, v16 = _f16(q), _f16(k), _f16(v)
     rows_idx = np.arange(Lq)
     visible = (np.clip(last_visible_key(rows_idx, Lq, Lk) + 1, 0, Lk) if causal
@@ -395,3 +395,40 @@ def _attend(qr, kg, vg, idx, counts, qk_scale, block_n, online_softmax) -> np.nd
 
     return online_softmax(scores, exp, pv, n_slots=kmax, block_n=block_n, valid=valid,
                           rows=rows, dv=vg.shape[-1])
+
+
+def _check_spec(spec) -> None:
+    if spec.operands.format != "fp16" or spec.operands.scale != "none":
+        raise ValueError(f"operands: double_sparse attends over fp16 K/V (format fp16, scale none), "
+                         f"got format {spec.operands.format!r}, scale {spec.operands.scale!r}")
+
+
+def _run(q, k, v, spec, shp, *, causal, sm_scale, calibration, trace, mode):
+    return simulate_double_sparse(q, k, v, spec, causal=causal, sm_scale=sm_scale,
+                                  calibration=calibration, trace=trace)
+
+
+def label_bytes(bits: int, r: int, *, tokens: int, kv_heads: int) -> int:
+    """Bytes of the label cache (:attr:`LabelCache.nbytes` without building it)."""
+    if bits == 16:
+        return kv_heads * tokens * r * 2
+    return kv_heads * tokens * (math.ceil(r * bits / 8) + 2 + 2)
+
+
+def _kv_bytes(spec, *, tokens, head_dim, kv_heads, mode, calibration):
+    """The full FP16 K/V (the method gathers from it) plus the label cache."""
+    sp = spec.sparse
+    return 2 * 2 * tokens * kv_heads * head_dim + label_bytes(
+        sp.label_bits, sp.r(head_dim), tokens=tokens, kv_heads=kv_heads)
+
+
+CALIBRATION = CalibrationKind(
+    "double_sparse_channels",
+    compute=lambda q, k, v, spec, source: calibrate(q, k, spec.sparse.channel_metric,
+                                                    source=source),
+    load=Calibration.load, key=lambda spec: spec.sparse.channel_metric, suffix=".npz")
+
+METHOD = SimMethod("double_sparse", sections=frozenset({"operands", "sparse"}), exps=("exp2",),
+                   run=_run, check_spec=_check_spec, kv_bytes=_kv_bytes, calibrated=(None,),
+                   calibration=CALIBRATION, selects_keys=True,
+                   doc="label-channel scores select top-k tokens; FP16 attention over them")

@@ -1,4 +1,6 @@
-"""TurboAttention's FlashQ KV cache: INT8 buffer + progressive INT4/INT2 storage per head.
+"""turbo, the simulator path: TurboAttention's prefill runs the dense integer path
+(:mod:`sim.dense` with SAS, docs/numerics.md "turbo"); its decode state is the FlashQ KV cache,
+an INT8 buffer + progressive INT4/INT2 storage per head, below.
 
 Layout and rules (docs/numerics.md, "turbo KV cache"), per (batch, KV head):
 
@@ -41,12 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_qkv
-from .numerics.intgemm import FP32_EXACT_K, int_matmul
-from .numerics.packing import pack, unpack
-from .numerics.quantize import quantize
-from .numerics.requantize import Requantized, requantize
-from .operands import quantize_operand
+from ..checks import check_qkv, check_sm_scale
+from ..dense import IntegerOperands, exact_dot, run_dense
+from ..engine import SimResult, online_softmax, qk_scale_of
+from ..numerics.packing import pack, unpack
+from ..numerics.quantize import quantize
+from ..numerics.requantize import Requantized, requantize
+from ..operands import int_kv_bytes, pquant, quantize_operand, token_scale, v_tile_factor
+from ..softmax import exp_fns
+from .base import CalibrationKind, SimMethod
 
 __all__ = ["HeadPriority", "head_priority", "head_bits", "TurboCache", "cache_nbytes",
            "compression_vs_fp16", "compressed_len", "simulate_turbo_cache"]
@@ -134,7 +139,7 @@ def cache_nbytes(spec, bits_per_head, tokens: int, head_dim: int, v_dim: int | N
                  batch: int = 1, detail: bool = False):
     """Bytes of the cache holding ``tokens`` tokens for heads of ``bits_per_head`` (see module
     doc); ``detail=True`` returns the per-field sums instead of the total."""
-    kvc = _kvcache(spec)
+    kvc = check_cache_spec(spec)
     if not isinstance(tokens, (int, np.integer)) or tokens < 0:
         raise ValueError(f"tokens: expected a non-negative int, got {tokens!r}")
     v_dim = head_dim if v_dim is None else v_dim
@@ -149,14 +154,14 @@ def compression_vs_fp16(spec, *, tokens: int = 4096, head_dim: int = 128, kv_hea
                         bits_per_head=None) -> float:
     """FP16 K+V bytes / cache bytes at ``tokens`` tokens. ``bits_per_head`` defaults to the
     spec's share: ``round(low_share * kv_heads)`` heads at low_bits."""
-    kvc = _kvcache(spec)
+    kvc = check_cache_spec(spec)
     if bits_per_head is None:
         bits_per_head = head_bits(kvc, np.arange(kv_heads, dtype=np.float64))
     fp16 = kv_heads * tokens * head_dim * 2 * 2
     return fp16 / cache_nbytes(spec, bits_per_head, tokens, head_dim)
 
 
-def _kvcache(spec):
+def check_cache_spec(spec):
     kvc = getattr(spec, "kvcache", None)
     if kvc is None:
         raise ValueError(f"spec: expected a turbo spec with a kvcache section, got "
@@ -221,7 +226,7 @@ class TurboCache:
     @classmethod
     def from_prefill(cls, k, v, spec, *, priority: HeadPriority | None = None) -> "TurboCache":
         """The cache after appending all of ``k``/``v`` token by token."""
-        kvc = _kvcache(spec)
+        kvc = check_cache_spec(spec)
         B, _, Hkv, _, L, D, Dv, _ = check_qkv(k, k, v)
         pr = priority if priority is not None else head_priority(k, v)
         if pr.priority.shape != (Hkv,):
@@ -265,7 +270,7 @@ class TurboCache:
         (half-even, f32), the cost of quantizing a block whose tokens arrive one by one. A
         block appended whole gets exactly the codes of :meth:`from_prefill`.
         """
-        kvc = _kvcache(self.spec)
+        kvc = check_cache_spec(self.spec)
         B, _, Hkv, _, n, D, Dv, _ = check_qkv(k_new, k_new, v_new)
         if (B, Hkv, D, Dv) != (self.k_buf.shape[0], self.k_buf.shape[1], self.k_buf.shape[3],
                                self.v_buf.shape[3]):
@@ -368,20 +373,13 @@ class TurboCache:
 # --------------------------------------------------------------------------------------------
 # cache-mode simulate
 # --------------------------------------------------------------------------------------------
-def _int_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact integer dot of int codes held in float32 (sgemm exact for inner K <= 1024)."""
-    if a.shape[-1] <= FP32_EXACT_K:
-        return a @ b
-    return int_matmul(a.astype(np.int8), b.astype(np.int8)).astype(np.float32)
-
-
 def as_head_priority(calibration, Hkv: int) -> HeadPriority:
     """``calibration`` (a HeadPriority or a path to a saved one) checked for ``Hkv`` KV heads.
     Shared by the simulator and the GPU cache so both accept and refuse the same inputs."""
     if isinstance(calibration, (str, os.PathLike)):
         calibration = HeadPriority.load(calibration)
     if not isinstance(calibration, HeadPriority):
-        raise TypeError(f"calibration: expected a sim.kvcache.HeadPriority, a path to one, or "
+        raise TypeError(f"calibration: expected a sim.methods.turbo.HeadPriority, a path to one, or "
                         f"None; got {type(calibration).__name__}")
     if calibration.priority.shape != (Hkv,):
         raise ValueError(f"calibration: expected a priority per KV head ({Hkv}), got "
@@ -405,20 +403,17 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
     K codes, ``(f32(S_int) * qf) * k_scale``, PQUANT, ``O_int = P8 . V8`` (the row's V codes),
     ``f32(O_int) * vf``.
 
-    Trace: ``head_bits`` [Hkv], ``priority``, ``calibration`` ("oracle" or the source),
+    Trace: the dense path's integer intermediates (``q_codes``, ``k_codes``/``v_codes`` (the
+    INT8 codes before the cache), ``s_int``, ``p_codes``, ``p``, ``o_int``, ``visible``: S_int
+    and O_int of the keys as the row reads them), ``head_bits`` [Hkv], ``priority``,
+    ``calibration`` ("oracle" or the source),
     ``compressed`` [Lq] (re-quantized keys per row), ``k_cache_int8`` / ``v_cache_int8`` (the
     final cache read back as INT8), ``cache_bytes`` (per field) and ``compression_vs_fp16``,
-    and the engine's ``m``/``l``/``alpha`` per tile ``[B, Hq, Lq, n_tiles]``.
+    and the engine's ``m``/``l``/``alpha`` per tile ``[B, Hq, n_tiles, Lq]`` (the dense layout).
     """
-    from .checks import check_sm_scale
-    from .flash import online_softmax
-    from .operands import pquant, token_scale, v_tile_factor
-    from .simulate import SimResult, qk_scale_of
-    from .softmax import exp_fns
-
     if spec.method != "turbo":
         raise ValueError(f"spec: expected a turbo spec, got method {spec.method!r}")
-    kvc = _kvcache(spec)
+    kvc = check_cache_spec(spec)
     B, Hq, Hkv, Lq, Lk, D, Dv, G = check_qkv(q, k, v)
     sm = check_sm_scale(sm_scale, D)
     pr = _priority_for(calibration, k, v, Hkv)
@@ -442,10 +437,14 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
     n_tiles = -(-Lk // bn)
     out = np.zeros((B, Hq, Lq, Dv), np.float32)
     tm = tl = ta = None
-    if trace:
-        tm = np.full((B, Hq, Lq, n_tiles), -np.inf, np.float32)
-        tl = np.zeros((B, Hq, Lq, n_tiles), np.float32)
-        ta = np.ones((B, Hq, Lq, n_tiles), np.float32)
+    if trace:  # the dense path's layout: [B, Hq, n_tiles, Lq]
+        tm = np.full((B, Hq, n_tiles, Lq), -np.inf, np.float32)
+        tl = np.zeros((B, Hq, n_tiles, Lq), np.float32)
+        ta = np.ones((B, Hq, n_tiles, Lq), np.float32)
+        t_s = np.zeros((B, Hq, Lq, Lk), np.float32)      # S_int held exactly in f32
+        t_p = np.zeros((B, Hq, Lq, Lk), np.float32)
+        t_c = np.zeros((B, Hq, Lq, Lk), np.int8)
+        t_o = np.zeros((B, Hq, n_tiles, Lq, Dv), np.float32)
     R = G * Lq
     row_pos = np.tile(pos, G)
     row_comp = np.tile(comp, G)
@@ -465,7 +464,9 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
                 return keys[sl][None, :] < row_comp[:, None]
 
             def scores(sl):
-                S = np.where(hat(sl), _int_dot(qc, kh[:, sl]), _int_dot(qc, kr[:, sl]))
+                S = np.where(hat(sl), exact_dot(qc, kh[:, sl]), exact_dot(qc, kr[:, sl]))
+                if trace:
+                    g_s[:, sl] = S
                 S = S * qf
                 S *= ksg[None, sl]
                 return S.astype(np.float32)
@@ -481,19 +482,30 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
                     raise ValueError("spec.p.saturate: a P code exceeds 127; set p.saturate")
                 c32 = codes.astype(np.float32)
                 m = hat(sl)
-                O = _int_dot(np.where(m, c32, 0), vh[sl]) + _int_dot(np.where(m, 0, c32), vr[sl])
+                O = exact_dot(np.where(m, c32, 0), vh[sl]) + exact_dot(np.where(m, 0, c32), vr[sl])
                 contrib = O * vf[sl.start // bn]
                 psum = (p if pq.rowsum == "unquantized" else c32 / levels).sum(
                     axis=1, dtype=np.float32)
+                if trace:
+                    g_p[:, sl], g_c[:, sl], g_o[sl.start // bn] = p, codes, O
                 return contrib, psum
 
             sub = {} if trace else None
+            if trace:  # this group's rows [G * Lq, ...]; the engine skips fully masked tiles
+                g_s = np.zeros((R, Lk), np.float32)
+                g_p = np.zeros((R, Lk), np.float32)
+                g_c = np.zeros((R, Lk), np.int8)
+                g_o = np.zeros((n_tiles, R, Dv), np.float32)
             og = out[b, heads].reshape(R, Dv)
             og[:] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=valid, rows=R,
                                    dv=Dv, trace=sub, rescale=rescale)
             if trace:
                 for name, arr in (("m", tm), ("l", tl), ("alpha", ta)):
-                    arr[b, heads] = sub[name].T.reshape(G, Lq, n_tiles)
+                    arr[b, heads] = sub[name].reshape(n_tiles, G, Lq).transpose(1, 0, 2)
+                t_s[b, heads] = g_s.reshape(G, Lq, Lk)
+                t_p[b, heads] = g_p.reshape(G, Lq, Lk)
+                t_c[b, heads] = g_c.reshape(G, Lq, Lk)
+                t_o[b, heads] = g_o.reshape(n_tiles, G, Lq, Dv).transpose(1, 0, 2, 3)
     fp16 = B * Hkv * Lk * (D + Dv) * 2
     nbytes = cache.nbytes(detail=True)
     info = {"kv_cache": True, "calibration": pr.source, "head_bits": cache.bits.tolist(),
@@ -501,10 +513,48 @@ def simulate_turbo_cache(q, k, v, spec, *, causal: bool = False, sm_scale=None,
             "compression_vs_fp16": fp16 / sum(nbytes.values())}
     tr = None
     if trace:
+        vis_all = np.ones((Lq, Lk), bool) if not causal else \
+            keys[None, :] <= pos[:, None]
+        vis_all = np.broadcast_to(vis_all, (B, Hq, Lq, Lk))
         tr = {"method": "turbo", "kv_cache": True, "qk_scale": qk_scale,
               "calibration": pr.source, "priority": pr.priority, "head_bits": cache.bits,
               "compressed": comp, "k_cache_int8": k_hat, "v_cache_int8": v_hat,
               "k_codes": K.codes, "v_codes": V.codes, "q_codes": Q.codes,
               "cache_bytes": nbytes, "compression_vs_fp16": info["compression_vs_fp16"],
-              "m": tm, "l": tl, "alpha": ta}
+              "m": tm, "l": tl, "alpha": ta, "visible": vis_all,
+              "s_int": np.where(vis_all, t_s, 0).astype(np.int32),
+              "p_codes": np.where(vis_all, t_c, 0).astype(np.int8),
+              "p": np.where(vis_all, t_p, 0).astype(np.float32),
+              "o_int": t_o.astype(np.int32)}
     return SimResult(out, tr, spec, info)
+
+
+# --------------------------------------------------------------------------------------------
+# registry entry
+# --------------------------------------------------------------------------------------------
+def _run(q, k, v, spec, shp, *, causal, sm_scale, calibration, trace, mode):
+    if mode == "kv_cache":
+        return simulate_turbo_cache(q, k, v, spec, causal=causal, sm_scale=sm_scale,
+                                    calibration=calibration, trace=trace)
+    return run_dense(q, k, v, spec, shp, causal, sm_scale, trace, IntegerOperands)
+
+
+def _kv_bytes(spec, *, tokens, head_dim, kv_heads, mode, calibration):
+    """The progressive cache (``kv_cache``: head bits from ``calibration``'s priority, or the
+    spec's share when None), else the INT8 K/V of the compute path with their scales."""
+    if mode != "kv_cache":
+        return int_kv_bytes(spec, tokens=tokens, head_dim=head_dim, kv_heads=kv_heads)
+    prio = calibration.priority if calibration is not None else \
+        np.arange(kv_heads, dtype=np.float64)
+    return float(cache_nbytes(spec, head_bits(spec.kvcache, prio), tokens, head_dim))
+
+
+CALIBRATION = CalibrationKind(
+    "turbo_head_priority",
+    compute=lambda q, k, v, spec, source: head_priority(k, v, source=source),
+    load=HeadPriority.load, key=lambda spec: spec.kvcache.priority, suffix=".json")
+
+METHOD = SimMethod("turbo", sections=frozenset({"q", "k", "v", "p", "kvcache"}),
+                   exps=("exp2", "sas"), run=_run, kv_bytes=_kv_bytes, modes=("kv_cache",),
+                   calibrated=("kv_cache",), calibration=CALIBRATION, decode_mode="kv_cache",
+                   doc="FlashQ blockwise INT8 attention, progressive INT4/INT2 KV cache, SAS")

@@ -5,7 +5,7 @@ import pytest
 
 import ref
 from sim import load_method
-from sim.kvcache import (HeadPriority, TurboCache, cache_nbytes, compressed_len,
+from sim.methods.turbo import (HeadPriority, TurboCache, cache_nbytes, compressed_len,
                          compression_vs_fp16, head_bits, head_priority, simulate_turbo_cache)
 from sim.numerics.quantize import quantize
 from sim.numerics.requantize import requantize

@@ -1,8 +1,8 @@
-"""The online-softmax engine (sim.flash) against a one-shot float64 softmax."""
+"""The online-softmax engine (sim.engine) against a one-shot float64 softmax."""
 import numpy as np
 import pytest
 
-from sim.flash import online_softmax
+from sim.engine import online_softmax
 
 
 def _run(s, v, bn, valid=None):

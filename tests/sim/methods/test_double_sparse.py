@@ -6,7 +6,7 @@ import pytest
 
 from sim import load_method
 from sim.numerics.quantize import quantize
-from sim.sparse import (Calibration, calibrate, label_cache, row_budget, select_topk,
+from sim.methods.double_sparse import (Calibration, calibrate, label_cache, row_budget, select_topk,
                         simulate_double_sparse)
 
 

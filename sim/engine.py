@@ -39,10 +39,33 @@ the state over with alpha 1; ``m`` is ``-inf`` until a row sees a key).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["online_softmax"]
+__all__ = ["online_softmax", "SimResult", "qk_scale_of", "LOG2E", "TRACE_LIMIT"]
+
+LOG2E = 1.4426950408889634  # float64 log2(e)
+TRACE_LIMIT = 1 << 25  # B * Hq * Lq * Lk entries for trace=True
+
+
+@dataclass
+class SimResult:
+    """Output of ``sim.simulate``: ``out`` float32 ``[B, Hq, Lq, Dv]``; ``trace`` a dict of
+    intermediates (``trace=True``, names and layouts in ``sim.simulate``'s docstring) or None;
+    ``spec`` the spec that ran; ``info`` method-specific facts that are not intermediates
+    (e.g. cache bytes, calibration source)."""
+
+    out: np.ndarray
+    trace: dict | None = None
+    spec: Any = None
+    info: dict = field(default_factory=dict)
+
+
+def qk_scale_of(sm_scale: float) -> np.float32:
+    """``f32(sm_scale * log2(e))``, the product taken in float64 (docs/numerics.md)."""
+    return np.float32(float(sm_scale) * LOG2E)
 
 _NEG_INF = np.float32(-np.inf)
 
