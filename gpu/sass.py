@@ -1,22 +1,23 @@
-"""SASS instruction mixes of the prefill kernel, counted from its sm_90 compile on the CPU.
+"""SASS instruction mixes of the kernels, counted from their compile on the CPU, per architecture.
 
-``python -m gpu.sass [--variant NAME ...] [--write]`` compiles
-``gpu.kernels.flash_fwd.attn_fwd_kernel`` for sm_90 without a GPU, disassembles it with the
-``cuobjdump`` of the triton wheel, finds the main (unmasked) K/V loop and counts its opcodes by
-the classes of :mod:`sim.cost.mixes`, at ``block_n`` 64 and 128. ``--write`` stores the tables
-in ``configs/kernels/mixes_sm90.yaml``, which :mod:`sim.cost.mixes` reads; ``--check`` exits 1
+``python -m gpu.sass [--arch ARCH] [--variant NAME ...] [--write]`` compiles
+``gpu.kernels.flash_fwd.attn_fwd_kernel`` for the architecture's target (``sim.arch``: sm_90
+Hopper, sm_80 Ampere, ...) without a GPU, disassembles it with the ``cuobjdump`` of the triton
+wheel, finds the main (unmasked) K/V loop and counts its opcodes by the classes of
+:mod:`sim.cost.mixes`, at ``block_n`` 64 and 128. ``--write`` stores the tables in
+``configs/kernels/<arch>/mixes.yaml``, which :mod:`sim.cost.mixes` reads; ``--check`` exits 1
 when a fresh count differs from that file (tests/gpu/test_sass.py). Needs triton with its
 bundled ptxas/cuobjdump, torch (``meta`` tensors) and ``TRITON_INTERPRET`` unset.
 
-Specialization: the argument set is :func:`gpu.ops.prefill_call`'s (the one the real launch
+Specialization: the argument set is :func:`gpu.prefill.prefill_call`'s (the one the real launch
 passes), built on ``meta`` tensors of the benchmark shape; Triton's own binder turns it into the
 signature, constexprs and divisibility attributes, as ``attn_fwd_kernel[grid](...)`` would on a
 device (every pointer is taken 16-byte aligned, as the CUDA caching allocator gives).
 
-``python -m gpu.sass --decode`` prints the same counts for the decode kernels (flash-decode,
-grouped flash-decode, turbo passes, label scores, radix select; :func:`decode_tables`), with
-the load round trips per loop iteration (:func:`load_rounds`) and its cp.async waits
-(``DEPBAR``, ``waits``), for the tables of ``sim/cost/kernels.py``.
+``python -m gpu.sass --decode [--write]`` counts the decode kernels (flash-decode, grouped
+flash-decode, turbo passes, label scores, radix select; :func:`decode_tables`), with the load
+round trips per loop iteration (:func:`load_rounds`) and its cp.async waits (``DEPBAR``,
+``waits``); ``--write`` stores ``configs/kernels/<arch>/decode.yaml`` (sim.cost.kernels.decode_sass).
 
 Main loop: the first backward branch in program order and its target (the unmasked loop of
 ``_attn_fwd_inner`` comes before the masked one); one iteration is one K/V tile per thread.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import re
 import subprocess
@@ -36,12 +38,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sim.spec import config_dir, load_method
+from sim.arch import arch as arch_info
+from sim.arch import data_path
+from sim.spec import load_method
 
 CLASSES = ("fp32", "fp16x2", "int32", "sfu", "cvt", "other")   # sim.cost.mixes.CLASSES
 BLOCK_NS = (64, 128)
-TABLE = config_dir() / "kernels" / "mixes_sm90.yaml"
-TARGET = ("cuda", 90, 128)          # GPUTarget(backend, arch, warp size)
+DEFAULT_ARCH = "hopper"
+
+
+def table(arch: str = DEFAULT_ARCH) -> Path:
+    """The mixes data file of ``arch``."""
+    return data_path(arch, "mixes")
+
+
+def target(arch: str = DEFAULT_ARCH):
+    """``GPUTarget`` of ``arch`` (backend, sm, warp size)."""
+    from triton.backends.compiler import GPUTarget
+    return GPUTarget("cuda", arch_info(arch).sm, 32)
 # The benchmark's target point (reports/bench/prefill.json config; prefill_probe.json).
 SHAPE = {"batch": 4, "q_heads": 32, "kv_heads": 32, "length": 8192, "head_dim": 128}
 
@@ -118,20 +132,21 @@ class LoopMix:
 
 def kernel_call(variant: str, block_n: int, shape: dict | None = None,
                 launch: dict | None = None):
-    """The :class:`gpu.ops.PrefillCall` of ``variant`` on ``meta`` tensors (no GPU, no data)."""
+    """The :class:`gpu.prefill.PrefillCall` of ``variant`` on ``meta`` tensors (no GPU, no data)."""
     import torch
     from sim.checks import check_sm_scale
-    from . import ops
+    from . import common, prefill
+    from .methods import KERNEL_PATHS
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     if block_n not in BLOCK_NS:
         raise ValueError(f"block_n: expected one of {BLOCK_NS}, got {block_n!r}")
-    if ops.interpreting():
-        raise RuntimeError("gpu.sass compiles for sm_90: unset TRITON_INTERPRET")
+    if common.interpreting():
+        raise RuntimeError("gpu.sass compiles for a GPU target: unset TRITON_INTERPRET")
     method, over, lc = VARIANTS[variant]
     s = dict(SHAPE, **(shape or {}))
     spec = load_method(method, tiling__block_n=block_n, **over)
-    ops.check_prefill_spec(spec)
+    KERNEL_PATHS.get(spec.method).check_spec(spec)
     B, H, Hk, L, D = s["batch"], s["q_heads"], s["kv_heads"], s["length"], s["head_dim"]
     q = torch.empty((B, H, L, D), dtype=torch.float16, device="meta")
     k = torch.empty((B, Hk, L, D), dtype=torch.float16, device="meta")
@@ -141,31 +156,30 @@ def kernel_call(variant: str, block_n: int, shape: dict | None = None,
     if spec.integer:
         # quantize_qkv's tiles: Q block_m, K/V block_n, V transposed
         tm = spec.tiling.block_m
-        qq = ops.empty_quantized(q, spec.q, tm)
-        kq = ops.empty_quantized(k, spec.k, block_n)
-        vq = ops.empty_quantized(v, spec.v, block_n, transpose=True)
-        return ops.prefill_call(qq, kq, vq, spec, **kw)
-    return ops.prefill_call(None, None, None, spec, q=q, k=k, v=v, **kw)
+        qq = common.empty_quantized(q, spec.q, tm)
+        kq = common.empty_quantized(k, spec.k, block_n)
+        vq = common.empty_quantized(v, spec.v, block_n, transpose=True)
+        return prefill.prefill_call(qq, kq, vq, spec, **kw)
+    return prefill.prefill_call(None, None, None, spec, q=q, k=k, v=v, **kw)
 
 
-def compile_call(call):
-    """Compile a :class:`gpu.ops.PrefillCall` for sm_90 on the CPU, specialized by Triton's
-    JIT binder exactly as a launch with these arguments is; returns the CompiledKernel."""
+def compile_call(call, arch: str = DEFAULT_ARCH):
+    """Compile a :class:`gpu.prefill.PrefillCall` for ``arch`` on the CPU, specialized by
+    Triton's JIT binder exactly as a launch with these arguments is; returns the CompiledKernel."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
     from .kernels import flash_fwd
     fn = flash_fwd.attn_fwd_kernel
-    target = GPUTarget(*TARGET)
-    backend = make_backend(target)
+    tgt = target(arch)
+    backend = make_backend(tgt)
     kwargs = dict(call.constexprs, **call.options)
     kwargs["debug"] = False
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*call.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
                                                           specialization, options)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt,
                           options=options.__dict__)
 
 
@@ -194,10 +208,10 @@ def disassemble(cubin: bytes) -> tuple[str, int]:
 
 
 def count(variant: str, block_n: int, shape: dict | None = None,
-          launch: dict | None = None) -> LoopMix:
-    """Compile ``variant`` at ``block_n`` and count its main loop by class."""
+          launch: dict | None = None, arch: str = DEFAULT_ARCH) -> LoopMix:
+    """Compile ``variant`` at ``block_n`` for ``arch`` and count its main loop by class."""
     call = kernel_call(variant, block_n, shape, launch)
-    ck = compile_call(call)
+    ck = compile_call(call, arch)
     listing, regs = disassemble(ck.asm["cubin"])
     body = main_loop(parse(listing))
     if not any(t.startswith(("HGMMA", "IGMMA", "HMMA", "IMMA")) for t in body):
@@ -230,20 +244,21 @@ def git_revision(root: Path | None = None) -> str:
         return os.environ.get("QSATTN_GIT_REVISION", "unknown")
 
 
-def tables(variants=None) -> dict:
-    """``{variant: {"method", "overrides", "launch", "tiles": {block_n: LoopMix}}}``."""
+def tables(variants=None, arch: str = DEFAULT_ARCH) -> dict:
+    """``{variant: {"method", "integer", "overrides", "launch", "tiles": {block_n: LoopMix}}}``."""
     out = {}
     for v in variants or VARIANTS:
         method, over, lc = VARIANTS[v] if v in VARIANTS else (None, None, None)
         if method is None:
             raise ValueError(f"variants: expected names from {list(VARIANTS)}, got {v!r}")
-        out[v] = {"method": method, "overrides": dict(over), "launch": dict(lc),
-                  "tiles": {bn: count(v, bn) for bn in BLOCK_NS}}
+        integer = load_method(method, **over).integer
+        out[v] = {"method": method, "integer": integer, "overrides": dict(over),
+                  "launch": dict(lc), "tiles": {bn: count(v, bn, arch=arch) for bn in BLOCK_NS}}
     return out
 
 
-def to_yaml(tabs: dict, command: str) -> str:
-    """The data file :mod:`sim.cost.mixes` reads (see ``configs/kernels/mixes_sm90.yaml``)."""
+def to_yaml(tabs: dict, command: str, arch: str = DEFAULT_ARCH) -> str:
+    """The data file :mod:`sim.cost.mixes` reads (``configs/kernels/<arch>/mixes.yaml``)."""
     import triton
     import yaml
     doc = {
@@ -251,21 +266,23 @@ def to_yaml(tabs: dict, command: str) -> str:
             "command": command,
             "git_revision": git_revision(),
             "triton": triton.__version__,
-            "target": f"sm_{TARGET[1]}",
+            "target": arch_info(arch).target,
             "kernel": "gpu/kernels/flash_fwd.py::attn_fwd_kernel, main (unmasked) K/V loop",
             "shape": dict(SHAPE),
-            "options": "enable_fp_fusion=False, specialization of gpu.ops.prefill_call",
+            "options": "enable_fp_fusion=False, specialization of gpu.prefill.prefill_call",
         },
         "variants": {
-            v: {"method": t["method"], "overrides": t["overrides"], "launch": t["launch"],
+            v: {"method": t["method"], "integer": t["integer"], "overrides": t["overrides"],
+                "launch": t["launch"],
                 "tiles": {bn: {"scores_per_thread": scores_per_thread(bn, t["launch"]),
                                "instructions": m.instructions, "registers": m.registers,
                                "counts": m.counts}
                           for bn, m in t["tiles"].items()}}
             for v, t in tabs.items()},
     }
-    head = ("# SASS instruction mixes of the prefill kernel per thread per K/V tile (sm_90).\n"
-            "# Generated by `python -m gpu.sass --write`; read by sim/cost/mixes.py. Do not edit.\n")
+    head = (f"# SASS instruction mixes of the prefill kernel per thread per K/V tile "
+            f"({arch_info(arch).target}).\n# Generated by `{command}`; read by sim/cost/mixes.py. "
+            f"Do not edit.\n")
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
 
 
@@ -281,9 +298,10 @@ def format_tables(tabs: dict) -> str:
     return "\n".join(rows)
 
 
-def diff_committed(tabs: dict, path: Path = TABLE) -> list[str]:
+def diff_committed(tabs: dict, path: Path | None = None) -> list[str]:
     """Differences between fresh ``tables()`` and the committed data file (empty: equal)."""
     import yaml
+    path = table() if path is None else path
     if not Path(path).is_file():
         return [f"{path}: missing"]
     want = yaml.safe_load(Path(path).read_text()).get("variants", {})
@@ -293,7 +311,7 @@ def diff_committed(tabs: dict, path: Path = TABLE) -> list[str]:
         if w is None:
             out.append(f"{v}: not in {path}")
             continue
-        for key in ("method", "overrides", "launch"):
+        for key in ("method", "integer", "overrides", "launch"):
             if w.get(key) != t[key]:
                 out.append(f"{v} {key}: committed {w.get(key)!r}, now {t[key]!r}")
         for bn, m in t["tiles"].items():
@@ -312,21 +330,20 @@ DECODE_SHAPE = {"batch": 8, "q_heads": 32, "length": 32768, "head_dim": 128}
 LDG_CLUSTER_GAP = 16     # LDGs closer than this (instructions) are in flight together
 
 
-def _compile_fn(fn, args, kwargs):
-    """Compile any @triton.jit ``fn`` for sm_90 on the CPU with Triton's binder (as
+def _compile_fn(fn, args, kwargs, arch: str = DEFAULT_ARCH):
+    """Compile any @triton.jit ``fn`` for ``arch`` on the CPU with Triton's binder (as
     :func:`compile_call` does for the prefill kernel); returns (listing, registers, shared)."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
-    target = GPUTarget(*TARGET)
-    backend = make_backend(target)
+    tgt = target(arch)
+    backend = make_backend(tgt)
     kwargs = dict(kwargs, debug=False)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
                                                           specialization, options)
-    ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+    ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt,
                         options=options.__dict__)
     listing, regs = disassemble(ck.asm["cubin"])
     return listing, regs, int(ck.metadata.shared)
@@ -356,7 +373,7 @@ def _mix(body: list[str]) -> dict:
     return {c: int(cls[c]) for c in CLASSES if cls.get(c)}
 
 
-def decode_tables(kv_heads=(32, 8)) -> dict:
+def decode_tables(kv_heads=(32, 8), arch: str = DEFAULT_ARCH) -> dict:
     """Per-thread SASS of our decode kernels' loops (one K/V tile / key chunk per iteration):
     ``{name: {"instr": {class: n}, "regs", "smem", "rounds", "loop"}}``. Whole-kernel counts for
     the loop-free label_score_kernel."""
@@ -364,9 +381,10 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
     from sim.spec import load_method as _lm
     from .kernels import decode as kd
     from .kernels import labels as kl
-    from .ops import ROUNDING_IDS, _sas_constants, interpreting
+    from .common import interpreting, p_constants, sas_constants
     if interpreting():
-        raise RuntimeError("gpu.sass compiles for sm_90: unset TRITON_INTERPRET")
+        raise RuntimeError("gpu.sass compiles for a GPU target: unset TRITON_INTERPRET")
+    cf = functools.partial(_compile_fn, arch=arch)
     m = lambda *shape, dt=torch.float32: torch.empty(shape, dtype=dt, device="meta")
     B, Hq, L, D = (DECODE_SHAPE[k] for k in ("batch", "q_heads", "length", "head_dim"))
     out = {}
@@ -388,7 +406,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
                 m(B * Hq, S, D), 0.1, Hq, Hq // Hkv, S, bn * 171, q.stride(0), q.stride(1),
                 k.stride(0), k.stride(1), k.stride(2), k.stride(0), k.stride(1), k.stride(2),
                 ix.stride(0) if gather else 0)
-        put(f"flash_decode gather={gather}", *_compile_fn(
+        put(f"flash_decode gather={gather}", *cf(
             kd.flash_decode_kernel, args, dict(D=D, BN=bn, GATHER=gather, P_BF16=False,
                                                num_warps=4, num_stages=3,
                                                enable_fp_fusion=False)), biggest)
@@ -402,7 +420,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
         args = (q, k, k, m(B * Hq, S), m(B * Hq, S), m(B * Hq, S, D), 0.1, Hq, Hkv, G, L, S,
                 bn * 171, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
                 k.stride(0), k.stride(1), k.stride(2))
-        put(f"flash_decode_group G={G} BG={BG}", *_compile_fn(
+        put(f"flash_decode_group G={G} BG={BG}", *cf(
             kd.flash_decode_group_kernel, args, dict(D=D, BN=bn, BG=BG, P_BF16=False,
                                                      DOT_F32=False, num_warps=4, num_stages=3,
                                                      enable_fp_fusion=False)), biggest)
@@ -410,11 +428,9 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
     spec = _lm("turbo")
     kvc, p = spec.kvcache, spec.p
     nb = kvc.buffer_tokens
-    sas = _sas_constants(spec)
+    sas = dict(sas_constants(spec.softmax))
     sas.pop("SAS")
-    pconst = dict(LEVELS=int(p.levels), P_FP16=p.arithmetic == "fp16",
-                  P_ROUNDING=ROUNDING_IDS[p.rounding], P_SATURATE=bool(p.saturate),
-                  ROWSUM_Q=p.rowsum == "quantized")
+    pconst = p_constants(p)
     for Hkv in kv_heads:
         G = Hq // Hkv
         use_dot = G > 1
@@ -431,7 +447,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
             kb, ks8 = m(B, Hkv, nb, D, dt=torch.int8), m(B, Hkv, NT)
             sout, tmax, tsi = m(B, Hq, NT * nb), m(B, Hq, NT), m(1, dt=torch.int32)
             heads = m(ng, dt=torch.int32)
-            put(f"turbo scores BG={BG} bits={bits}", *_compile_fn(
+            put(f"turbo scores BG={BG} bits={bits}", *cf(
                 kd.turbo_scores_kernel,
                 (m(B, Hq, D, dt=torch.int8), m(B, Hq), kc, sc, zc, kb, ks8, sout, tmax, tsi,
                  heads, 0.1, Hq, Hkv, G, ng, L, NT, NT - 1, L, NT, NT * nb, tps),
@@ -439,7 +455,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
                      USE_DOT=use_dot, FOLD=True, NGP=ngp, num_warps=4, num_stages=3,
                      enable_fp_fusion=False)), biggest)
             nv = L // kvc.v_group_tokens
-            put(f"turbo pv BG={BG} bits={bits}", *_compile_fn(
+            put(f"turbo pv BG={BG} bits={bits}", *cf(
                 kd.turbo_pv_kernel,
                 (sout, tmax, kc, m(B, Hkv, nv, D, dt=torch.uint8),
                  m(B, Hkv, nv, D, dt=torch.int8), kb, ks8, m(B, Hq, splits, D),
@@ -451,7 +467,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
     # double_sparse selection: label scores (no loop: whole kernel), radix select loops
     Hkv, r = 8, 32
     q = m(B, Hq, 1, D, dt=torch.float16)
-    put("label_score", *_compile_fn(
+    put("label_score", *cf(
         kl.label_score_kernel,
         (q, m(Hkv, r, dt=torch.int32), m(B, Hkv, L, r // 2, dt=torch.uint8),
          m(B, Hkv, L, dt=torch.float16), m(B, Hkv, L, dt=torch.int32), m(1),
@@ -460,7 +476,7 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
         dict(R=r, BLOCK=256, BITS=4, WRITE_APPROX=False, KEY32=True, num_warps=4,
              enable_fp_fusion=False)), lambda ins: [t for _, t in ins])
     kk = L // 16
-    lst, regs, smem = _compile_fn(
+    lst, regs, smem = cf(
         kl.topk_select_kernel, (m(B * Hq, L, dt=torch.int32), m(B * Hq, kk, dt=torch.int32),
                                 L, kk, kk), dict(BLOCK=2048, num_warps=8))
     lps = loops(parse(lst))
@@ -470,42 +486,92 @@ def decode_tables(kv_heads=(32, 8)) -> dict:
     return out
 
 
+def decode_data(tabs: dict) -> dict:
+    """The ``decode.yaml`` structure (sim.cost.kernels.decode_sass) of :func:`decode_tables`:
+    flash-decode (plain / gather), the grouped kernel at G = 4 (BG = 16, 3 cp.async stages),
+    the turbo passes by BG and bits, label scores, and the radix select's histogram passes
+    (their mean, rounded half-even) and compaction pass."""
+    keep = ("instr", "regs", "smem", "rounds")
+    pick = lambda t, *extra: {k: t[k] for k in keep + extra}  # noqa: E731
+    out = {"flash_decode": pick(tabs["flash_decode gather=False"]),
+           "flash_decode_gather": pick(tabs["flash_decode gather=True"]),
+           "flash_decode_group_bg16": dict(pick(tabs["flash_decode_group G=4 BG=16"], "waits"),
+                                           stages=3)}
+    for name, t in tabs.items():
+        m = re.fullmatch(r"turbo (scores|pv) BG=(\d+) bits=(\d+)", name)
+        if m:
+            out[f"turbo_{m[1]}_bg{m[2]}_bits{m[3]}"] = pick(t)
+    out["label_score"] = pick(tabs["label_score"])
+    loops_ = [t for n, t in sorted(tabs.items()) if n.startswith("radix_select loop")]
+    hist, compact = loops_[:-1], loops_[-1]
+    classes = sorted({c for t in hist for c in t["instr"]})
+    out["radix_select"] = {
+        "hist": {c: int(round(sum(t["instr"].get(c, 0) for t in hist) / len(hist)))
+                 for c in classes},
+        "compact": dict(compact["instr"]), "regs": compact["regs"], "smem": compact["smem"],
+        "rounds": max(t["rounds"] for t in loops_)}
+    return out
+
+
+def decode_yaml(tabs: dict, command: str, arch: str) -> str:
+    import triton
+    import yaml
+    doc = {"source": {"command": command, "git_revision": git_revision(),
+                      "triton": triton.__version__, "target": arch_info(arch).target,
+                      "shape": dict(DECODE_SHAPE)},
+           **decode_data(tabs)}
+    head = (f"# SASS tables of the decode kernels ({arch_info(arch).target}), read by sim/cost "
+            f"(sim.cost.kernels.decode_sass).\n# Generated by `{command}`. Do not edit.\n")
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.sass", description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default=DEFAULT_ARCH,
+                    help=f"architecture of configs/kernels/archs.yaml (default {DEFAULT_ARCH})")
     ap.add_argument("--variant", action="append", choices=list(VARIANTS),
                     help="variant to count (repeatable; default all)")
-    ap.add_argument("--write", action="store_true", help=f"rewrite {TABLE}")
+    ap.add_argument("--write", action="store_true",
+                    help="rewrite configs/kernels/<arch>/mixes.yaml (decode.yaml with --decode)")
     ap.add_argument("--opcodes", action="store_true", help="also print per-opcode counts")
     ap.add_argument("--check", action="store_true",
-                    help=f"exit 1 when the counts differ from {TABLE.name}")
+                    help="exit 1 when the counts differ from the arch's mixes.yaml")
     ap.add_argument("--decode", action="store_true",
-                    help="print the decode kernels' loop mixes (sim/cost/kernels.py *_SASS) "
-                         "instead")
+                    help="count the decode kernels' loops (decode.yaml) instead")
     a = ap.parse_args(argv)
+    arch_info(a.arch)  # a clear error for an unknown arch
+    cmd = "python -m gpu.sass --arch " + a.arch
     if a.decode:
-        for name, t in decode_tables().items():
+        tabs = decode_tables(arch=a.arch)
+        for name, t in tabs.items():
             print(f"{name}: {t}")
+        if a.write:
+            path = data_path(a.arch, "decode")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(decode_yaml(tabs, cmd + " --decode --write", a.arch))
+            print(f"wrote {path}")
         return 0
     if a.write and a.variant and set(a.variant) != set(VARIANTS):
         ap.error("--write rewrites every variant's table: drop --variant")
-    tabs = tables(a.variant)
+    tabs = tables(a.variant, a.arch)
     print(format_tables(tabs))
     if a.opcodes:
         for v, t in tabs.items():
             for bn, m in t["tiles"].items():
                 print(f"{v} bn{bn}: {m.opcodes}")
+    path = table(a.arch)
     if a.write:
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(to_yaml(tabs, "python -m gpu.sass --write"))
-        print(f"wrote {TABLE}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_yaml(tabs, cmd + " --write", a.arch))
+        print(f"wrote {path}")
     if a.check:
-        diff = diff_committed(tabs)
+        diff = diff_committed(tabs, path)
         for d in diff:
             print("DIFF", d)
         if diff:
-            print("SASS counts differ from the committed table: run `python -m gpu.sass --write`")
+            print(f"SASS counts differ from the committed table: run `{cmd} --write`")
             return 1
-        print(f"counts equal {TABLE}")
+        print(f"counts equal {path}")
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from .. import schema
+from ..arch import archs
 from ..schema import ConfigError, meta
 from ..spec import config_dir
 
@@ -59,7 +60,7 @@ class Hardware:
 
     name: str = field(metadata=meta("hardware id (file stem)"))
     description: str = field(metadata=meta("one line"))
-    arch: Literal["ampere", "hopper"] = field(metadata=meta("SM generation"))
+    arch: str = field(metadata=meta("SM generation: an architecture of configs/kernels/archs.yaml"))
     sm_count: Quantity = _q("streaming multiprocessors", "SM")
     boost_clock: Quantity = _q("clock the datasheet peaks use", "MHz")
     sustained_clock: Quantity = _q("base clock (lower bound of the sustained clock)", "MHz")
@@ -86,8 +87,16 @@ class Hardware:
     max_threads_per_sm: Quantity = _q("resident threads per SM", "thread")
     max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block")
     launch_overhead: Quantity = _q("per-kernel launch overhead", "us")
+    l2_latency: Quantity = _q("idle load-to-use latency of an L2 hit", "clk")
+    hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns")
     tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
     tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
+
+    def __post_init__(self):
+        known = archs()
+        if self.arch not in known:
+            raise ConfigError("", "arch", f"one of {sorted(known)} (configs/kernels/archs.yaml)",
+                              self.arch)
 
     # -- derived -----------------------------------------------------------------------------
     def v(self, name: str) -> float:
@@ -108,22 +117,12 @@ class Hardware:
         """Chip-wide rate per second of a per-SM-per-clock field (ops/s, inst/s or B/s)."""
         return self.v(name) * self.v("sm_count") * self.clock_hz(clock)
 
-    def tensor_field(self, dtype: str) -> str:
-        """Field holding the tensor-core rate of operand ``dtype`` (fp16, bf16, fp8, int8, int4)."""
-        name = _TC_FIELD.get(dtype)
-        if name is None:
-            raise ValueError(f"dtype: expected one of {sorted(_TC_FIELD)}, got {dtype!r}")
-        self.v(name)  # raises on a GPU without it
-        return name
-
     @property
     def fields(self) -> dict[str, Quantity]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if isinstance(getattr(self, f.name), Quantity)}
 
 
-_TC_FIELD = {"fp16": "tc_fp16", "bf16": "tc_bf16", "tf32": "tc_tf32", "int8": "tc_int8",
-             "int4": "tc_int4", "fp8": "tc_fp8", "fp8_e4m3": "tc_fp8", "fp8_e5m2": "tc_fp8"}
 _FIELD_DOCS = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(Hardware)}
 _UNITS = {f.name: f.metadata["unit"] for f in dataclasses.fields(Hardware) if f.metadata.get("unit")}
 

@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from ..arch import kernel_data
+
 # Thread-instruction classes and the pipe ("unit") that executes each.
 # ``other``: instructions that only take an issue slot in this model (MMA, copies, shuffles,
 # barriers, uniform-datapath ops), counted by the SASS mixes of ``mixes``.
@@ -82,7 +84,7 @@ class Launch:
         # model.py turns it into HBM traffic with the L2 reuse model.
         self.reread = (0.0, 0.0, 1)
         # (loop iterations of one CTA, load round trips per iteration, HBM share of the loads):
-        # the CTA's dependent chain for latency-bound launches (``_serial``); None: unmodeled.
+        # the CTA's dependent chain for latency-bound launches (``serial_chain``); None: unmodeled.
         self.serial = None
 
     def add_tc(self, dtype: str, ops: float) -> None:
@@ -255,75 +257,12 @@ def decode(name: str, *, B: int, Hq: int, Hkv: int, q_len: int, kv_len: int, bn:
 
 
 # ---- our Triton decode kernels (gpu/kernels/decode.py, gpu/kernels/labels.py) ---------------
-# Idle load-to-use latencies of H100 (ESTIMATE, not fitted: pointer-chase microbenchmarks put an
-# L2 hit near 260-300 SM clocks and an HBM access near 500 ns; chipsandcheese.com "Nvidia's
-# H100: Funny L2, and Tons of Bandwidth", 2023). Loaded latency is higher and not modeled, so
-# latency-bound launches are priced optimistically.
-LAT_L2_CLK = 270.0
-LAT_HBM_NS = 500.0
-
-# SASS of flash_decode_kernel's K/V loop at D=128, BN=64, num_warps=4, num_stages=3, per thread
-# per tile (``python -m gpu.sass --decode``, sm_90, triton 3.6.0): instructions by class,
-# registers, and ``rounds`` = LDG clusters whose results are consumed before the next cluster is
-# issued (LDGs within 16 instructions of each other form one cluster; the 16-byte loads reuse
-# R24..R36: two at a time in flight, no cp.async pipeline -- 2 KB shared memory is the
-# reductions' scratch). GATHER adds the index loads (one more round).
-FLASH_DECODE_SASS = {
-    False: {"instr": {"fp32": 381, "fp16x2": 136, "int32": 125, "sfu": 9, "other": 162},
-            "regs": 80, "smem": 2048, "rounds": 11},
-    True: {"instr": {"fp32": 381, "fp16x2": 141, "int32": 150, "sfu": 9, "other": 171},
-           "regs": 80, "smem": 2048, "rounds": 12},
-}
-
-# flash_decode_group_kernel (the fp16_flash default), same compile settings and provenance,
-# keyed by BG (the G query rows padded to >= 16; compiled at G = 4, the G = 1 loop differs by one
-# NOP): per thread per K/V tile. QK^T and PV are 32 HMMA.16816.F32 (in "other", with 28 LDSM,
-# the LDGSTS/LDS/STS/BAR of the pipeline and the SHFL reductions). K/V tiles arrive by cp.async
-# (LDGSTS: ``rounds`` = 2 clusters, K and V) issued num_stages - 1 = 2 tiles ahead, one DEPBAR
-# wait per iteration (``waits``): 70 KB of shared memory holds the 3 stages.
-FLASH_DECODE_GROUP_SASS = {
-    16: {"instr": {"fp32": 116, "int32": 102, "sfu": 10, "other": 140},
-         "regs": 78, "smem": 71680, "rounds": 2, "waits": 1, "stages": 3},
-}
-
-
-# turbo_scores_kernel / turbo_pv_kernel (fold on, BN = 64, D = 128, num_warps=4, num_stages=3),
-# same provenance, keyed by (pass, BG, stored bits): BG = 1 for one query row per KV head
-# (CUDA-core rows), 16 for GQA groups of 2..16 rows (tl.dot). Per thread per key tile; the
-# IGMMA/IMMA instructions are in "other". Mostly INT32: PRMT byte permutes of the code unpack /
-# int8 repack, and the layout conversions of the fold (LDS/STS + BAR).
-TURBO_DECODE_SASS = {
-    ("scores", 1, 4): {"instr": {"int32": 900, "fp32": 146, "cvt": 32, "sfu": 16, "other": 149},
-                       "regs": 121, "smem": 14336, "rounds": 6},
-    ("scores", 1, 2): {"instr": {"int32": 799, "fp32": 160, "cvt": 32, "sfu": 16, "other": 138},
-                       "regs": 141, "smem": 10240, "rounds": 5},
-    ("scores", 16, 4): {"instr": {"int32": 753, "fp32": 200, "cvt": 20, "sfu": 10, "other": 165},
-                        "regs": 176, "smem": 22528, "rounds": 5},
-    ("scores", 16, 2): {"instr": {"int32": 687, "fp32": 203, "cvt": 20, "sfu": 10, "other": 165},
-                        "regs": 177, "smem": 18432, "rounds": 5},
-    ("pv", 1, 4): {"instr": {"int32": 665, "fp32": 216, "fp16x2": 13, "cvt": 18, "sfu": 5,
-                             "other": 216}, "regs": 168, "smem": 17928, "rounds": 5},
-    ("pv", 1, 2): {"instr": {"int32": 658, "fp32": 221, "fp16x2": 13, "cvt": 18, "sfu": 5,
-                             "other": 208}, "regs": 168, "smem": 13832, "rounds": 5},
-    ("pv", 16, 4): {"instr": {"int32": 700, "fp32": 298, "fp16x2": 33, "cvt": 38, "sfu": 5,
-                              "other": 219}, "regs": 168, "smem": 25728, "rounds": 5},
-    ("pv", 16, 2): {"instr": {"int32": 692, "fp32": 308, "fp16x2": 33, "cvt": 38, "sfu": 5,
-                              "other": 216}, "regs": 168, "smem": 21632, "rounds": 6},
-}
-
-
-# Double Sparsity selection kernels (gpu/kernels/labels.py; same provenance). label_score_kernel
-# (BLOCK=256 tokens, R=32 4-bit labels, KEY32, 4 warps): the whole program per thread (no loop).
-# topk_select_kernel (BLOCK=2048, 8 warps, one program per row): per thread per 2048-key chunk
-# of a histogram pass (tl.histogram lowers to VOTE ballots + POPC per bin: LOP3/POPC-heavy,
-# 16 ATOMS per chunk; the mean of the four passes' loops) and of the compaction pass.
-LABEL_SCORE_SASS = {"instr": {"int32": 303, "fp32": 292, "fp16x2": 34, "cvt": 4, "sfu": 2,
-                              "other": 133}, "regs": 64, "smem": 1024, "rounds": 2}
-RADIX_SELECT_SASS = {
-    "hist": {"int32": 529, "fp32": 54, "other": 230},
-    "compact": {"int32": 405, "fp32": 182, "other": 163},
-    "regs": 104, "smem": 2048, "rounds": 2,
-}
+def decode_sass(arch: str) -> dict:
+    """The decode kernels' SASS tables of ``arch`` (``configs/kernels/<arch>/decode.yaml``, via
+    :func:`sim.arch.kernel_data`): per kernel loop, instructions per thread per iteration by
+    class, registers, shared memory and ``rounds`` (load round trips per iteration)."""
+    doc = kernel_data(arch, "decode")
+    return {k: v for k, v in doc.items() if k != "source"}
 
 
 def default_splits(n_tiles: int, programs: int, sm_count: int, per_sm: int = 4) -> int:
@@ -335,21 +274,22 @@ def default_splits(n_tiles: int, programs: int, sm_count: int, per_sm: int = 4) 
     return max(1, min(n_tiles, -(-per_sm * sm_count // max(programs, 1))))
 
 
-def load_latency_clk(hbm_share: float, clk_hz: float | None) -> float:
-    """Load latency in clocks when ``hbm_share`` of the bytes come from HBM, the rest from L2."""
-    hbm = LAT_HBM_NS * 1e-9 * (clk_hz or 1.83e9)
-    return LAT_L2_CLK + hbm_share * max(0.0, hbm - LAT_L2_CLK)
+def load_latency_clk(hbm_share: float, clk_hz: float, l2_clk: float, hbm_ns: float) -> float:
+    """Load latency in clocks when ``hbm_share`` of the bytes come from HBM, the rest from L2
+    (``l2_clk``: an L2 hit in SM clocks; ``hbm_ns``: an HBM access; the hardware's idle
+    latencies)."""
+    hbm = hbm_ns * 1e-9 * clk_hz
+    return l2_clk + hbm_share * max(0.0, hbm - l2_clk)
 
 
-def _serial(lau: Launch, iters: float, rounds: float, hbm_share: float) -> None:
+def serial_chain(lau: Launch, iters: float, rounds: float, hbm_share: float) -> None:
     """Record the per-CTA dependent chain: ``iters`` loop iterations, each waiting ``rounds``
     load round trips (model.py adds the CTA's own issue time per iteration)."""
     lau.serial = (float(iters), float(rounds), float(hbm_share))
 
 
 def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: int, d: int,
-                      sm_count: int, gather: bool, kv_len: int | None = None,
-                      per_sm: int = 4) -> list[Launch]:
+                      sm_count: int, gather: bool, sass: dict, per_sm: int = 4) -> list[Launch]:
     """gpu.decode._flash_decode: ``flash_decode_kernel`` on grid (splits, B*Hq) -- one program
     per QUERY head and split, CUDA-core f32 products (no tl.dot), K/V of the head's KV head
     read by each of the G query heads (HBM once when the group's programs, adjacent in the grid,
@@ -362,7 +302,7 @@ def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: i
     sps = -(-nt // s) * bn
     s = -(-count // sps)
     iters = sps // bn
-    mix = FLASH_DECODE_SASS[gather]
+    mix = sass["flash_decode_gather" if gather else "flash_decode"]
     lau = Launch(name, s * programs, 4, mix["smem"], mix["regs"])
     tiles = programs * s * iters                 # every program walks full BN-slot tiles
     # per thread per tile x 128 threads; the table is the BN=64, D=128 compile, other tiles
@@ -379,7 +319,7 @@ def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: i
     lau.hbm = uniq + idx + programs * d * 2 + partial
     lau.l2 = slots * row + idx + programs * d * 2 + partial
     lau.useful_tc = 0.0
-    _serial(lau, iters, mix["rounds"], uniq / (slots * row))
+    serial_chain(lau, iters, mix["rounds"], uniq / (slots * row))
     return [lau, _flash_combine(programs, s, d, partial)]
 
 
@@ -390,12 +330,12 @@ def _flash_combine(rows: int, s: int, d: int, partial: float) -> Launch:
     comb.hbm = comb.l2 = partial + rows * d * 2
     # per split: exp2 weight, D FMUL + FADD (acc), l; division per D
     comb.add({"sfu": s, "fp32": s * (2 * d + 3) + d}, rows)
-    _serial(comb, 1, 2, 0.0)                     # m/l/acc vector loads, then the store
+    serial_chain(comb, 1, 2, 0.0)                     # m/l/acc vector loads, then the store
     return comb
 
 
 def ours_flash_decode_group(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: int,
-                            d: int, sm_count: int, per_sm: int = 4) -> list[Launch]:
+                            d: int, sm_count: int, sass: dict, per_sm: int = 4) -> list[Launch]:
     """gpu.decode._flash_decode (default, grouped): ``flash_decode_group_kernel`` on grid
     (splits, B*Hkv) -- one program per KV head and split holding the G = Hq/Hkv query heads
     padded to BG >= 16 rows, S = QK^T and PV by tl.dot on tensor cores (fp16, f32 accumulate),
@@ -403,7 +343,7 @@ def ours_flash_decode_group(name: str, *, B: int, Hq: int, Hkv: int, count: int,
     B*Hq, 1 warp) as :func:`ours_flash_decode`. Splits: gpu.decode's default over B*Hkv programs.
 
     >>> [l.ctas for l in ours_flash_decode_group("fd", B=8, Hq=32, Hkv=8, count=32768, bn=64,
-    ...                                          d=128, sm_count=132)]
+    ...                                          d=128, sm_count=132, sass=decode_sass("hopper"))]
     [576, 256]
     """
     G = Hq // Hkv
@@ -414,7 +354,7 @@ def ours_flash_decode_group(name: str, *, B: int, Hq: int, Hkv: int, count: int,
     sps = -(-nt // s) * bn
     s = -(-count // sps)
     iters = sps // bn
-    mix = FLASH_DECODE_GROUP_SASS[16]
+    mix = sass["flash_decode_group_bg16"]
     lau = Launch(name, s * programs, 4, mix["smem"] * bn * d / (64 * 128), mix["regs"])
     tiles = programs * s * iters                 # every program walks full BN-slot tiles
     # the table is the BG=16, BN=64, D=128 compile; other tiles scale by their elements per
@@ -429,5 +369,5 @@ def ours_flash_decode_group(name: str, *, B: int, Hq: int, Hkv: int, count: int,
     lau.hbm = lau.l2 = uniq + B * Hq * d * 2 + partial
     # cp.async keeps stages - 1 tiles in flight: one wait per iteration on a tile issued
     # stages - 1 iterations earlier, i.e. 1 / (stages - 1) round trips per iteration
-    _serial(lau, iters, mix["waits"] / (mix["stages"] - 1), 1.0)
+    serial_chain(lau, iters, mix["waits"] / (mix["stages"] - 1), 1.0)
     return [lau, _flash_combine(B * Hq, s, d, partial)]

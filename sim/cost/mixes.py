@@ -18,10 +18,11 @@ outside), and the accumulator part (``acc``, per accumulator element per tile, f
 source) scales with the head dim. Counts per score fall with ``block_n`` because the row
 reductions, the accumulator rescale and the loop/copy overhead are per tile.
 
-Source of every table: ``configs/kernels/mixes_sm90.yaml``, written by ``python -m gpu.sass
---write`` (it records the git revision, triton version, shape and launch): the kernel compiled
-on the CPU by triton for sm_90 with the argument set of the real launch
-(``gpu.ops.prefill_call``, specialized by Triton's JIT binder; ``enable_fp_fusion=False``),
+Source of every table: ``configs/kernels/<arch>/mixes.yaml``, written by ``python -m gpu.sass
+--arch ARCH --write`` (it records the git revision, triton version, shape and launch): the kernel
+compiled on the CPU by triton for the arch's target (sm_90 Hopper, sm_80 Ampere, ...) with the
+argument set of the real launch (``gpu.prefill.prefill_call``, specialized by Triton's JIT
+binder; ``enable_fp_fusion=False``),
 disassembled by the wheel's ``cuobjdump -sass``; counts are the opcodes between the first
 backward branch's target and the branch (:mod:`gpu.sass` lists the opcode classes; the fp16x2
 compares HSET2/HSETP2 count as ``int32``, the ALU). Launch: fp16 ``block_m=128, num_warps=8,
@@ -29,15 +30,16 @@ num_stages=3``; integer ``block_m=64, num_warps=4, num_stages=3`` (reports/bench
 ``launch_best``); both give each warpgroup 64 query rows. Current tables: git 699a641 plus the
 uncommitted XU-free kernels (i2f_exact, packed fp16x2 PQUANT asm, ``P_MODE``/``USE_ASM``);
 the previous tables (git a37a004, I2FP/F2I conversions) are in git history. When the kernels
-change, rerun ``python -m gpu.sass --write``; tests/gpu/test_sass.py fails until then. The
-``acc`` parts are read off the kernel source, not counted.
+change, rerun ``python -m gpu.sass --arch ARCH --write``; tests/gpu/test_sass.py fails until
+then. The ``acc`` parts are read off the kernel source, not counted. A method's cost path names
+the variant that prices it (``sim.cost.methods``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..spec import config_dir
+from ..arch import data_path, kernel_data
 
 CLASSES = ("fp32", "fp16x2", "int32", "sfu", "cvt", "other")
 REF_ACC = 64.0          # accumulator elements per thread at the reference tiles (64 rows x 128 / 128)
@@ -71,64 +73,44 @@ class Mix:
         return out
 
 
-TABLE = "kernels/mixes_sm90.yaml"       # under sim.spec.config_dir()
-
 # Per accumulator element per tile, from flash_fwd.py. Float path: acc * alpha (FMUL; "+ PV"
 # folds into the HGMMA accumulator). Integer path: acc * alpha + i2f_exact(O) * vf = FMUL,
 # IADD3 (O + 0x4B400000), FADD (- 1.5 * 2^23), FMUL (* vf), FADD.
 _ACC_FLOAT = {"fp32": 1.0}
 _ACC_INT = {"fp32": 4.0, "int32": 1.0}
-# variant of the data file -> (Mix name, acc)
-_VARIANTS = {"fp16": ("fp16_flash", _ACC_FLOAT), "int8": ("int8_flash", _ACC_INT),
-             "turbo_exp2": ("turbo_exp2", _ACC_INT), "turbo": ("turbo", _ACC_INT)}
 
 
-def load_mixes(path: "str | Path | None" = None) -> dict:
-    """The counted mixes ``{variant: Mix}`` of the data file (default ``configs/`` + TABLE):
-    variants ``fp16``, ``int8``, ``turbo_exp2`` (turbo with exp2), ``turbo`` (SAS)."""
-    import yaml
-    p = Path(path) if path is not None else config_dir() / TABLE
-    if not p.is_file():
-        raise FileNotFoundError(f"path: no SASS mix table at {p} (python -m gpu.sass --write)")
-    doc = yaml.safe_load(p.read_text())
+def parse_mixes(doc: dict, where: str) -> dict:
+    """``{variant: Mix}`` of a mixes data file (``configs/kernels/<arch>/mixes.yaml``)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("variants"), dict):
-        raise ValueError(f"path: {p} has no 'variants' mapping")
+        raise ValueError(f"{where}: no 'variants' mapping")
     src = doc.get("source", {})
     out = {}
-    for v, (name, acc) in _VARIANTS.items():
-        t = doc["variants"].get(v)
-        if t is None:
-            raise ValueError(f"path: {p} lacks variant {v!r}")
+    for v, t in doc["variants"].items():
         tiles = {int(k): x for k, x in t["tiles"].items()}
         for bn in (64, 128):
             if bn not in tiles or float(tiles[bn]["scores_per_thread"]) != bn / 2:
-                raise ValueError(f"path: {p} variant {v!r} needs block_n {bn} at {bn // 2} "
+                raise ValueError(f"{where}: variant {v!r} needs block_n {bn} at {bn // 2} "
                                  f"scores per thread (64 query rows per warpgroup)")
         at32 = {c: float(n) for c, n in tiles[64]["counts"].items() if n}
         at64 = {c: float(n) for c, n in tiles[128]["counts"].items() if n}
         bad = (set(at32) | set(at64)) - set(CLASSES)
         if bad:
-            raise ValueError(f"path: {p} variant {v!r} has unknown classes {sorted(bad)}")
-        out[v] = Mix(name, at32=at32, at64=at64, acc=dict(acc),
+            raise ValueError(f"{where}: variant {v!r} has unknown classes {sorted(bad)}")
+        if not isinstance(t.get("integer"), bool):
+            raise ValueError(f"{where}: variant {v!r} needs 'integer: true|false' (integer "
+                             f"operands: the accumulator update of the integer path)")
+        acc = _ACC_INT if t["integer"] else _ACC_FLOAT
+        out[v] = Mix(v, at32=at32, at64=at64, acc=dict(acc),
                      source=(f"SASS of attn_fwd_kernel main loop, git {src.get('git_revision')}, "
                              f"triton {src.get('triton')}, {src.get('target')}; block_n 64 / 128: "
                              f"{tiles[64]['instructions']} / {tiles[128]['instructions']} "
-                             f"instructions per thread per tile ({p.name})"))
+                             f"instructions per thread per tile ({where})"))
     return out
 
 
-_MIXES = load_mixes()
-FP16, INT8 = _MIXES["fp16"], _MIXES["int8"]
-TURBO_EXP2, TURBO_SAS = _MIXES["turbo_exp2"], _MIXES["turbo"]
-
-
-def mix_for(kernel: str, exp: str) -> "Mix | None":
-    """The counted mix of a prefill kernel (None: no SASS-counted kernel; the per-element
-    tables of ``kernels`` apply)."""
-    if kernel == "fp16_flash":
-        return FP16
-    if kernel in ("int8_flash", "turbo"):
-        if exp == "sas":
-            return TURBO_SAS
-        return INT8 if kernel == "int8_flash" else TURBO_EXP2
-    return None
+@functools.lru_cache(maxsize=8)
+def mixes(arch: str) -> dict:
+    """The counted prefill mixes of ``arch`` ``{variant: Mix}`` (``configs/kernels/<arch>/
+    mixes.yaml``; a missing file names the command that writes it)."""
+    return parse_mixes(kernel_data(arch, "mixes"), str(data_path(arch, "mixes")))

@@ -42,10 +42,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..spec import MethodSpec, load_method
-from . import methods
+from ..arch import arch
+from ..spec import resolve_spec
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
 from .kernels import UNIT_OF, Launch, load_latency_clk
+from .methods import COST_PATHS, BuildContext
 from .shape import Shape
 
 TIERS = ("roofline", "tiled", "calibrated")
@@ -91,10 +92,6 @@ class Prediction:
     def achieved_gbs(self) -> float:
         return self.hbm_bytes / self.time / 1e9
 
-    def utilization(self, hw: Hardware) -> float:
-        """Useful tensor ops / (time x dense FP16 peak) -- the usual 'MFU'-style figure."""
-        return self.useful_ops / self.time / hw.peak("tc_fp16")
-
     def by_unit(self) -> dict:
         out: dict[str, float] = {}
         for k, v in self.breakdown.items():
@@ -116,7 +113,7 @@ class _Rates:
 
     __slots__ = ("tc", "fp32", "fp16x2", "int32", "sfu", "cvt", "smem", "issue", "sm", "hbm",
                  "l2", "l2_size", "launch", "smem_sm", "smem_blk", "regs", "threads", "blocks",
-                 "hw", "clk")
+                 "hw", "clk", "async_mma", "lat_l2", "lat_hbm")
 
     def __init__(self, hw: Hardware, clock: str):
         clk = hw.clock_hz(clock)
@@ -139,6 +136,9 @@ class _Rates:
         self.regs = hw.v("registers_per_sm")
         self.threads = hw.v("max_threads_per_sm")
         self.blocks = hw.v("max_blocks_per_sm")
+        self.async_mma = arch(hw.arch).async_mma
+        self.lat_l2 = hw.v("l2_latency")
+        self.lat_hbm = hw.v("hbm_latency")
 
     def tc_rate(self, dtype: str) -> float:
         r = self.tc.get(dtype)
@@ -216,7 +216,7 @@ def _launch_time(r: _Rates, lau: Launch):
     c = max(1, min(occ, math.ceil(lau.ctas / r.sm)))
     rounds = math.ceil(lau.ctas / (r.sm * c))
     ut = unit_times(r, lau)
-    if r.hw.arch == "hopper":
+    if r.async_mma:
         # wgmma reads its shared-memory operands itself (no ldmatrix through the LSU path);
         # cp.async/LDGSTS and LDS instructions are counted as issue slots by the mixes
         ut["smem"] = 0.0
@@ -276,7 +276,7 @@ def _chain_time(r: _Rates, lau: Launch, c: int, rounds: int, warp_instr: float) 
     iters, load_rounds, share = lau.serial
     if iters <= 0:
         return 0.0
-    lat = load_latency_clk(share, r.clk)
+    lat = load_latency_clk(share, r.clk, r.lat_l2, r.lat_hbm)
     per_warp = warp_instr / (lau.ctas * lau.warps * iters)
     sched = r.issue / r.clk
     t_iter = max(load_rounds * lat + per_warp, c * lau.warps * per_warp / sched)
@@ -297,9 +297,9 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
             tier: str = "tiled", clock: str = "boost", launch: dict | None = None) -> Prediction:
     """Predict one attention call.
 
-    ``spec``: a MethodSpec or method name; ``hardware``: a Hardware or its name/path;
-    ``kernel``: None for the method's default (``sim.cost.methods.KERNELS`` lists the choices,
-    e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
+    ``spec``: a MethodSpec, spec name or path; ``hardware``: a Hardware or its name/path;
+    ``kernel``: None for the method's default (``COST_PATHS.get(method).kernels`` lists the
+    choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
     boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
     "num_warps", "num_stages"}`` (any subset; the kernels' default is sim.cost.launch.prefill_launch),
     default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
@@ -308,8 +308,7 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
     >>> p.bound, round(p.time * 1e3, 2) > 0
     ('tensor', True)
     """
-    if not isinstance(spec, MethodSpec):
-        spec = _spec(spec)
+    spec = resolve_spec(spec)
     if not isinstance(shape, Shape):
         raise TypeError(f"shape: expected a sim.cost.Shape, got {type(shape).__name__}")
     if phase not in PHASES:
@@ -321,12 +320,17 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
     hw = load_hardware(hardware)
     if tier == "calibrated":
         hw = _calibrated(hw)
+    path = COST_PATHS.get(spec.method)
     if kernel is None:
-        kernel = methods.default_kernel(spec, phase)
+        kernel = path.default_kernel(phase)
+    elif kernel not in path.kernels.get(phase, ()):
+        raise ValueError(f"kernel: expected one of {list(path.kernels.get(phase, ()))} for "
+                         f"method {spec.method!r} phase {phase!r}, got {kernel!r}")
     r = _rates(hw, clock)
     ideal = tier == "roofline"
-    launches = methods.build(spec, shape, phase=phase, kernel=kernel, sm_count=r.sm, ideal=ideal,
-                             launch=launch)
+    ctx = BuildContext(sm_count=r.sm, arch=hw.arch, ideal=ideal,
+                       launch=launch if phase == "prefill" else None)
+    launches = path.build(spec, shape, phase, kernel, ctx)
     total, bd, tc, ins = 0.0, {}, {}, dict.fromkeys(UNIT_OF, 0.0)
     hbm = l2 = smem = useful = 0.0
     worst, bound, info = -1.0, "", []
@@ -371,19 +375,6 @@ def _check_launch(launch) -> None:
     if "num_warps" in launch and launch["num_warps"] % 4:
         raise ValueError(f"launch['num_warps']: expected a multiple of 4 (warpgroups), "
                          f"got {launch['num_warps']}")
-
-
-_SPECS: dict = {}
-
-
-def _spec(name) -> MethodSpec:
-    # shipped specs by name are immutable files for the life of a process
-    got = _SPECS.get(name) if isinstance(name, str) else None
-    if got is None:
-        got = load_method(name)
-        if isinstance(name, str):
-            _SPECS[name] = got
-    return got
 
 
 _CAL: dict = {}

@@ -5,7 +5,13 @@ import pytest
 from sim import load_method
 from sim.cost import Shape, UnsupportedOnHardware, load_hardware, overlap, predict
 from sim.cost.kernels import tile_counts
-from sim.cost import methods
+from sim.cost.methods import COST_PATHS, BuildContext
+
+
+def build(spec, shape, *, phase, kernel, sm_count, ideal, launch=None, arch="hopper"):
+    """The launches of one call, as predict builds them (the method's cost path)."""
+    return COST_PATHS.get(spec.method).build(spec, shape, phase, kernel,
+                                             BuildContext(sm_count, arch, ideal, launch))
 
 A100 = "a100_80gb_sxm"
 
@@ -30,11 +36,11 @@ def test_tile_counts_hand_derived():
 
 def test_one_tile_fp16_counts():
     s = Shape(1, 1, 1, 64, 64, 64)
-    (lau,) = methods.build(one_tile_spec(), s, phase="prefill", kernel="fp16_flash",
-                           sm_count=108, ideal=False)
+    (lau,) = build(one_tile_spec(), s, phase="prefill", kernel="fp16_flash", sm_count=108,
+                   ideal=False)
     assert lau.ctas == 1 and lau.warps == 4
     assert lau.tc == {"fp16": 2 * 64 * 64 * 64 * 2}          # QK^T + PV
-    # SASS mix (sim.cost.mixes.FP16) at 64 x 64 / 128 threads = 32 scores per thread, exactly
+    # SASS mix (hopper's "fp16" variant) at 64 x 64 / 128 threads = 32 scores per thread, exactly
     # its block_n=64 point; D=64 holds 32 instead of 64 accumulator elements per thread (one
     # FMUL each fewer); epilogue per row: MUFU.RCP + D FMUL.
     assert lau.instr["sfu"] == 34 * 128 + 64
@@ -131,15 +137,17 @@ def test_causal_halves_prefill_work():
 
 
 def test_mix_interpolates_between_its_sass_points():
-    from sim.cost.mixes import FP16, INT8, mix_for
+    from sim.cost.mixes import mixes
+    mx = mixes("hopper")
+    FP16, INT8 = mx["fp16"], mx["int8"]
     assert FP16.per_thread_tile(64, 64)["fp32"] == 283        # block_n=128 point
     assert FP16.per_thread_tile(48, 64)["sfu"] == 50          # halfway
     # 32 acc elements fewer: one IADD3 and four FMA-pipe ops (i2f_exact, * vf, rescale) each
     assert INT8.per_thread_tile(64, 32)["int32"] == INT8.at64["int32"] - 32
     assert INT8.per_thread_tile(64, 32)["fp32"] == INT8.at64["fp32"] - 4 * 32
     assert INT8.per_thread_tile(64, 64)["cvt"] == 0            # XU-free conversions
-    assert mix_for("turbo", "sas").at64.get("sfu", 0) == 0    # SAS: no MUFU
-    assert mix_for("sage_v1", "exp2") is None
+    assert mx["turbo"].at64.get("sfu", 0) == 0                # SAS: no MUFU
+    assert mixes("ampere")["int8"].source != INT8.source        # sm_80's own compile
 
 
 def test_launch_config_changes_occupancy_and_is_validated():
@@ -162,9 +170,9 @@ def test_tensor_and_cuda_core_work_serialize():
     s = Shape(4, 32, 32, 8192, 8192, 128)
     hw = load_hardware("h100_sxm")
     p = predict("fp16_flash", s, hw, launch={"block_m": 128, "num_warps": 8, "num_stages": 3})
-    (lau,) = methods.build(load_method("fp16_flash"), s, phase="prefill", kernel="fp16_flash",
-                           sm_count=132, ideal=False,
-                           launch={"block_m": 128, "num_warps": 8, "num_stages": 3})
+    (lau,) = build(load_method("fp16_flash"), s, phase="prefill", kernel="fp16_flash",
+                   sm_count=132, ideal=False,
+                   launch={"block_m": 128, "num_warps": 8, "num_stages": 3})
     r = _rates(hw, "boost")
     ut = unit_times(r, lau)
     issue = (sum(lau.instr.values()) / 32) / r.issue

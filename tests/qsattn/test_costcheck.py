@@ -1,7 +1,7 @@
-"""sim.cost.check --validation: re-predicting stored validation rows without touching them."""
+"""qsattn.costcheck --validation: re-predicting stored validation rows without touching them."""
 import json
 
-from sim.cost import check
+from qsattn import costcheck as check
 
 
 def _row(method, phase, q_len, kv_len, hkv, measured, pred):

@@ -1,8 +1,8 @@
-"""Predicted vs measured time on every measured H100 point: ``python -m sim.cost.check``.
+"""Predicted vs measured time on every measured H100 point: ``python -m qsattn.costcheck``.
 
 Reads ``reports/bench/prefill.json`` (our Triton kernels: launch-config sweep, target point,
 L sweep; each with the launch it ran) and ``reports/validation/results.jsonl`` (fp16_flash at
-the shipped tiling and ``gpu.ops.default_launch``), predicts each at the tiled and calibrated
+the shipped tiling and the default launch of ``configs/kernels/<arch>/launch.yaml``), predicts each at the tiled and calibrated
 tiers with the same spec overrides and launch, and prints one markdown table plus medians.
 
 Kinds of points: ``attn`` = the attention kernel alone (what the model prices); ``+quant`` =
@@ -12,13 +12,13 @@ priced: shown, excluded from the medians); ``host`` = points under 1 ms timed by
 the Triton launch), so host time is inside the measurement (the same fp16 shape measures
 407 us there and 198 us in ``qsattn validate``'s back-to-back timing): shown, median apart.
 
-Both files measured the kernels of git a37a004. ``python -m sim.cost.check --probe`` predicts
+Both files measured the kernels of git a37a004. ``python -m qsattn.costcheck --probe`` predicts
 instead the points of ``reports/bench/prefill_probe.json`` (B=4, H=32, D=128, L=8192,
 block_n=128, attention kernel only) that ran today's kernels: int8_flash (default numerics) and
 turbo with exp2. Its other rows are left out: the turbo SAS rows ran a floor that was since
 reverted, and the ``p-fp32-even`` rows run PQUANT mode 2, which has no counted mix.
 
-``python -m sim.cost.check --validation`` re-predicts every measured row of
+``python -m qsattn.costcheck --validation`` re-predicts every measured row of
 ``reports/validation/results.jsonl`` (prefill and decode; the file is only read) with the current
 model and prints the median signed errors per method/phase and tier, stored vs now.
 
@@ -30,12 +30,12 @@ import json
 import statistics
 from pathlib import Path
 
-from ..spec import config_dir, load_method
-from .launch import prefill_launch
-from .model import predict
-from .shape import Shape
+from qsattn import provenance
+from sim.arch import prefill_launch
+from sim.cost import Shape, load_hardware, predict
+from sim.spec import load_method
 
-ROOT = config_dir().parent
+ROOT = provenance.ROOT
 BENCH = ROOT / "reports" / "bench" / "prefill.json"
 VALIDATION = ROOT / "reports" / "validation" / "results.jsonl"
 PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
@@ -90,7 +90,7 @@ def _validation_points(path: Path) -> list[dict]:
         shape = Shape(s["batch"], s["q_heads"], s["kv_heads"], s["q_len"], s["kv_len"],
                       s["head_dim"], bool(s["causal"]))
         out.append({"source": "validate", "name": r["method"], "method": r["method"], "over": {},
-                    "launch": prefill_launch(s["head_dim"]),
+                    "launch": prefill_launch("hopper", r["method"], s["head_dim"]),  # H100 runs
                     "shape": shape, "ms": r["measured_us"] / 1e3, "kind": "attn"})
     return out
 
@@ -195,8 +195,10 @@ def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
                          tiers=("roofline", "tiled", "calibrated")) -> list[dict]:
     """Every measured row of ``reports/validation/results.jsonl`` (both phases) with the
     predictions stored at measurement (``stored``) and the current model's (``now``), per
-    tier, in us. The file is only read. Prefill rows use ``gpu.ops.default_launch``."""
+    tier, in us. The file is only read. Prefill rows use the hardware architecture's default
+    launch."""
     out, specs = [], {}
+    arch = load_hardware(hardware).arch
     for line in Path(path).read_text().splitlines():
         if not line.strip():
             continue
@@ -208,8 +210,7 @@ def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
                       sh["head_dim"], bool(sh["causal"]))
         m, ph = r["method"], r["phase"]
         spec = specs.get(m) or specs.setdefault(m, load_method(m))
-        launch = prefill_launch(sh["head_dim"]) \
-            if ph == "prefill" else None
+        launch = prefill_launch(arch, m, sh["head_dim"]) if ph == "prefill" else None
         now, bound = {}, {}
         for t in tiers:
             pr = predict(spec, shape, hardware, phase=ph, tier=t, launch=launch)
@@ -255,7 +256,7 @@ def validation_table(rows: list[dict], tier: str = "calibrated") -> str:
 
 def main(argv=None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m sim.cost.check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m qsattn.costcheck", description=__doc__.split("\n")[0])
     ap.add_argument("--probe", action="store_true",
                     help="predict the probe's points of today's kernels (module doc) instead")
     ap.add_argument("--validation", action="store_true",

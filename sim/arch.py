@@ -1,0 +1,113 @@
+"""GPU architectures and the kernels' per-architecture data, as data.
+
+``configs/kernels/archs.yaml`` lists the architectures (compile target, compute capabilities);
+``configs/kernels/<arch>/`` holds the kernels' data for each: ``launch.yaml`` (default launches),
+``mixes.yaml`` (prefill SASS mixes), ``decode.yaml`` (decode SASS tables). The launchers
+(:mod:`gpu`) and the cost model (:mod:`sim.cost`) both read them from here, so they cannot
+drift apart. A missing file is a clear error naming the file and the command that generates it.
+
+>>> arch("hopper").sm, arch_of_capability((8, 0)).name
+(90, 'ampere')
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .schema import ConfigError, build, load_yaml, meta
+from .spec import config_dir
+
+__all__ = ["Arch", "arch", "archs", "arch_of_capability", "kernel_data", "prefill_launch",
+           "DATA_FILES"]
+
+# file -> how to (re)generate it
+DATA_FILES = {
+    "launch": "tune on a GPU of this architecture (`qsattn bench` prints the launch sweep) or "
+              "copy another architecture's table, saying so in its header",
+    "mixes": "python -m gpu.sass --arch {arch} --write   (compiles on any CPU)",
+    "decode": "python -m gpu.sass --arch {arch} --decode --write   (compiles on any CPU)",
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One SM generation."""
+
+    name: str = field(metadata=meta("architecture id (key in archs.yaml)"))
+    sm: int = field(metadata=meta("compile target sm_XX", min=70, max=200))
+    capabilities: tuple[str, ...] = field(metadata=meta("CUDA compute capabilities, 'major.minor'"))
+    async_mma: bool = field(metadata=meta("warpgroup MMA reads shared-memory operands itself"))
+
+    @property
+    def target(self) -> str:
+        return f"sm_{self.sm}"
+
+
+@functools.lru_cache(maxsize=1)
+def archs() -> dict[str, Arch]:
+    """Every known architecture by name."""
+    path = config_dir() / "kernels" / "archs.yaml"
+    doc = load_yaml(path)
+    return {name: build(Arch, dict(d, name=name) if isinstance(d, dict) else d, where=str(path),
+                        path=name) for name, d in doc.items()}
+
+
+def arch(name: str) -> Arch:
+    known = archs()
+    if name not in known:
+        raise ValueError(f"arch: expected one of {sorted(known)}, got {name!r}")
+    return known[name]
+
+
+def arch_of_capability(cc: tuple[int, int]) -> Arch:
+    """The architecture of a CUDA compute capability ``(major, minor)``."""
+    key = f"{cc[0]}.{cc[1]}"
+    for a in archs().values():
+        if key in a.capabilities:
+            return a
+    raise ValueError(f"compute capability {key}: no architecture in "
+                     f"{config_dir() / 'kernels' / 'archs.yaml'} lists it")
+
+
+@functools.lru_cache(maxsize=32)
+def kernel_data(arch_name: str, name: str) -> dict:
+    """``configs/kernels/<arch>/<name>.yaml`` as a mapping (cached)."""
+    if name not in DATA_FILES:
+        raise ValueError(f"name: expected one of {sorted(DATA_FILES)}, got {name!r}")
+    a = arch(arch_name)
+    path = config_dir() / "kernels" / a.name / f"{name}.yaml"
+    if not path.is_file():
+        how = DATA_FILES[name].format(arch=a.name)
+        raise FileNotFoundError(f"{path}: the {name} data of the {a.name} architecture is missing; "
+                                f"generate it with: {how}")
+    return load_yaml(path)
+
+
+_LAUNCH_KEYS = {"block_m", "num_warps", "num_stages"}
+
+
+def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
+    """The prefill forward's default launch on ``arch_name`` for ``method`` (its own table, else
+    ``default``) at ``head_dim`` (the entry for the largest tabulated head dim <= head_dim, else
+    the smallest)."""
+    doc = kernel_data(arch_name, "launch")
+    where = str(config_dir() / "kernels" / arch_name / "launch.yaml")
+    pre = doc.get("prefill")
+    if not isinstance(pre, dict) or "default" not in pre:
+        raise ConfigError(where, "prefill.default", "a mapping head_dim -> launch", pre)
+    key = method if method in pre else "default"
+    table = pre[key]
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(where, f"prefill.{key}", "a mapping head_dim -> launch", table)
+    for d, launch in table.items():
+        if not isinstance(d, int) or not isinstance(launch, dict) or set(launch) != _LAUNCH_KEYS:
+            raise ConfigError(where, f"prefill.{key}.{d}",
+                              f"a launch with keys {sorted(_LAUNCH_KEYS)}", launch)
+    fits = [d for d in table if d <= head_dim]
+    return dict(table[max(fits) if fits else min(table)])
+
+
+def data_path(arch_name: str, name: str) -> Path:
+    """Where ``kernel_data(arch_name, name)`` lives (for generators that write it)."""
+    return config_dir() / "kernels" / arch(arch_name).name / f"{name}.yaml"
