@@ -1,6 +1,6 @@
 """TurboAttention KV-cache kernels: INT8 buffer append and INT8 -> INT4/INT2 flush (FlashQ storage).
 
-Contract: docs/numerics.md "turbo KV cache", ``sim.kvcache.TurboCache`` and
+Contract: docs/numerics.md "turbo KV cache", ``sim.methods.turbo.TurboCache`` and
 ``sim.numerics.requantize`` / ``sim.numerics.pack``. Per (batch, KV head), for one flushed block of
 ``NB`` tokens (``NB = buffer_tokens = block_n``), with ``LV = 2^BITS - 1``:
 
@@ -20,11 +20,11 @@ prefill's (:mod:`.quant`).
 import triton
 import triton.language as tl
 
-from .quant import _codes, _scale_of
+from .quant import quant_codes, scale_of
 
 
 @triton.jit
-def _pack_rows(c, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+def pack_rows(c, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
     """Pack int32 codes [ROWS, D] in [0, 2^BITS) into bytes [ROWS, D * BITS // 8] (sim layout)."""
     PER: tl.constexpr = 8 // BITS
     c3 = tl.reshape(c, [ROWS, D // PER, PER])
@@ -78,8 +78,8 @@ def requant_pack_kernel(K8, V8, KC, VC, KSC, KZ, VSC, VZ, HEADS,
     vc = tl.reshape(vc, [NB, D])
     bytes_ = tl.arange(0, RB)
     cbase = (b * NG + slot).to(tl.int64) * CAP * RB
-    tl.store(KC + cbase + dst[:, None] * RB + bytes_[None, :], _pack_rows(kc, NB, D, BITS))
-    tl.store(VC + cbase + dst[:, None] * RB + bytes_[None, :], _pack_rows(vc, NB, D, BITS))
+    tl.store(KC + cbase + dst[:, None] * RB + bytes_[None, :], pack_rows(kc, NB, D, BITS))
+    tl.store(VC + cbase + dst[:, None] * RB + bytes_[None, :], pack_rows(vc, NB, D, BITS))
     gk = tl.arange(0, D // KG)
     zbase = (b * Hkv + h).to(tl.int64)
     koff = zbase * CAP * (D // KG) + dst[:, None] * (D // KG) + gk[None, :]
@@ -110,7 +110,7 @@ def append_int8_kernel(X, BUF, S8, nbuf, n, slot_idx, NSLOT,
                 + cols[None, :] * sxd,
                 mask=rmask[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
-    s_new = _scale_of(tl.full([1], 0.0, tl.float32) + amax, SCALE_FP16)
+    s_new = scale_of(tl.full([1], 0.0, tl.float32) + amax, SCALE_FP16)
     sp = S8 + bh.to(tl.int64) * NSLOT + slot_idx + tl.arange(0, 1)
     bbase = BUF + bh.to(tl.int64) * NB * D
     if FRESH:
@@ -124,6 +124,6 @@ def append_int8_kernel(X, BUF, S8, nbuf, n, slot_idx, NSLOT,
         y = old.to(tl.float32) * ratio[:, None]
         r = (y + 12582912.0) - 12582912.0  # rint, ties to even (|y| <= 127)
         tl.store(bbase + rows[:, None] * D + cols[None, :], r.to(tl.int8), mask=omask)
-    c = _codes(x, merged[:, None], ROUNDING)
+    c = quant_codes(x, merged[:, None], ROUNDING)
     tl.store(bbase + (nbuf + rows)[:, None] * D + cols[None, :], c, mask=rmask[:, None])
     tl.store(sp, merged)

@@ -31,7 +31,7 @@ program, tensor-core dots, K/V read once per KV head) and :func:`flash_combine_k
 import triton
 import triton.language as tl
 
-from .flash_fwd import _p_codes
+from .flash_fwd import p_codes
 from .sas import sas_exp2, sas_rescale
 
 
@@ -72,7 +72,7 @@ def _unpack_int8(CB, SB, ZB, rows, RB: tl.constexpr, D: tl.constexpr, BN: tl.con
 
 
 @triton.jit
-def _codes(CB, rows, RB: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, BITS: tl.constexpr,
+def packed_codes(CB, rows, RB: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, BITS: tl.constexpr,
            rmask):
     """Unsigned codes [BN, D] (int8) of packed rows: bytes CB [row, RB], little end first."""
     byt = tl.load(CB + rows[:, None] * RB + tl.arange(0, RB)[None, :], mask=rmask[:, None],
@@ -176,7 +176,7 @@ def turbo_scores_kernel(Q8, QS, KC, KSC, KZ, KBUF, KS8, SOUT, TMAX, TSI, HEADS, 
         for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
             offs_n = t * BN + tl.arange(0, BN)
             nmask = offs_n < Lk
-            c8 = _codes(cb, offs_n, RB, D, BN, BITS, nmask)
+            c8 = packed_codes(cb, offs_n, RB, D, BN, BITS, nmask)
             S = _fold_scores(c8, qx, qsum3, sb, zb, offs_n, nmask, BN, D, KG, NGP, BG,
                              (1 << BITS) - 1)
             _store_scores(S, qf, KS8, SOUT, TMAX, TSI, bhk, orow, rmask, t, Lk, NT, NSLOT, LKP,
@@ -244,7 +244,7 @@ def _pv_tile(acc, l_i, a_i, m_i, v8, SIN, TMAX, VS8, TP, TO, orow, rmask, bhk, t
     p = sas_exp2(s - m_new[:, None], THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE,
                  POLY_FP16, EXACT_FMA_F64)
     alpha = sas_rescale(m_i - m_new, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64)
-    code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
+    code = p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
     if ROWSUM_Q:
         psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0, tl.float32)), 1)
     else:
@@ -325,7 +325,7 @@ def turbo_pv_kernel(SIN, TMAX, VC, VSC, VZ, VBUF, VS8, ACC, LS, AS, TP, TO, HEAD
     if FOLD:
         for t in range(t_lo, tl.minimum(t_hi, NT_FL)):
             offs_n = t * BN + tl.arange(0, BN)
-            c8 = _codes(cb, offs_n, RB, D, BN, BITS, offs_n < Lk)
+            c8 = packed_codes(cb, offs_n, RB, D, BN, BITS, offs_n < Lk)
             soff = (t * BN // VG) * D + cols
             vs = tl.load(sb + soff).to(tl.int32)
             vz = tl.load(zb + soff).to(tl.int32)

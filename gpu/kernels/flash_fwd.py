@@ -11,7 +11,7 @@ and ``f32(O_int)`` by :func:`.sas.i2f_exact` (|S_int| <= D * 127^2 and |O_int| <
 127^2 stay below 2^22), and ``P_MODE`` picks a PQUANT without float <-> int conversions: 1 =
 fp16 half_up (the authors' default, :func:`_p_codes_fp16_half_up`, packed fp16x2 asm when
 ``USE_ASM``), 2 = fp32 half_even (:func:`_p_codes_fp32_half_even`), 0 = the generic
-:func:`_p_codes` (every other spec choice).
+:func:`p_codes` (every other spec choice).
 
 Scales are gathered per row (``row // Q_GROUP``) and per key (``key // K_GROUP``; group 0 means
 one scale per head), so the program's ``BLOCK_M`` is free: rows are independent and only
@@ -20,8 +20,9 @@ the spec's. V scales are one per head (``V_GROUP == 0``) or one per run of ``V_G
 multiple of ``BLOCK_N`` (PV is scaled once per tile). Launch with ``enable_fp_fusion=False``:
 the contract's products and sums are separate roundings.
 
-With ``TRACE`` the kernel also writes S (int32, or f32 before ``qk_scale``), P (int8 codes, or
-f32 p) for every (row, key) of the tiles it visits and ``O_int`` per (row, key tile).
+With ``TRACE`` the kernel also writes the simulator's trace entries for every (row, key) of the
+tiles it visits: ``s_int`` (int32) or ``s`` (f32 ``S * qk_scale``), ``p_codes`` (int8) or ``p``
+(f32), and ``o_int`` per (row, key tile) for integer operands.
 
 ``EXACT_FMA_F64`` is set under the Triton interpreter only: there the SAS fp16 FMA goes through
 float64 (see :mod:`.sas`) and float dots take float32 operands (the interpreter's ``tl.dot``
@@ -53,7 +54,7 @@ def _to_op(x, OP_DTYPE: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _p_codes(p, LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.constexpr,
+def p_codes(p, LEVELS: tl.constexpr, P_FP16: tl.constexpr, P_ROUNDING: tl.constexpr,
              P_SATURATE: tl.constexpr):
     """PQUANT: p in [0, 1] -> integer-valued f32 code (docs/numerics.md, int8_flash)."""
     if P_FP16:
@@ -204,7 +205,7 @@ def _tile_update(acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb
             else:
                 psum = tl.sum(p, 1)
         else:
-            code = _p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
+            code = p_codes(p, LEVELS, P_FP16, P_ROUNDING, P_SATURATE)
             if ROWSUM_Q:
                 psum = tl.sum(tl.math.div_rn(code, tl.full(code.shape, LEVELS * 1.0,
                                                              tl.float32)), 1)
@@ -230,12 +231,13 @@ def _tile_update(acc, l_i, m_i, S, qf, qk_scale, vb, ksb, vsb, vf_head, TSb, TPb
     if TRACE:
         tmask = (offs_m[:, None] < Lq) & (offs_n[None, :] < Lk)
         t_off = offs_m[:, None] * Lk + offs_n[None, :]
-        tl.store(TSb + t_off, S, mask=tmask)
         if INT8:
+            tl.store(TSb + t_off, S, mask=tmask)
             tl.store(TPb + t_off, p8, mask=tmask)
             o_off = ((start_n // BLOCK_N) * Lq + offs_m[:, None]) * HEAD_D + offs_d[None, :]
             tl.store(TOb + o_off, O, mask=offs_m[:, None] < Lq)
-        else:
+        else:  # the simulator's s (scaled scores) and p
+            tl.store(TSb + t_off, S * qk_scale, mask=tmask)
             tl.store(TPb + t_off, p, mask=tmask)
     return acc, l_i, m_new
 
@@ -253,11 +255,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                     LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-                    TRACE: tl.constexpr, PIPE: tl.constexpr, WS: tl.constexpr):
+                    TRACE: tl.constexpr, PIPE: tl.constexpr):
     """Key tiles ``[lo, hi)``. ``PIPE`` (software pipelining, needs ``hi - lo >= BLOCK_N`` or an
     empty range) issues tile j+1's QK^T product before tile j's softmax, so the MMA can run
-    under the softmax; the update order, and hence every rounding, is the plain loop's.
-    ``WS`` asks Triton for automatic warp specialization of the loop."""
+    under the softmax; the update order, and hence every rounding, is the plain loop's."""
     offs_d = tl.arange(0, HEAD_D)
     vf_head = qk_scale
     if INT8:
@@ -268,7 +269,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
         if hi > lo:
             S = _qk(q, kb, lo + tl.arange(0, BLOCK_N), offs_d, Lk, stride_kn, stride_kd, HEAD_D,
                     INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
-            for start_n in tl.range(lo, hi - BLOCK_N, BLOCK_N, warp_specialize=WS):
+            for start_n in tl.range(lo, hi - BLOCK_N, BLOCK_N):
                 start_n = tl.multiple_of(start_n, BLOCK_N)
                 S_next = _qk(q, kb, start_n + BLOCK_N + tl.arange(0, BLOCK_N), offs_d, Lk,
                              stride_kn, stride_kd, HEAD_D, INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
@@ -286,7 +287,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb,
                 P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE, USE_ASM, SAS, THRESHOLD,
                 LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64, TRACE)
     else:
-        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+        for start_n in tl.range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             S = _qk(q, kb, start_n + tl.arange(0, BLOCK_N), offs_d, Lk, stride_kn, stride_kd,
                     HEAD_D, INT8, OP_DTYPE, MASKED, EXACT_FMA_F64)
@@ -313,7 +314,7 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
                     LUT_ENTRIES: tl.constexpr,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
-                    TRACE: tl.constexpr, PIPE: tl.constexpr = False, WS: tl.constexpr = False):
+                    TRACE: tl.constexpr, PIPE: tl.constexpr = False):
     """Grid (cdiv(Lq, BLOCK_M), B * Hq). Scales QS [B, Hq, NQS], KS/VS [B, Hkv, NKS/NVS] f32."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -365,13 +366,13 @@ def attn_fwd_kernel(Q, K, V, QS, KS, VS, Out, TS, TP, TO, qk_scale,
         offs_m, 0, full, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
         False, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
         USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
-        TRACE, PIPE, WS)
+        TRACE, PIPE)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, qf, qk_scale, kb, vb, ksb, vsb, TSb, TPb, TOb, Lq, Lk, coff, NT,
         offs_m, full, hi, skn, skd, svn, svd, HEAD_D, BLOCK_M, BLOCK_N, INT8, OP_DTYPE, CAUSAL,
         True, K_GROUP, V_GROUP, LEVELS, P_FP16, P_ROUNDING, P_SATURATE, ROWSUM_Q, P_MODE,
         USE_ASM, SAS, THRESHOLD, LUT_ENTRIES, C0, C1, C2, C3, DEGREE, POLY_FP16, EXACT_FMA_F64,
-        TRACE, False, False)
+        TRACE, False)
     seen = l_i > 0
     o = tl.math.div_rn(acc, tl.where(seen, l_i, 1.0)[:, None])
     o = tl.where(seen[:, None], o, 0.0)

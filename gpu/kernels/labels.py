@@ -1,4 +1,4 @@
-"""Double Sparsity label cache and label scores (docs/numerics.md "double_sparse"; sim.sparse).
+"""Double Sparsity label cache and label scores (docs/numerics.md "double_sparse"; sim.methods.double_sparse).
 
 Label build, per token, over the KV head's ``R`` calibrated channels (``x`` = the fp16 values):
 
@@ -12,14 +12,14 @@ Label scores: ``approx = sum_c f16(q[c]) * label[c]`` in f32, with ``label = f32
 scale`` (one f32 rounding). Each score is also written as an int64 selection key
 ``(ord(approx) << 32) | (2^32 - 1 - j)`` (``ord`` a monotone map of f32 to int32; -0 counted as
 +0) so that a top-k over the keys has no ties and equal scores prefer the lower index, as
-``sim.sparse.select_topk``; sink/recent tokens get the largest key (always kept). With KEY32
+``sim.methods.double_sparse.select_topk``; sink/recent tokens get the largest key (always kept). With KEY32
 the key is ``ord(approx)`` as uint32 alone and :func:`topk_select_kernel` breaks ties by index
 (radix select + in-order compaction: the selection of a top-k over the int64 keys, ascending).
 """
 import triton
 import triton.language as tl
 
-from .cache import _pack_rows
+from .cache import pack_rows
 
 
 @triton.jit
@@ -64,7 +64,7 @@ def label_build_kernel(K, CH, LAB, LSC, LZP, L, H, CAPL, LO,
         if BITS == 8:
             packed = c.to(tl.uint8)
         else:
-            packed = _pack_rows(c, ROWS, R, BITS)
+            packed = pack_rows(c, ROWS, R, BITS)
         tl.store(LAB + (obase + rows)[:, None] * RB + tl.arange(0, RB)[None, :], packed,
                  mask=rmask[:, None])
         tl.store(LSC + obase + rows, s.to(tl.float16), mask=rmask)

@@ -16,7 +16,7 @@ from .rounding import round_f32
 
 
 @triton.jit
-def _scale_of(amax, SCALE_FP16: tl.constexpr):
+def scale_of(amax, SCALE_FP16: tl.constexpr):
     raw = tl.math.div_rn(amax, tl.full(amax.shape, 127.0, tl.float32))
     if SCALE_FP16:
         s = raw.to(tl.float16).to(tl.float32)
@@ -28,7 +28,7 @@ def _scale_of(amax, SCALE_FP16: tl.constexpr):
 
 
 @triton.jit
-def _codes(x, scale, ROUNDING: tl.constexpr):
+def quant_codes(x, scale, ROUNDING: tl.constexpr):
     y = tl.math.div_rn(x, scale)
     r = round_f32(y, ROUNDING)
     r = tl.minimum(tl.maximum(r, -127.0), 127.0)
@@ -51,8 +51,8 @@ def quant_rows_kernel(X, C, S, L, H,
     x = tl.load(X + b * sxb + h * sxh + rows[:, None] * sxl + cols[None, :] * sxd,
                 mask=rmask[:, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)
-    scale = _scale_of(amax, SCALE_FP16)
-    c = _codes(x, scale[:, None], ROUNDING)
+    scale = scale_of(amax, SCALE_FP16)
+    c = quant_codes(x, scale[:, None], ROUNDING)
     tl.store(C + b * scb + h * sch + rows[:, None] * scl + cols[None, :] * scd, c,
              mask=rmask[:, None])
     tl.store(S + bh * L + rows, scale, mask=rmask)
@@ -81,13 +81,13 @@ def quant_groups_kernel(X, C, S, L, H, T, NG,
                     other=0.0).to(tl.float32)
         amax_v = tl.maximum(amax_v, tl.max(tl.abs(x), axis=1))
     amax = tl.max(amax_v, axis=0)
-    scale = _scale_of(tl.full([1], 0.0, tl.float32) + amax, SCALE_FP16)
+    scale = scale_of(tl.full([1], 0.0, tl.float32) + amax, SCALE_FP16)
     cb = C + b * scb + h * sch
     for start in range(0, T, CHUNK):
         rows = lo + start + tl.arange(0, CHUNK)
         rmask = rows < hi
         x = tl.load(xb + rows[:, None] * sxl + cols[None, :] * sxd, mask=rmask[:, None],
                     other=0.0).to(tl.float32)
-        c = _codes(x, scale[:, None], ROUNDING)
+        c = quant_codes(x, scale[:, None], ROUNDING)
         tl.store(cb + rows[:, None] * scl + cols[None, :] * scd, c, mask=rmask[:, None])
     tl.store(S + bh * NG + g + tl.arange(0, 1), scale)

@@ -47,7 +47,7 @@ def test_unsupported_head_dim():
 
 def test_gqa_divisibility():
     q, k, v = _qkv(Hq=3, Hkv=2)
-    with pytest.raises(ValueError, match="multiple of Hkv"):
+    with pytest.raises(ValueError, match="multiple of k's Hkv"):
         gpu.attention(q, k, v)
 
 

@@ -1,9 +1,9 @@
 """Cache kernels == the simulator's caches, byte for byte (atol = rtol = 0).
 
 turbo: packed INT4/INT2 codes (sim.numerics.pack layout), integer scales and zeros, INT8 block
-scales, the INT8 buffer and head bits equal ``sim.kvcache.TurboCache`` after ``from_prefill`` and
+scales, the INT8 buffer and head bits equal ``sim.methods.turbo.TurboCache`` after ``from_prefill`` and
 after ``append`` in uneven chunks (which exercises the open block's re-scaling).
-double_sparse: label codes, fp16 scales and zero points equal ``sim.sparse.label_cache``.
+double_sparse: label codes, fp16 scales and zero points equal ``sim.methods.double_sparse.label_cache``.
 """
 import numpy as np
 import pytest
@@ -11,8 +11,8 @@ import torch
 
 import gpu
 from sim import load_method
-from sim.kvcache import TurboCache, cache_nbytes, head_priority
-from sim.sparse import calibrate, label_cache
+from sim.methods.turbo import TurboCache, cache_nbytes, head_priority
+from sim.methods.double_sparse import calibrate, label_cache
 from tests.gpu.helpers import DEVICE, make_qkv, np32
 
 _FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")

@@ -1,10 +1,9 @@
 """Decode kernels vs the simulator (interpreter in CI; QSATTN_GPU_TESTS=1 runs them on the GPU).
 
-turbo: S_int, P codes, O_int per tile and the running max equal ``sim.simulate(q, k, v, spec,
-kv_cache=True, trace=True)`` exactly (the simulator's trace holds q codes, the cache read back
-as INT8 and ``m`` per tile; S_int, P, O_int are recomputed from them with the simulator's own
-``sas_exp2`` / ``pquant``); the fp16 output is within 1 fp16 ulp of the simulator's f32 output
-rounded (the split-K regrouping changes only f32 rounding).
+turbo: q codes, S_int, P codes, O_int per tile and the running max equal ``sim.simulate(q, k,
+v, spec, kv_cache=True, trace=True)``'s exactly (``gpu.compare``); the fp16 output is within 1
+fp16 ulp of the simulator's f32 output rounded (the split-K regrouping changes only f32
+rounding).
 double_sparse: label scores within 1e-5 of the row's largest |score|, selected indices identical to
 ``simulate(..., trace=True)["indices"]`` except rows with a near-tie at the selection boundary
 (counted, asserted none at these sizes); output within 2 fp16 ulp + 2^-12 of the simulator.
@@ -18,29 +17,13 @@ import pytest
 import torch
 
 import gpu
+from gpu.compare import compare
 from sim import load_method, simulate
-from sim.kvcache import head_priority
-from sim.operands import pquant
-from sim.softmax import sas_exp2
-from sim.sparse import calibrate
+from sim.methods.double_sparse import calibrate
+from sim.methods.turbo import head_priority
 from tests.gpu.helpers import DEVICE, make_qkv, np32, report, ulp
 
 BIG = os.environ.get("QSATTN_GPU_TESTS") == "1"
-
-
-def _turbo_expected(res, cache, Hq):
-    """S_int, s, P codes, O_int from the simulator's trace (integers; f32 as the contract)."""
-    T = res.trace
-    spec = res.spec
-    nb = spec.tiling.block_n
-    Hkv = T["k_cache_int8"].shape[1]
-    G = Hq // Hkv
-    L = T["k_cache_int8"].shape[2]
-    k8 = np.repeat(T["k_cache_int8"], G, 1).astype(np.int64)
-    v8 = np.repeat(T["v_cache_int8"], G, 1).astype(np.int64)
-    S = np.einsum("bhd,bhld->bhl", T["q_codes"][:, :, 0].astype(np.int64), k8)
-    m = T["m"][:, :, 0, :]                                       # [B, Hq, n_tiles]
-    return S, m, k8, v8, nb, L
 
 
 TURBO = [  # (label, B, Hq, Hkv, L, D, dtype, splits); G = Hq / Hkv > 2 takes the tl.dot path
@@ -67,27 +50,14 @@ def test_turbo_decode_equals_sim(case):
         cache.append(k[:, :, 64:].contiguous(), v[:, :, 64:].contiguous())
     else:
         cache = gpu.build_cache(k, v, "turbo", calibration=pr)
-    out, tr = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
+    kr = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
     res = simulate(np32(q), np32(k), np32(v), spec, kv_cache=True, trace=True, calibration=pr)
-    S, m, k8, v8, nb, L = _turbo_expected(res, cache, Hq)
-    np.testing.assert_array_equal(tr["q_codes"].cpu().numpy(), res.trace["q_codes"])
-    np.testing.assert_array_equal(tr["S"].cpu().numpy(), S)
-    tmax = tr["tile_max"].cpu().numpy()
-    np.testing.assert_array_equal(np.maximum.accumulate(tmax, axis=2), m)
-    s = tr["s"].cpu().numpy()
-    m_key = np.repeat(m, nb, axis=2)[:, :, :L]
-    P = pquant(sas_exp2((s - m_key).astype(np.float32), spec.softmax.sas), spec.p)
-    np.testing.assert_array_equal(tr["P"].cpu().numpy(), P)
-    nt = -(-L // nb)
-    O = np.stack([np.einsum("bhl,bhld->bhd", P[..., t * nb:(t + 1) * nb].astype(np.int64),
-                            v8[:, :, t * nb:(t + 1) * nb]) for t in range(nt)], 2)
-    np.testing.assert_array_equal(tr["O_int"].cpu().numpy(), O)
-    got = np32(out)[:, :, 0]
-    want = res.out[:, :, 0]
-    err = np.abs(got - want) / ulp(want, dtype)
-    report(f"turbo decode {name}", splits=tr["splits"], max_err_ulp=round(float(err.max()), 3),
+    cmp = compare(res, kr, dtype=str(dtype).removeprefix("torch."), ulp_bound=1.0)
+    assert set(cmp.ints) >= {"q_codes", "s_int", "p_codes", "o_int", "m"}
+    err = np.abs(np32(kr.out) - res.out) / ulp(res.out, dtype)
+    report(f"turbo decode {name}", splits=kr.trace["splits"], max_err_ulp=round(cmp.out.max_ulp, 3),
            share_within_half_ulp=float((err <= 0.5).mean()))
-    assert err.max() <= 1.0
+    assert cmp.failures() == []
     assert float((err <= 0.5).mean()) >= 0.99  # f32 outputs agree to a few f32 ulps
 
 
@@ -135,20 +105,14 @@ def test_turbo_fold_equals_dequant_with_clamped_groups(case):
     cache = gpu.build_cache(k, v, "turbo", spec=spec, calibration=pr)
     nk, nv = _clamped_elements(cache)
     assert nk > 0 and nv > 0, (nk, nv)
-    out, tr = gpu.decode_trace(q, cache, launch={"splits": splits})
-    out0, tr0 = gpu.decode_trace(q, cache, launch={"splits": splits, "fold": False})
-    assert tr["fold"] and not tr0["fold"]
-    for key in ("S", "P", "O_int", "s", "tile_max"):
-        np.testing.assert_array_equal(tr[key].cpu().numpy(), tr0[key].cpu().numpy(), err_msg=key)
-    np.testing.assert_array_equal(out.cpu().numpy(), out0.cpu().numpy())
+    kr = gpu.decode_trace(q, cache, launch={"splits": splits})
+    kr0 = gpu.decode_trace(q, cache, launch={"splits": splits, "fold": False})
+    assert kr.trace["fold"] and not kr0.trace["fold"]
+    for key in ("s_int", "p_codes", "o_int", "s", "m"):
+        np.testing.assert_array_equal(np32(kr.trace[key]), np32(kr0.trace[key]), err_msg=key)
+    np.testing.assert_array_equal(np32(kr.out), np32(kr0.out))
     res = simulate(np32(q), np32(k), np32(v), spec, kv_cache=True, trace=True, calibration=pr)
-    S, m, k8, v8, nb, _ = _turbo_expected(res, cache, Hq)
-    np.testing.assert_array_equal(tr["S"].cpu().numpy(), S)
-    nt = -(-L // nb)
-    P = tr["P"].cpu().numpy()
-    O = np.stack([np.einsum("bhl,bhld->bhd", P[..., t * nb:(t + 1) * nb].astype(np.int64),
-                            v8[:, :, t * nb:(t + 1) * nb]) for t in range(nt)], 2)
-    np.testing.assert_array_equal(tr["O_int"].cpu().numpy(), O)
+    assert compare(res, kr, ulp_bound=1.0).failures() == []
     report(f"turbo fold {name}", clamped_k=nk, clamped_v=nv)
 
 
@@ -172,34 +136,13 @@ def test_double_sparse_decode_equals_sim(case):
                             "double_sparse", spec=spec, calibration=cal)
     if L > L0:
         cache.append(k[:, :, L0:].contiguous(), v[:, :, L0:].contiguous())
-    out, tr = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
+    kr = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
     res = simulate(np32(q), np32(k), np32(v), spec, calibration=cal, trace=True)
-    T = res.trace
-    approx = tr["approx_scores"].cpu().numpy()
-    ref = T["approx_scores"][:, :, 0]
-    scale = np.abs(ref).max(axis=-1, keepdims=True)
-    rel = np.abs(approx - ref) / scale           # relative to the row's largest |score|
-    got_idx = tr["indices"].cpu().numpy()
-    want_idx = T["indices"]
-    assert got_idx.shape == want_idx.shape
-    rows_diff = np.any(got_idx != want_idx, axis=-1)
-    # near-ties: the boundary scores of the selection lie within the score error
-    srt = -np.sort(-ref, axis=-1)
-    kb = int(T["budget"][0])
-    near = (srt[..., kb - 1] - srt[..., min(kb, L - 1)]) <= 4 * (rel * scale).max()
-    report(f"double_sparse decode {name}", max_rel_score_err=float(rel.max()),
-           rows_differing=int(rows_diff.sum()), near_tie_rows=int(near.sum()),
-           rows=int(rows_diff.size))
-    assert rel.max() <= 1e-5
-    assert not np.any(rows_diff[..., 0] & ~near)
-    got = np32(out)[:, :, 0]
-    want = res.out[:, :, 0]
-    ok = ~rows_diff[..., 0]
-    err = np.abs(got - want)
-    bound = 2 * ulp(want) + 2.0**-12
-    report(f"double_sparse out {name}", max_abs=float(err[ok].max()),
-           max_ulp=float((err / ulp(want))[ok].max()))
-    assert np.all(err[ok] <= bound[ok])
+    cmp = compare(res, kr, ulp_bound=2.0, abs_slack=2.0**-12)
+    report(f"double_sparse decode {name}", **cmp.extras, **cmp.ints["indices"].row(),
+           rows_compared=cmp.out.rows, max_ulp=round(cmp.out.max_ulp, 3))
+    assert cmp.extras["approx_scores_max_rel_err"] <= 1e-5
+    assert cmp.failures() == []   # indices equal outside near ties; outputs within the bound
 
 
 FP16 = [  # (label, B, Hq, Hkv, L, D, dtype, splits)
@@ -221,7 +164,7 @@ def test_fp16_decode_equals_sim(case):
     name, B, Hq, Hkv, L, D, dtype, splits = case
     q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, dtype=dtype, seed=L)
     cache = gpu.build_cache(k, v, "fp16_flash")
-    out, _ = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
+    out = gpu.decode(q, cache, launch=None if splits is None else {"splits": splits})
     spec = load_method("fp16_flash", **({"operands.format": "bf16", "operands.p_format": "bf16"}
                                         if dtype == torch.bfloat16 else {}))
     want = simulate(np32(q), np32(k), np32(v), spec).out[:, :, 0]
@@ -288,8 +231,7 @@ def test_topk_select_kernel_equals_stable_topk(case):
     """Radix select: the K largest uint32 keys, equal keys to the lower index, ascending —
     identical to a stable descending sort (numpy) cut at K, on keys with many ties and keys
     spanning the whole uint32 range (sign bit, 0, 2^32 - 1)."""
-    from gpu.decode import _decode_kernels
-    from gpu.ops import interpreting
+    from gpu.common import interpreting, kernels
     name, rows, L, K, distinct = case
     rng = np.random.default_rng(L + K)
     if distinct is None:
@@ -301,7 +243,7 @@ def test_topk_select_kernel_equals_stable_topk(case):
     u = u.astype(np.uint32)
     keys = torch.from_numpy(u.view(np.int32).copy()).to(DEVICE)
     idx = torch.full((rows, K), -1, dtype=torch.int32, device=DEVICE)
-    _, kl = _decode_kernels()
+    kl = kernels("labels")
     kl.topk_select_kernel[(rows,)](keys, idx, L, K, idx.stride(0),
                                    BLOCK=64 if interpreting() else 2048, num_warps=8)
     want = np.sort(np.argsort(-u.astype(np.int64), axis=1, kind="stable")[:, :K], axis=1)
@@ -312,7 +254,7 @@ def test_double_sparse_radix_select_equals_torch_topk():
     """The radix path of gpu.decode's selection returns the indices of the int64-key
     torch.topk + torch.sort path, with forced sink/recent tokens and 2-bit labels (many equal
     approximate scores)."""
-    from gpu.decode import _select
+    from gpu.methods.double_sparse import select as _select
     B, Hq, Hkv, L, D = 2, 4, 2, 700, 64
     q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, seed=3)
     spec = load_method("double_sparse").replace(sparse__label_bits=2, sparse__sink_tokens=3,

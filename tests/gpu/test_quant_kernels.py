@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu.ops import quantize_operand
+from gpu.common import quantize_operand
 from sim.numerics import quantize
 from sim.spec import OperandQuant
 from tests.gpu.helpers import make_qkv, np32

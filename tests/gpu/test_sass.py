@@ -28,12 +28,13 @@ def _tools_missing() -> str | None:
     return None
 
 
-def test_counts_equal_committed_table():
+@pytest.mark.parametrize("arch", ["hopper", "ampere"])
+def test_counts_equal_committed_table(arch):
     missing = _tools_missing()
     if missing:
         pytest.skip(missing)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "gpu.sass", "--check"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "gpu.sass", "--arch", arch, "--check"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     print(r.stdout, r.stderr[-3000:])
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
@@ -42,11 +43,11 @@ def test_counts_equal_committed_table():
 
 def test_diff_committed_reports_a_change():
     import yaml
-    want = yaml.safe_load(sass.TABLE.read_text())["variants"]["int8"]
+    want = yaml.safe_load(sass.table().read_text())["variants"]["int8"]
     m = want["tiles"][128]
     counts = dict(m["counts"], fp32=m["counts"]["fp32"] + 1)
-    fake = {"int8": {"method": want["method"], "overrides": want["overrides"],
-                     "launch": want["launch"],
+    fake = {"int8": {"method": want["method"], "integer": want["integer"],
+                     "overrides": want["overrides"], "launch": want["launch"],
                      "tiles": {128: sass.LoopMix("int8", 128, counts, m["instructions"] + 1,
                                                  m["registers"])}}}
     diff = sass.diff_committed(fake)
@@ -59,11 +60,12 @@ def test_diff_committed_reports_a_change():
 def test_sim_cost_mixes_read_the_table():
     import yaml
     from sim.cost import mixes
-    t = yaml.safe_load(sass.TABLE.read_text())["variants"]
-    assert mixes.INT8.at64 == {c: float(n) for c, n in t["int8"]["tiles"][128]["counts"].items()
+    t = yaml.safe_load(sass.table().read_text())["variants"]
+    mx = mixes.mixes("hopper")
+    assert mx["int8"].at64 == {c: float(n) for c, n in t["int8"]["tiles"][128]["counts"].items()
                                if n}
-    assert mixes.TURBO_SAS.at32 == {c: float(n) for c, n in t["turbo"]["tiles"][64]["counts"].items()
-                                    if n}
+    assert mx["turbo"].at32 == {c: float(n) for c, n in t["turbo"]["tiles"][64]["counts"].items()
+                                if n}
 
 
 def test_classify_and_loop():

@@ -1,0 +1,168 @@
+"""double_sparse, the kernel path (decode only): the FP16 K/V plus the label cache of the ``r``
+calibrated channels (``sim.methods.double_sparse.label_cache``: packed asymmetric codes + fp16
+scale + int32 zero point per token, or fp16 labels), then per step the label-score kernel
+(approximate scores and selection keys), the radix top-k select, and the split-K flash-decode
+gathering the selected rows inside the kernel.
+
+``calibration`` is required (a ``sim.methods.double_sparse.Calibration`` or a path): the ``qk``
+channel metric needs queries, which a cache does not have. fp16 inputs only (the method's operand
+format). Selection: the simulator's (best score first, ties to the lower index, sink/recent
+tokens forced), ascending indices.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from sim.methods.double_sparse import as_calibration, row_budget
+
+from ..common import cdiv, grow, interpreting, kernels, torch_module
+from ..decoding import DenseKV, flash_decode
+from .base import KernelPath
+
+
+@functools.lru_cache(maxsize=64)
+def _check_spec(spec) -> None:
+    sp = spec.sparse
+    if sp.label_bits not in (2, 4, 8, 16):
+        raise ValueError(f"spec.sparse.label_bits: expected 2, 4, 8 or 16, got {sp.label_bits}")
+    if spec.tiling.block_n not in (16, 32, 64, 128):
+        raise ValueError(f"spec.tiling.block_n: expected 16, 32, 64 or 128, got "
+                         f"{spec.tiling.block_n}")
+
+
+class DoubleSparseCache(DenseKV):
+    """FP16 K/V plus the label cache (see the module docstring)."""
+
+    method = "double_sparse"
+    dtypes = ("float16",)
+
+    def __init__(self, k, v, spec, calibration):
+        if calibration is None:
+            raise ValueError("calibration: double_sparse needs a sim.methods.double_sparse.Calibration (or a "
+                             "path to one); the 'qk' channel metric needs queries a cache lacks")
+        B, Hkv, L, D = k.shape
+        calibration = as_calibration(calibration, spec, Hkv, D)
+        sp = spec.sparse
+        r = sp.r(D)
+        if r & (r - 1) or r < 2:
+            raise ValueError(f"spec.sparse: the label kernels need r = {r} label channels to be a "
+                             f"power of two >= 2")
+        torch = torch_module()
+        self.spec, self.calibration, self.r, self.bits = spec, calibration, r, sp.label_bits
+        self.channels_np = calibration.channels(r)
+        self.channels = torch.as_tensor(self.channels_np.astype(np.int32), device=k.device)
+        self._init_dense(k, v)
+        cap = self._k.shape[2]
+        if self.bits == 16:
+            self.labels = torch.zeros((B, Hkv, cap, r), dtype=torch.float16, device=k.device)
+        else:
+            self.labels = torch.zeros((B, Hkv, cap, r * self.bits // 8), dtype=torch.uint8,
+                                    device=k.device)
+        self.label_scale = torch.ones((B, Hkv, cap), dtype=torch.float16, device=k.device)
+        self.label_zero = torch.zeros((B, Hkv, cap), dtype=torch.int32, device=k.device)
+        self._write_labels(0, L)
+
+    def _write_labels(self, lo: int, hi: int) -> None:
+        """Label-build kernel over tokens [lo, hi) of the stored K."""
+        if hi <= lo:
+            return
+        kl = kernels("labels")
+        n = hi - lo
+        src = self._k[:, :, lo:hi]
+        rows = 16 if interpreting() else 64
+        kl.label_build_kernel[(cdiv(n, rows), self.B * self.Hkv)](
+            src, self.channels, self.labels, self.label_scale, self.label_zero, n, self.Hkv, self.labels.shape[2],
+            lo, *src.stride(), R=self.r, ROWS=rows, BITS=self.bits, num_warps=4,
+            enable_fp_fusion=False)
+        if self.bits != 16:
+            torch = torch_module()
+            if bool(torch.isinf(self.label_scale[:, :, lo:hi]).any()):
+                raise ValueError("k: a token's label range exceeds the fp16 scale maximum")
+            zp_big = self.label_zero[:, :, lo:hi].abs() > (1 << 16)
+            if bool(zp_big.any()):
+                raise ValueError(f"k: {int(zp_big.sum())} token(s) need a label zero point beyond "
+                                 f"+-2^16 steps")
+
+    def _append(self, k_new, v_new) -> None:
+        """fp16 tokens and their labels."""
+        lo = self.length
+        super()._append(k_new, v_new)
+        cap = self._k.shape[2]
+        if self.labels.shape[2] < cap:
+            self.labels, self.label_scale, self.label_zero = (
+                grow(t, 2, cap) for t in (self.labels, self.label_scale, self.label_zero))
+        self._write_labels(lo, self.length)
+
+    def label_arrays(self) -> dict:
+        """Numpy copies comparable with ``sim.methods.double_sparse.label_cache``: ``codes`` (unpacked uint8
+        [B, Hkv, L, r]), ``scale`` (f32 [B, Hkv, L, 1]), ``zero_point`` (int32), or ``values``
+        (fp16 labels as f32) for 16 bits."""
+        L = self.length
+        if self.bits == 16:
+            return {"values": self.labels[:, :, :L].float().cpu().numpy()}
+        from sim.numerics import unpack
+        raw = self.labels[:, :, :L].cpu().numpy()
+        codes = raw if self.bits == 8 else unpack(raw, self.bits, self.r)
+        return {"codes": codes, "packed": raw,
+                "scale": self.label_scale[:, :, :L].float().cpu().numpy()[..., None],
+                "zero_point": self.label_zero[:, :, :L].cpu().numpy()[..., None]}
+
+    def nbytes(self) -> int:
+        """FP16 K/V plus labels (``sim.methods.double_sparse.LabelCache.nbytes`` counts a 2-byte zero point;
+        this cache stores 4)."""
+        L = self.length
+        lab = (self.r * 2 if self.bits == 16 else self.r * self.bits // 8 + 2 + 4)
+        return self.B * self.Hkv * L * (2 * self.D * 2 + lab)
+
+
+def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "radix"):
+    """Label scores, selection keys, top-k: (approx f32 [B, Hq, L] or None, idx int32
+    [B*Hq, kcount]). ``method`` "radix" (Triton radix select on uint32 keys, ascending by
+    construction) or "torch" (int64 keys, ``torch.topk`` + ``torch.sort``); same indices."""
+    if method not in ("radix", "torch"):
+        raise ValueError(f"method: expected 'radix' or 'torch', got {method!r}")
+    torch = torch_module()
+    kl = kernels("labels")
+    B, Hq, _, D = q.shape
+    L = cache.length
+    sp = cache.spec.sparse
+    approx = torch.empty((B, Hq, L) if want_approx else (1,), dtype=torch.float32,
+                         device=q.device)
+    radix = method == "radix"
+    keys = torch.empty((B, Hq, L), dtype=torch.int32 if radix else torch.int64, device=q.device)
+    block = 16 if interpreting() else 256
+    kl.label_score_kernel[(cdiv(L, block), B * Hq)](
+        q, cache.channels, cache.labels, cache.label_scale, cache.label_zero, approx, keys, L,
+        cache.labels.shape[2], Hq, cache.Hkv, Hq // cache.Hkv, sp.sink_tokens, sp.recent_tokens,
+        q.stride(0), q.stride(1), q.stride(3), R=cache.r, BLOCK=block, BITS=cache.bits,
+        WRITE_APPROX=want_approx, KEY32=radix, num_warps=4, enable_fp_fusion=False)
+    budget = int(row_budget(sp, np.array([L]))[0])
+    j = np.arange(L)
+    forced = int(((j < sp.sink_tokens) | (j >= L - sp.recent_tokens)).sum()) if (
+        sp.sink_tokens or sp.recent_tokens) else 0
+    kcount = min(L, budget + forced)
+    if radix:
+        idx = torch.empty((B * Hq, kcount), dtype=torch.int32, device=q.device)
+        kl.topk_select_kernel[(B * Hq,)](keys, idx, L, kcount, idx.stride(0),
+                                         BLOCK=64 if interpreting() else 2048, num_warps=8)
+    else:
+        top = torch.topk(keys.view(B * Hq, L), kcount, dim=1, sorted=False).indices
+        idx = torch.sort(top, dim=1).values.to(torch.int32).contiguous()
+    return (approx if want_approx else None), idx
+
+
+def _decode(q, cache, sm_scale, launch, trace):
+    approx, idx = select(q, cache, want_approx=trace)
+    out = flash_decode(q, cache.k, cache.v, idx, idx.shape[1], sm_scale,
+                       cache.spec.tiling.block_n, launch)
+    if not trace:
+        return out
+    B, Hq = q.shape[:2]
+    return out, {"approx_scores": approx.view(B, Hq, 1, -1),
+                 "indices": idx.view(B, Hq, 1, idx.shape[1])}
+
+
+PATH = KernelPath("double_sparse", check_spec=_check_spec, cache=DoubleSparseCache,
+                  cache_dtypes=("float16",), cache_needs_calibration=True, decode=_decode)
