@@ -18,7 +18,7 @@ inputs, over all rows that see at least one key):
   scores one head at a time. The quantized methods do not return P, so their KL is not reported;
 - ``recall``: top-k recall of the sparse selection vs the exact scores' top-k (simulator trace);
 - ``cache_ratio``: FP16 K+V bytes / cache bytes (turbo with the KV cache; every scale, zero point
-  and the INT8 buffer counted, :mod:`sim.kvcache`), and for double_sparse ``label_overhead``:
+  and the INT8 buffer counted, ``SimMethod.kv_bytes``), and for selecting methods ``label_overhead``:
   label-cache bytes / FP16 K+V bytes (it keeps the full cache and adds labels).
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from qsattn import provenance
+from sim.spec import config_dir
 from qsattn.store import ResultStore, point_id
 
-DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "accuracy_synthetic.yaml"
+DEFAULT_CONFIG = config_dir() / "experiments" / "accuracy_synthetic.yaml"
 METRICS = ("rel_l2", "max_abs", "mean_rel", "cosine", "kl", "recall", "cache_ratio",
            "label_overhead", "seconds")
 
@@ -77,39 +77,26 @@ class Study:
 
 
 def load_study(path: str | Path, quick: bool = False) -> Study:
+    """The study of a config (schema: :class:`qsattn.configs.AccuracyConfig`), with its
+    ``quick`` subset (lengths, causal values, input kinds) when ``quick``."""
+    from qsattn.configs import AccuracyConfig, load_experiment
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--config: no experiment file at {path}")
-    d = yaml.safe_load(path.read_text())
-    if not isinstance(d, dict):
-        raise ValueError(f"--config: {path} must hold a mapping, got {type(d).__name__}")
-    for key in ("shape", "lengths", "seeds", "causal", "inputs", "methods", "claim"):
-        if key not in d:
-            raise ValueError(f"--config: {path} lacks the key {key!r}")
-    variants = []
-    for name, m in d["methods"].items():
-        if not isinstance(m, dict) or "spec" not in m:
-            raise ValueError(f"--config: methods.{name} needs a 'spec'")
-        variants.append(Variant(name, m["spec"], dict(m.get("overrides") or {}),
-                                bool(m.get("kv_cache", False))))
+    d = load_experiment(path, AccuracyConfig, quick_rule="keep")
+    variants = [Variant(name, m["spec"], dict(m["overrides"]), bool(m["kv_cache"]))
+                for name, m in d["methods"].items()]
     inputs = dict(d["inputs"])
     lengths, causal = list(d["lengths"]), list(d["causal"])
     if quick:
-        qd = d.get("quick") or {}
-        lengths = list(qd.get("lengths", lengths))
-        causal = list(qd.get("causal", causal))
-        keep = qd.get("inputs")
-        if keep:
-            bad = [k for k in keep if k not in inputs]
-            if bad:
-                raise ValueError(f"--config: quick.inputs names unknown inputs {bad}")
-            inputs = {k: inputs[k] for k in keep}
-    for kind, spec in inputs.items():
-        if spec.get("dist") not in ("normal", "uniform"):
-            raise ValueError(f"--config: inputs.{kind}.dist must be normal or uniform, "
-                             f"got {spec.get('dist')!r}")
+        qd = d["quick"]
+        lengths = list(qd["lengths"] or lengths)
+        causal = list(qd["causal"] if qd["causal"] is not None else causal)
+        if qd["inputs"]:
+            inputs = {k: inputs[k] for k in qd["inputs"]}
     for v in variants:
-        v.load()                       # fail early on a bad spec or override
+        try:
+            v.load()                   # fail early on a bad spec or override
+        except ValueError as e:
+            raise ValueError(f"{path}: methods.{v.name}: {e}") from None
     return Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
                  dict(d["claim"]), path)
 
@@ -157,10 +144,12 @@ def _sparse_kl(q, k, idx, lse_true, causal, sm) -> float:
 def run_point(variant: Variant, q, k, v, causal: bool) -> dict:
     """Simulate one variant on one input and return its metrics (floats, NaN when n/a)."""
     import ref
+    from sim.methods import SIMULATORS
     from sim.simulate import simulate
 
     spec = variant.load()
-    sparse = spec.method == "double_sparse"
+    method = SIMULATORS.get(spec.method)
+    sparse = method.selects_keys
     t0 = time.perf_counter()
     kw = {"kv_cache": True} if variant.kv_cache else {}
     res = simulate(q, k, v, spec, causal=causal, trace=sparse, **kw)
@@ -185,10 +174,10 @@ def run_point(variant: Variant, q, k, v, causal: bool) -> dict:
         row["recall"] = float(tr["recall_mean"])
         row["kl"] = _sparse_kl(q, k, tr["indices"], lse, causal, 1 / math.sqrt(D))
         row["label_overhead"] = tr["label_bytes"] / fp16_bytes
-    if variant.kv_cache:
-        from sim.kvcache import cache_nbytes, head_bits, head_priority
-        bits = head_bits(spec.kvcache, head_priority(k, v).priority)
-        row["cache_ratio"] = fp16_bytes / cache_nbytes(spec, bits, L, D, v.shape[-1], batch=B)
+    if variant.kv_cache:  # the cache ranked on these K/V ("oracle"), as the simulation did
+        cal = method.calibration.compute(q, k, v, spec, "oracle")
+        row["cache_ratio"] = fp16_bytes / (B * method.kv_bytes(
+            spec, tokens=L, head_dim=D, kv_heads=Hkv, mode="kv_cache", calibration=cal))
     return row
 
 
@@ -203,9 +192,9 @@ def _pid(study: Study, variant: Variant, kind: str, causal: bool, L: int, seed: 
 
 
 def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: bool = True,
-              name: str = "results") -> tuple[list[dict], list[tuple[int, str]]]:
+              name: str = "results") -> tuple[list[dict], list[tuple[int, str]], int]:
     """Compute every missing point into ``out_dir/<name>.jsonl``; returns (rows of this study,
-    store problems found on open)."""
+    store problems found on open, points computed now)."""
     from tqdm import tqdm
 
     store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine")
@@ -228,7 +217,7 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
                         "overrides": variant.overrides, "kv_cache": variant.kv_cache,
                         "input": kind, "causal": causal, "L": L, "seed": seed, **metrics})
     rows = [store.get(pid) for _, pid in points]
-    return rows, store.problems
+    return rows, store.problems, len(todo)
 
 
 def _fmt(x, spec=".2e") -> str:
@@ -328,7 +317,7 @@ def _plots(study: Study, rows: list[dict], out_dir: Path) -> list[str]:
 
 
 def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
-                 problems: list) -> str:
+                 problems: list, computed: int = 0) -> str:
     """Write README.md + PNGs into ``out_dir``; returns the summary markdown."""
     files = _plots(study, rows, out_dir)
     s = study.shape
@@ -337,8 +326,11 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
              + ", ".join(f"`{k}` ({v})" for k, v in study.inputs.items())
              + f". Config: `{study.path.relative_to(provenance.ROOT) if study.path.is_relative_to(provenance.ROOT) else study.path}`.")
     claim = claim_lines(study, rows)
-    parts = [provenance.header("Accuracy of the simulated methods on synthetic tensors", command),
-             setup, "",
+    points = (f"Points: {len(rows) - computed} reused from the stored results, {computed} computed "
+              f"in this run.")
+    parts = [provenance.header("Accuracy of the simulated methods on synthetic tensors", command,
+                               measured=False),
+             setup, "", points, "",
              "Errors against float64 `ref.attention` on the same fp16 inputs. Metric definitions: "
              "`qsattn/accuracy.py`. Turbo `*_prefill*` rows are the INT8 compute path alone; "
              "`turbo_int4/int2/mixed` read K/V from the progressive cache (kv_cache=True); "
@@ -356,7 +348,7 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
     parts += ["## Plots", ""] + [f"![{f}]({f})" for f in files]
     (out_dir / "README.md").write_text("\n".join(parts) + "\n")
     L = max(study.lengths)
-    summary = [setup, "", "INT-FlashAttention claim (int8_flash vs fp8 E4M3, mean relative error):",
+    summary = [setup, "", points, "", "INT-FlashAttention claim (int8_flash vs fp8 E4M3, mean relative error):",
                "", *(claim or ["- not in this run"]), "",
                f"Non-causal, L = {L}:", "", _table(study, rows, L, False if False in study.causal
                                                      else study.causal[0]), "",
@@ -370,7 +362,7 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/accuracy_synthetic.yaml)")
-    p.add_argument("--out", type=Path, default=provenance.ROOT / "reports" / "accuracy",
+    p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: reports/accuracy)")
     p.add_argument("--quick", action="store_true", help="the config's quick subset (< 1 minute)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
@@ -381,7 +373,7 @@ def _command(config: Path, out: Path, quick: bool) -> str:
     cmd = "qsattn accuracy"
     if Path(config).resolve() != DEFAULT_CONFIG.resolve():
         cmd += f" --config {config}"
-    if Path(out).resolve() != (provenance.ROOT / "reports" / "accuracy").resolve():
+    if Path(out).resolve() != default_out(quick).resolve():
         cmd += f" --out {out}"
     return cmd + (" --quick" if quick else "")
 
@@ -390,16 +382,23 @@ def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool
     study = load_study(config, quick=quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, problems = run_study(study, out, rerun=rerun, progress=progress,
-                               name="results_quick" if quick else "results")
-    return write_report(study, rows, out, _command(config, out, quick), problems)
+    rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
+                                         name="results_quick" if quick else "results")
+    return write_report(study, rows, out, _command(config, out, quick), problems, computed)
+
+
+def default_out(quick: bool) -> Path:
+    """reports/accuracy, or its quick/ folder for --quick (a quick run never overwrites the
+    full study's page)."""
+    return provenance.REPORTS / "accuracy" / ("quick" if quick else "")
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = execute(args.config, args.out, quick=args.quick, rerun=args.rerun,
+    out = args.out if args.out is not None else default_out(args.quick)
+    summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
                       progress=not args.no_progress)
     print(summary)
-    print(f"wrote {Path(args.out) / 'README.md'}")
+    print(f"wrote {Path(out) / 'README.md'}")
     return 0
 
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from qsattn import bench_plots, provenance
+from sim.spec import config_dir
 
-DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "bench_h100.yaml"
-DEFAULT_OUT = provenance.ROOT / "reports" / "bench"
+DEFAULT_CONFIG = config_dir() / "experiments" / "bench_h100.yaml"
+DEFAULT_OUT = provenance.REPORTS / "bench"
 DEVICE_HINT = ("qsattn bench needs a CUDA GPU (torch.cuda.is_available() is False here).\n"
                "Run it on the device machine, e.g. with the device tool's `run`:\n"
                "  PYTHONUNBUFFERED=1 python3 -m qsattn bench --out $OUT\n"
@@ -42,23 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_config(path: Path) -> dict:
-    import yaml
-    if not path.exists():
-        raise FileNotFoundError(f"--config: {path} does not exist")
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or not ("prefill" in cfg or "decode" in cfg):
-        raise ValueError(f"--config: {path} needs a 'prefill' or 'decode' section")
-    return cfg
+    """The bench config through its schema (:class:`qsattn.configs.BenchConfig`)."""
+    from qsattn.configs import BenchConfig, load_experiment
+    return load_experiment(path, BenchConfig)
 
 
 # ---------------------------------------------------------------------------------------------
 def _numerics_check(c: dict, log) -> list[dict]:
-    """GPU kernels vs sim.simulate: codes, scales, S_int, P codes, O_int, output ulps."""
-    import numpy as np
+    """GPU kernels vs sim.simulate (:mod:`gpu.compare`): codes, scales, S_int, P codes, O_int,
+    output ULPs."""
     import torch
 
     import gpu
-    from gpu.ops import resolve_spec
+    from gpu.compare import compare
     from sim import simulate
     rows = []
     B, Hq, Hkv, Lq, Lk, D = (c[k] for k in ("batch", "heads", "kv_heads", "q_length",
@@ -69,41 +66,18 @@ def _numerics_check(c: dict, log) -> list[dict]:
     k[..., :2] *= 4
     k = k.half().cuda()
     v = torch.randn(B, Hkv, Lk, D, generator=g).half().cuda()
-    vis = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
-    for method in ("fp16_flash", "int8_flash", "turbo"):
+    for method in gpu.prefill_methods():
         for causal in (False, True):
-            spec = resolve_spec(method, None, q.dtype)
-            tr = gpu.attention_trace(q, k, v, method=method, causal=causal)
+            kr = gpu.attention_trace(q, k, v, method=method, causal=causal)
             t0 = time.perf_counter()
-            sim = simulate(*(x.float().cpu().numpy() for x in (q, k, v)), spec, causal=causal,
-                           trace=True)
-            st = sim.trace
-            m = np.broadcast_to(vis if causal else np.ones_like(vis), (B, Hq, Lq, Lk))
+            sim = simulate(*(x.float().cpu().numpy() for x in (q, k, v)), kr.spec,
+                           causal=causal, trace=True)
+            cmp = compare(sim, kr, dtype="float16", ulp_bound=2.0, ulp_floor=2.0 ** -16)
             row = {"method": method, "causal": causal, "shape": [B, Hq, Hkv, Lq, Lk, D],
-                   "sim_s": round(time.perf_counter() - t0, 1)}
-            if spec.integer:
-                row["codes_scales_equal"] = all(
-                    np.array_equal(tr[f"{n}_codes"].cpu().numpy(), st[f"{n}_codes"]) and
-                    np.array_equal(tr[f"{n}_scale"].cpu().numpy().ravel(),
-                                   st[f"{n}_scale"].ravel()) for n in ("q", "k", "v"))
-                row["s_int_equal"] = bool(np.array_equal(tr["S"].cpu().numpy()[m], st["s_int"][m]))
-                pk = tr["P"].cpu().numpy()
-                row["p_code_diff"] = int(np.count_nonzero(pk != st["p_codes"]))
-                row["p_codes"] = int(pk.size)
-                row["o_int_equal"] = bool(np.array_equal(tr["O_int"].cpu().numpy(), st["o_int"]))
-            else:
-                sk = tr["S"].cpu().numpy()[m]
-                ss = st["s"][m] / st["qk_scale"]
-                row["s_max_rel"] = float(np.max(np.abs(sk - ss)) / np.max(np.abs(ss)))
-            out_k = tr["out"].float().cpu().numpy()
-            out_s = sim.out.astype(np.float64)
-            ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(out_s), 2.0**-14))) - 10)
-            ulps = np.abs(out_k - out_s) / np.maximum(ulp, 2.0**-16)
-            row["out_max_ulp"] = float(ulps.max())
-            row["out_share_le_1ulp"] = float(np.mean(ulps <= 1))
-            row["out_share_le_2ulp"] = float(np.mean(ulps <= 2))
-            log(f"  check {method:10s} causal={causal!s:5s} " + ", ".join(
-                f"{a}={b}" for a, b in row.items() if a not in ("method", "causal", "shape")))
+                   "sim_s": round(time.perf_counter() - t0, 1), **cmp.to_row(),
+                   "failures": cmp.failures()}
+            log(f"  check {method:10s} causal={causal!s:5s} max_ulp={cmp.out.max_ulp:.2f} "
+                + ", ".join(f"{key} {a.mismatches}/{a.total}" for key, a in cmp.ints.items()))
             rows.append(row)
     return rows
 
@@ -129,7 +103,9 @@ def _run_bench(cfg: dict, args, log) -> dict:
     import torch
 
     from gpu.bench import attention_flops, time_cuda
-    from gpu.ops import attention_quantized, quantize_qkv, resolve_spec
+    from gpu import resolve as resolve_spec
+    from gpu.common import quantize_qkv
+    from gpu.prefill import launch_prefill as attention_quantized
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     P = cfg["prefill"]
@@ -293,20 +269,34 @@ def _run_bench(cfg: dict, args, log) -> dict:
     return result
 
 
+def _check_row(c: dict) -> str:
+    """One numerics row: the gpu.compare form (``ints``), or the older per-field form that
+    stored results from before it hold."""
+    if "ints" in c:
+        free = [a for a in c["ints"].values() if a["exp_free"]]
+        same = sum(a["elements"] - a["mismatches"] for a in free)
+        tot = sum(a["elements"] for a in free)
+        p = c["ints"].get("p_codes")
+        pdiff = f"{p['mismatches']}/{p['elements']}" if p else "-"
+        verdict = "ok" if not c.get("failures") else "; ".join(c["failures"])
+        return (f"| {c['method']} | {c['causal']} | {same}/{tot} | {pdiff} | "
+                f"{c['max_ulp']:.2f} | {verdict} |")
+    ints = all(c.get(k, True) for k in ("codes_scales_equal", "s_int_equal", "o_int_equal"))
+    return (f"| {c['method']} | {c['causal']} | {'all' if ints else 'not all'} | "
+            f"{c.get('p_code_diff', '-')}/{c.get('p_codes', '-')} | {c['out_max_ulp']:.2f} | "
+            f"(stored before gpu.compare) |")
+
+
 def _markdown(result: dict, command: str) -> str:
     rows = [r for r in result["rows"] if not r.get("tune")]
     Lt = result["config"]["prefill"]["target_length"]
     lines = [provenance.header("Prefill kernels vs peers", command), ""]
     if result.get("check"):
         lines += ["## Numerics: GPU kernels vs sim.simulate", "",
-                  "| method | causal | codes+scales | S_int | P codes differing | O_int | "
-                  "max ulp | <=1 ulp | <=2 ulp |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | causal | exp-free integers identical | P codes differing | "
+                  "max ulp | contract |", "|---|---|---|---|---|---|"]
         for c in result["check"]:
-            lines.append(f"| {c['method']} | {c['causal']} | {c.get('codes_scales_equal', '-')} | "
-                         f"{c.get('s_int_equal', c.get('s_max_rel', '-'))} | "
-                         f"{c.get('p_code_diff', '-')}/{c.get('p_codes', '-')} | "
-                         f"{c.get('o_int_equal', '-')} | {c['out_max_ulp']:.2f} | "
-                         f"{c['out_share_le_1ulp']:.5f} | {c['out_share_le_2ulp']:.5f} |")
+            lines.append(_check_row(c))
         lines.append("")
     lines += [f"## Target point L={Lt}", "",
               "| kernel | causal | ms | TOP/s | x cuDNN | x FA2 (SDPA) | x Sage |",
@@ -365,9 +355,11 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
 
     import gpu
     from gpu.bench import time_cuda
-    from gpu.decode import _flash_decode, _select, decode_unchecked
+    from gpu.api import decode_unchecked
+    from gpu.decoding import flash_decode as _flash_decode
+    from gpu.methods.double_sparse import select as _select
     from sim import load_method
-    from sim.sparse import calibrate
+    from sim.methods.double_sparse import calibrate
 
     P = cfg["decode"]
     B, H, Hkv, D = P["batch"], P["heads"], P["kv_heads"], P["head_dim"]
@@ -623,7 +615,7 @@ def report_section(ctx) -> str:
     js, djs = d / "prefill.json", d / "decode.json"
     if not js.exists() and not djs.exists():
         return ("No benchmark results yet. They need a CUDA GPU:\n\n```\n" + DEVICE_HINT + "\n```\n")
-    out = []
+    out = ["Reused from the stored GPU results (this section runs nothing).", ""]
     if js.exists():
         res = json.loads(js.read_text())
         pv = res.get("provenance", {})

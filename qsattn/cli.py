@@ -1,13 +1,14 @@
 """``qsattn`` command line. Each subcommand lives in its own module exposing
-``add_arguments(parser)`` and ``run(args) -> int``; this file only routes to them, so a module's
-heavy imports (torch, triton, transformers) happen only when its command runs."""
+``add_arguments(parser)`` and ``run(args) -> int``; this file only routes to them and imports
+the chosen command's module alone, so one command's imports (torch, triton, transformers)
+never slow down another's start."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Modules are imported only when their command is chosen.
+# name -> (module, one-line help). A module is imported only when its command is chosen.
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("qsattn.report", "run every section on the embedded defaults and write reports/REPORT.md"),
     "specs": ("qsattn.specs", "list, show or check method specs"),
@@ -20,20 +21,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (to add its arguments)."""
+    from qsattn import __version__
     parser = argparse.ArgumentParser(
         prog="qsattn",
         description="Simulator, cost model and reference kernels for quantized and sparse attention.")
+    parser.add_argument("--version", action="version", version=f"qsattn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

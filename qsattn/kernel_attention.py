@@ -23,7 +23,7 @@ def kernel_supports(spec: Any, *, kv_cache: bool = False) -> bool:
     """True when ``gpu.attention`` has a prefill kernel for ``spec`` (without the KV-cache mode)."""
     import gpu
 
-    return spec is not None and not kv_cache and spec.method in gpu.PREFILL_METHODS
+    return spec is not None and not kv_cache and spec.method in gpu.prefill_methods()
 
 
 class KernelAttention(SimAttention):
@@ -41,7 +41,7 @@ class KernelAttention(SimAttention):
 
             raise ValueError(f"spec: no prefill kernel for {self.spec.method!r}"
                              f"{' with kv_cache' if self.kv_cache else ''}; kernels exist for "
-                             f"{sorted(gpu.PREFILL_METHODS)} without kv_cache")
+                             f"{sorted(gpu.prefill_methods())} without kv_cache")
         self.device = device
 
     @property

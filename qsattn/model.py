@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from qsattn import provenance
+from sim.spec import config_dir
 from qsattn.store import ResultStore, point_id
 
-DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "model_smollm2.yaml"
+DEFAULT_CONFIG = config_dir() / "experiments" / "model_smollm2.yaml"
 EXECUTORS = ("sim", "gpu")
 __all__ = ["add_arguments", "run", "report_section", "load_config", "Variant", "build_variants",
            "Study"]
@@ -44,43 +44,14 @@ __all__ = ["add_arguments", "run", "report_section", "load_config", "Variant", "
 # --------------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------------
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path | None = None, *, quick: bool = False) -> dict:
-    """The experiment config, with its ``quick:`` overrides applied when ``quick``."""
+    """The experiment config (schema: :class:`qsattn.configs.ModelConfig`), with its ``quick:``
+    overrides applied when ``quick``."""
+    from qsattn.configs import ModelConfig, load_experiment
     p = Path(path) if path is not None else DEFAULT_CONFIG
-    if not p.is_file():
-        raise FileNotFoundError(f"--config: no such file {str(p)!r}")
-    cfg = yaml.safe_load(p.read_text())
-    if not isinstance(cfg, dict):
-        raise ValueError(f"--config: {p} must hold a mapping, got {type(cfg).__name__}")
-    need = ("passthrough", "calibration", "evaluation", "variants", "baseline", "needle",
-            "layer_error", "capture", "kv_bytes_tokens")
-    missing = [k for k in need if k not in cfg]
-    if missing:
-        raise ValueError(f"--config: {p} lacks {missing}")
-    quick_over = cfg.pop("quick", {}) or {}
-    if quick:
-        only = quick_over.pop("variants_only", None)
-        cfg = _merge(cfg, quick_over)
-        if only is not None:
-            cfg["variants"] = [v for v in cfg["variants"] if v["id"] in only]
+    cfg = load_experiment(p, ModelConfig, quick=quick)
     cfg["_path"] = str(p)
     cfg["_quick"] = quick
-    for sec in ("passthrough", "calibration", "evaluation"):
-        s = cfg[sec]
-        for key in ("offset", "window", "windows"):
-            if not isinstance(s.get(key), int) or s[key] < (0 if key == "offset" else 1):
-                raise ValueError(f"--config: {sec}.{key} must be a "
-                                 f"{'non-negative' if key == 'offset' else 'positive'} int, "
-                                 f"got {s.get(key)!r}")
-        if sec != "passthrough" and s["window"] < 2:
-            raise ValueError(f"--config: {sec}.window must be >= 2 tokens")
     return cfg
 
 
@@ -105,11 +76,13 @@ class Variant:
 
     @property
     def needs_calibration(self) -> str | None:
+        """The name of the calibration kind this variant takes (``sim.methods``), or None."""
         if self.spec is None:
             return None
-        if self.spec.method == "double_sparse":
-            return "double_sparse"
-        return "turbo" if self.kv_cache else None
+        from sim.methods import SIMULATORS
+        m = SIMULATORS.get(self.spec.method)
+        return m.calibration.name if ("kv_cache" if self.kv_cache else None) in m.calibrated \
+            else None
 
 
 def build_variants(cfg: dict) -> list[Variant]:
@@ -118,8 +91,6 @@ def build_variants(cfg: dict) -> list[Variant]:
 
     out = [Variant(id=f"ref_{r}", reference=r) for r in cfg.get("references", [])]
     for item in cfg["variants"]:
-        if not isinstance(item, dict) or "id" not in item or "method" not in item:
-            raise ValueError(f"--config: each variant needs 'id' and 'method', got {item!r}")
         over = dict(item.get("set") or {})
         try:
             spec = load_method(item["method"], **over)
@@ -255,28 +226,33 @@ class Study:
 
     # -- calibration ---------------------------------------------------------------------
     def calibrate(self) -> None:
-        """Per-layer Double Sparsity channels and Turbo head priority from the calibration slice
+        """Per-layer calibrations of every kind the variants take (``sim.methods``' calibration
+        kinds: Double Sparsity's channels, Turbo's head priority) from the calibration slice
         (captured with the fp32 reference), loaded from the cache when present."""
-        from sim.kvcache import HeadPriority, head_priority
-        from sim.sparse import Calibration, calibrate
+        from sim.methods import SIMULATORS
 
         from qsattn import model_assets as ma
 
-        kinds = {v.needs_calibration for v in self.variants if v.needs_calibration}
+        kinds = {}
+        for v in self.variants:
+            if v.needs_calibration:
+                kind = SIMULATORS.get(v.spec.method).calibration
+                keys = kinds.setdefault(kind.name, (kind, v.spec, set()))[2]
+                keys.add(kind.key(v.spec))
         if not kinds:
             return
-        metrics = sorted({v.spec.sparse.channel_metric for v in self.variants
-                          if v.needs_calibration == "double_sparse"})
-        if len(metrics) > 1:
-            raise ValueError(f"--config: double_sparse variants use different channel metrics "
-                             f"{metrics}; use one")
+        for name, (_, _, keys) in kinds.items():
+            if len(keys) > 1:
+                raise ValueError(f"--config: the variants that take a {name} calibration need "
+                                 f"different ones {sorted(map(str, keys))}; use one")
         c = self.cfg["calibration"]
         tag = point_id(model=self.model_id, text=self.text_digest, offset=c["offset"],
-                       window=c["window"], windows=c["windows"], metric=metrics)
+                       window=c["window"], windows=c["windows"],
+                       kinds={n: str(next(iter(k))) for n, (_, _, k) in sorted(kinds.items())})
         d = ma.cache_dir() / "calibration" / tag
-        ds_paths = [d / f"double_sparse_L{i:02d}.npz" for i in range(self.n_layers)]
-        tb_paths = [d / f"turbo_priority_L{i:02d}.json" for i in range(self.n_layers)]
-        if not (all(p.is_file() for p in ds_paths) and all(p.is_file() for p in tb_paths)):
+        paths = {n: [d / f"{n}_L{i:02d}{kind.suffix}" for i in range(self.n_layers)]
+                 for n, (kind, _, _) in kinds.items()}
+        if not all(p.is_file() for ps in paths.values() for p in ps):
             from ref.hf_attention import SimAttention
 
             be = SimAttention(reference="fp32", capture_layers=range(self.n_layers))
@@ -294,13 +270,12 @@ class Study:
                 bar.update(1)
             bar.close()
             src = f"{self.model_id} tokens [{c['offset']}, {c['offset'] + c['window'] * c['windows']})"
-            metric = metrics[0] if metrics else "qk"
             for i in range(self.n_layers):
                 q, k, v = (np.concatenate(x[i], axis=0) for x in (qs, ks, vs))
-                calibrate(q, k, metric, source=src).save(ds_paths[i])
-                head_priority(k, v, source=src).save(tb_paths[i])
-        self.calibrations["double_sparse"] = {i: Calibration.load(p) for i, p in enumerate(ds_paths)}
-        self.calibrations["turbo"] = {i: HeadPriority.load(p) for i, p in enumerate(tb_paths)}
+                for n, (kind, spec, _) in kinds.items():
+                    kind.compute(q, k, v, spec, src).save(paths[n][i])
+        for n, (kind, _, _) in kinds.items():
+            self.calibrations[n] = {i: kind.load(p) for i, p in enumerate(paths[n])}
         self.calibration_dir = d
 
     # -- pass-through --------------------------------------------------------------------
@@ -494,45 +469,26 @@ class Study:
 
     # -- KV bytes ------------------------------------------------------------------------
     def kv_bytes(self, v: Variant, tokens: int) -> float:
-        """Bytes of K and V (and any side structure) for ``tokens`` tokens, all layers, B = 1."""
-        from sim.kvcache import cache_nbytes, head_bits
+        """Bytes of K and V (and any side structure) for ``tokens`` tokens, all layers, B = 1:
+        FP16 for references and dense layers, else the method's own accounting
+        (``SimMethod.kv_bytes``) with this layer's calibration."""
+        from sim.methods import SIMULATORS
 
         D, H, L = self.head_dim, self.hkv, self.n_layers
-        elems = tokens * H * D  # per layer, per K or V
-        if v.spec is None or v.spec.method in ("fp16_flash",):
-            return 2.0 * 2 * elems * L
-        sp = v.spec
-        if sp.method == "fp8_flash":
-            return L * (2 * elems + 2 * 4)  # one fp32 per-tensor scale each for K and V
-        if sp.method == "double_sparse":
-            from sim.sparse import label_cache
-
-            total = 0.0
-            for i in range(L):
-                if i < v.dense_layers:
-                    total += 2 * 2 * elems
-                    continue
-                ch = self.calibrations["double_sparse"][i].channels(sp.sparse.r(D))
-                lab = label_cache(np.zeros((1, H, tokens, D), np.float16), ch, sp.sparse.label_bits)
-                total += 2 * 2 * elems + lab.nbytes
-            return total
-        if sp.method == "turbo" and v.kv_cache:
-            total = 0.0
-            for i in range(L):
-                bits = head_bits(sp.kvcache, self.calibrations["turbo"][i].priority)
-                total += cache_nbytes(sp, bits, tokens, D)
-            return total
-        # int8 K/V with their scale grids (int8_flash, turbo prefill)
-        per_layer = 0.0
-        for op, tile in ((sp.k, sp.tiling.block_n), (sp.v, sp.tiling.block_n)):
-            sb = 2 if op.scale_dtype == "fp16" else 4
-            nscale = {"per_tensor": 1, "per_head": H, "per_token": H * tokens,
-                      "per_block": H * math.ceil(tokens / (op.block_tokens or tile)),
-                      "per_channel": H * D,
-                      "per_channel_block": H * D * math.ceil(tokens / (op.block_tokens or tile))
-                      }[op.granularity]
-            per_layer += elems * op.bits / 8 + nscale * sb
-        return L * per_layer
+        fp16 = 2.0 * 2 * tokens * H * D
+        if v.spec is None:
+            return fp16 * L
+        m = SIMULATORS.get(v.spec.method)
+        mode = "kv_cache" if v.kv_cache else None
+        cals = self.calibrations.get(v.needs_calibration) if v.needs_calibration else None
+        total = 0.0
+        for i in range(L):
+            if i < v.dense_layers:
+                total += fp16
+                continue
+            total += m.kv_bytes(v.spec, tokens=tokens, head_dim=D, kv_heads=H, mode=mode,
+                                calibration=cals[i] if cals else None)
+        return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,7 +687,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, quick=args.quick)
     sub = "gpu" if args.executor == "gpu" else ""
-    out = args.out or (provenance.ROOT / "reports" / "model" / sub / ("quick" if args.quick else ""))
+    out = args.out or (provenance.REPORTS / "model" / sub / ("quick" if args.quick else ""))
     s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
                   executor=args.executor)
     print(f"pass-through perplexity {s['passthrough']['ppl']:.3f}; wrote {Path(out) / 'README.md'}")
@@ -751,7 +707,9 @@ def report_section(ctx) -> str:
         where = full / "quick"
         s = run_study(cfg, where, rerun=ctx.rerun, progress=False)
     rows = sorted(s["perplexity"].items(), key=lambda kv: kv[1]["ppl"])
-    lines = [f"{'Quick run' if s['quick'] else 'Default run'}; details in "
+    reused = where == full
+    lines = [("Reused from the stored default run (" if reused else "Computed or resumed in this "
+              "run (") + f"{'quick' if s['quick'] else 'default'} study); details in "
              f"[`{where.relative_to(ctx.out)}/README.md`]({where.relative_to(ctx.out)}/README.md).\n",
              f"Pass-through perplexity (transformers SDPA): **{s['passthrough']['ppl']:.3f}** over "
              f"{s['passthrough']['tokens']} tokens.\n",

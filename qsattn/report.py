@@ -29,6 +29,9 @@ SECTIONS: list[tuple[str, str, str, int]] = [
 ]
 
 
+RUN_LOG = "last_run.txt"
+
+
 @dataclass(frozen=True)
 class ReportContext:
     out: Path          # reports/ root; sections write under out/<key>/
@@ -37,11 +40,12 @@ class ReportContext:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=provenance.ROOT / "reports",
+    p.add_argument("--out", type=Path, default=provenance.REPORTS,
                    help="reports directory (default: reports/ in the repository)")
     p.add_argument("--only", default=None,
                    help="comma-separated section keys: " + ", ".join(s[0] for s in SECTIONS))
-    p.add_argument("--quick", action="store_true", help="smaller defaults (smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller defaults (smoke run), written under <out>/quick/")
     p.add_argument("--rerun", action="store_true", help="recompute instead of resuming")
 
 
@@ -51,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
     bad = [k for k in only if k not in keys]
     if bad:
         raise ValueError(f"--only: expected section keys from {keys}, got {bad}")
-    ctx = ReportContext(out=args.out, quick=args.quick, rerun=args.rerun)
+    out = Path(args.out) / ("quick" if args.quick else "")
+    ctx = ReportContext(out=out, quick=args.quick, rerun=args.rerun)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    parts = [provenance.header("qsattn report", provenance.command_line())]
+    parts = [provenance.header("qsattn report", "qsattn report" + (" --quick" if args.quick
+                                                                     else ""), measured=False),
+             f"Machine, versions and section times of the last run: `{RUN_LOG}` beside this "
+             f"file (not tracked: it differs on every machine).\n"]
+    log = [f"qsattn report: {provenance.environment()}"]
     failed = []
     for key, title, module, issue in SECTIONS:
         if key not in only:
@@ -69,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
                 failed.append(key)
                 body = "**This section failed:**\n\n```\n" + traceback.format_exc() + "```\n"
         dt = time.perf_counter() - t0
-        parts.append(f"## {title}\n\n{body.rstrip()}\n\n_({dt:.1f} s)_\n")
-        print(body.rstrip(), "\n", flush=True)
+        parts.append(f"## {title}\n\n{body.rstrip()}\n")
+        log.append(f"{key}: {dt:.1f} s{' (failed)' if key in failed else ''}")
+        print(body.rstrip(), f"\n({dt:.1f} s)\n", flush=True)
     text = "\n".join(parts)
     path = ctx.out / "REPORT.md"
     path.write_text(text)
-    print(f"wrote {path}")
+    (ctx.out / RUN_LOG).write_text("\n".join(log) + "\n")
+    print(f"wrote {path} and {ctx.out / RUN_LOG}")
     if failed:
         print(f"failed sections: {', '.join(failed)}")
         return 1

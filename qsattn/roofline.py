@@ -14,7 +14,7 @@ from pathlib import Path
 from qsattn import provenance
 from sim import schema
 from sim.cost import Shape, load_hardware, mixes, predict
-from sim.cost.methods import OURS, default_kernel
+from sim.cost.methods import COST_PATHS
 from sim.schema import meta
 from sim.spec import config_dir, load_method
 
@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated hardware names (default: the config's list)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/roofline.yaml)")
-    p.add_argument("--out", type=Path, default=provenance.ROOT / "reports" / "roofline",
+    p.add_argument("--out", type=Path, default=provenance.REPORTS / "roofline",
                    help="output directory (default: reports/roofline)")
 
 
@@ -104,7 +104,8 @@ def _baseline(ent, phase: str):
     if phase != "decode":
         return _entry("fp16_flash")
     spec, kernel, _ = ent
-    ours = (spec.method, kernel or default_kernel(spec, "decode")) in OURS
+    path = COST_PATHS.get(spec.method)
+    ours = (kernel or path.default_kernel("decode")) in path.ours
     return _entry("fp16_flash" if ours else "fp16_flash:ideal")
 
 
@@ -146,6 +147,9 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
     hw = "a100_80gb_sxm"
     tier, clock = cfg.tier, cfg.clock
     fp16, int8 = load_method("fp16_flash"), load_method("int8_flash")
+    arch = load_hardware(hw).arch
+    mx = mixes.mixes(arch)
+    mix_file = f"configs/kernels/{arch}/mixes.yaml"
     claimed = {1024: 1.31, 2048: 1.52, 4096: 1.66, 8192: 1.72, 16384: 1.73}
     for L, c in claimed.items():
         s = Shape(4, 32, 32, L, L, 64, False)
@@ -154,9 +158,9 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
         sp = b.time / p.time
         need, cap = c * b.achieved_tops, _xu_cap(hw, 64, 2)
         note = (f"fp16 {b.bound}-bound at {b.achieved_tops:.0f} TOP/s; int8 {p.bound}-bound: "
-                f"with our Triton kernel's SASS counts (configs/kernels/mixes_sm90.yaml) the INT8 "
-                f"path issues {mixes.INT8.per_score():.1f} instructions per score vs "
-                f"{mixes.FP16.per_score():.1f} for fp16 (exact int->f32, scales, P-quant) and the softmax "
+                f"with our Triton kernel's SASS counts ({mix_file}) the INT8 "
+                f"path issues {mx['int8'].per_score():.1f} instructions per score vs "
+                f"{mx['fp16'].per_score():.1f} for fp16 (exact int->f32, scales, P-quant) and the softmax "
                 f"serializes with the MMAs, so halving MMA time buys little. "
                 f"The claim needs {need:.0f} TOP/s-equivalent, "
                 f"{'above' if need > cap else 'within'} the XU ceiling of {cap:.0f}; "
@@ -169,9 +173,9 @@ def papers(cfg: RooflineConfig) -> list[PaperRow]:
     out.append(PaperRow("TurboAttention prefill", "assumed A100-80G B1 H32/8 D128 L=8K causal",
                         "up to 1.8x", f"{b.time / p.time:.2f}x",
                         f"fp16 {b.bound}-bound, turbo {p.bound}-bound: INT8 halves MMA time, but "
-                        f"our Triton SAS issues {mixes.TURBO_SAS.per_score():.1f} instructions per "
-                        f"score vs {mixes.FP16.per_score():.1f} for fp16 exp2 (SASS counts, "
-                        f"configs/kernels/mixes_sm90.yaml), serialized with the MMAs; the model predicts "
+                        f"our Triton SAS issues {mx['turbo'].per_score():.1f} instructions per "
+                        f"score vs {mx['fp16'].per_score():.1f} for fp16 exp2 (SASS counts, "
+                        f"{mix_file}), serialized with the MMAs; the model predicts "
                         f"{'more' if b.time / p.time > 1.8 else 'less'} than the 1.8x claimed, "
                         f"which needs a SAS with far fewer instructions per score or softmax "
                         f"overlapped with MMAs (warp specialization)."))
@@ -383,7 +387,7 @@ def generate(cfg: RooflineConfig, hws: list[str], out: Path, command: str) -> st
     for h in hws:
         load_hardware(h)   # unknown hardware fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    parts = [provenance.header("Analytical roofline (sim.cost)", command)]
+    parts = [provenance.header("Analytical roofline (sim.cost)", command, measured=False)]
     parts.append(
         f"Tier `{cfg.tier}`, clock `{cfg.clock}`. Each cell: predicted time, speedup vs "
         "`fp16_flash` on the same shape, bounding unit (tensor = tensor cores, fma = FP32/FP16x2 "
@@ -414,8 +418,8 @@ def generate(cfg: RooflineConfig, hws: list[str], out: Path, command: str) -> st
 
 def measured_section() -> str:
     """Markdown: predicted vs measured on every H100 point in reports/bench and
-    reports/validation (``sim.cost.check``); empty note when neither file exists."""
-    from sim.cost import check
+    reports/validation (:mod:`qsattn.costcheck`); empty note when neither file exists."""
+    from qsattn import costcheck as check
     pts = check.points()
     if not pts:
         return "## Predicted vs measured (H100)\n\nNo measurements in the tree.\n"
@@ -423,7 +427,7 @@ def measured_section() -> str:
     rtab = "\n".join(["| point | predicted / measured speedup vs fp16_flash - 1 |", "|---|---|"]
                      + [f"| {n} | {e:+.1%} |" for n, e in ratios])
     return ("## Predicted vs measured (H100)\n\n"
-            "Regenerate alone with `python -m sim.cost.check`. Every point of "
+            "Regenerate alone with `python -m qsattn.costcheck`. Every point of "
             "`reports/bench/prefill.json` and `reports/validation/results.jsonl`, predicted with "
             "the spec overrides and launch (block_m / num_warps / num_stages, block_n) it ran. "
             "Kinds: `attn` = attention kernel alone (priced); `+quant` = also the Q/K/V "
@@ -454,5 +458,6 @@ def report_section(ctx) -> str:
     cfg = load_config(DEFAULT_CONFIG)
     out = ctx.out / "roofline"
     generate(cfg, list(cfg.hardware), out, "qsattn roofline")
-    return ("Predicted vs claimed speedups (A100-80G, tiled tier); full tables and figures in "
+    return ("Computed in this run (closed-form predictions of the cost model). Predicted vs "
+            "claimed speedups (A100-80G, tiled tier); full tables and figures in "
             "[roofline/README.md](roofline/README.md).\n\n" + papers_table(cfg) + "\n")

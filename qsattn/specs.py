@@ -33,9 +33,31 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def methods_table() -> str:
+    """Every registered method and what each executor supports for it (the registries of
+    ``sim.methods``, ``sim.cost.methods`` and ``gpu.methods``)."""
+    import gpu
+    from sim.cost.methods import COST_PATHS
+    from sim.methods import SIMULATORS
+
+    rows = ["| method | spec sections | softmax | simulator modes | cost kernels (prefill; decode) "
+            "| GPU prefill | GPU decode |", "|---|---|---|---|---|---|---|"]
+    for name, m in SIMULATORS.items():
+        cost = COST_PATHS.get(name).kernels if name in COST_PATHS else {}
+        kp = gpu.KERNEL_PATHS.get(name) if name in gpu.KERNEL_PATHS else None
+        rows.append(f"| `{name}` | {', '.join(sorted(m.sections))} | {', '.join(m.exps)} | "
+                    f"{', '.join(('default',) + m.modes)} | "
+                    f"{', '.join(cost.get('prefill', ())) or '-'}; "
+                    f"{', '.join(cost.get('decode', ())) or '-'} | "
+                    f"{'yes' if kp and kp.prefill else '-'} | {'yes' if kp and kp.decode else '-'} |")
+    return "\n".join(rows)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.name is None:
         print(table())
+        print()
+        print(methods_table())
         return 0
     spec = load_method(args.name, **parse_overrides(args.set))
     print(yaml.safe_dump(spec.to_dict(), sort_keys=False, width=100), end="")

@@ -40,83 +40,30 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from qsattn import provenance
+from sim.spec import config_dir
 from qsattn.calibrate import NO_GPU_EXIT, DEVICE_COMMAND, cuda_available, hardware_for_device, \
     no_gpu_message
 from qsattn.store import ResultStore, point_id
 from qsattn import validation_summary as vs
 
-DEFAULT_CONFIG = provenance.ROOT / "configs" / "experiments" / "validate_h100.yaml"
-REPORT_DIR = provenance.ROOT / "reports" / "validation"
+DEFAULT_CONFIG = config_dir() / "experiments" / "validate_h100.yaml"
+REPORT_DIR = provenance.REPORTS / "validation"
 STORE_NAME = "results.jsonl"
 SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
 TIERS = ("roofline", "tiled", "calibrated")
 SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal")
 DECODE_SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "kv_len", "head_dim")
-_TOP_KEYS = {"hardware", "dtype", "seed", "prefill_methods", "decode_methods", "numerics",
-             "timing", "shapes", "decode_shapes", "decode_numerics"}
 
 
 # -- config ----------------------------------------------------------------------------------
 def load_config(path: str | Path) -> dict:
-    """Read and check a validation sweep config (see validate_h100.yaml for the fields)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--config: no such file {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
-    unknown = set(cfg) - _TOP_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
-    for key in ("prefill_methods", "shapes"):
-        if not isinstance(cfg.get(key), list) or not cfg[key]:
-            raise ValueError(f"{path}: {key}: expected a non-empty list, got {cfg.get(key)!r}")
-    if cfg.get("dtype", "float16") not in ("float16", "bfloat16"):
-        raise ValueError(f"{path}: dtype: expected float16 or bfloat16, got {cfg['dtype']!r}")
-    num = cfg.setdefault("numerics", {})
-    num.setdefault("max_heads", 2)
-    num.setdefault("max_elements", 1 << 24)
-    bounds = num.setdefault("ulp_bound", {})
-    for m in cfg["prefill_methods"]:
-        if not isinstance(bounds.get(m), (int, float)):
-            raise ValueError(f"{path}: numerics.ulp_bound.{m}: expected a number of fp16 ULPs, "
-                             f"got {bounds.get(m)!r}")
-    for i, s in enumerate(cfg["shapes"]):
-        if not isinstance(s, dict) or set(s) != set(SHAPE_KEYS):
-            raise ValueError(f"{path}: shapes[{i}]: expected exactly the keys {list(SHAPE_KEYS)}, "
-                             f"got {s!r}")
-    cfg.setdefault("decode_methods", [])
-    cfg.setdefault("decode_shapes", [])
-    if not isinstance(cfg["decode_methods"], list) or not isinstance(cfg["decode_shapes"], list):
-        raise ValueError(f"{path}: decode_methods, decode_shapes: expected lists, got "
-                         f"{cfg['decode_methods']!r}, {cfg['decode_shapes']!r}")
-    if cfg["decode_methods"] and not cfg["decode_shapes"]:
-        raise ValueError(f"{path}: decode_shapes: expected a non-empty list when decode_methods "
-                         f"{cfg['decode_methods']} are given, got none")
-    for i, s in enumerate(cfg["decode_shapes"]):
-        if not isinstance(s, dict) or set(s) != set(DECODE_SHAPE_KEYS):
-            raise ValueError(f"{path}: decode_shapes[{i}]: expected exactly the keys "
-                             f"{list(DECODE_SHAPE_KEYS)}, got {s!r}")
-    dn = cfg.setdefault("decode_numerics", {})
-    if not isinstance(dn, dict):
-        raise ValueError(f"{path}: decode_numerics: expected a mapping, got {dn!r}")
-    dn.setdefault("max_heads", 8)
-    dn.setdefault("max_context", 1 << 15)
-    dn.setdefault("abs_slack", {})
-    dbounds = dn.setdefault("ulp_bound", {})
-    for m in cfg["decode_methods"]:
-        if not isinstance(dbounds.get(m), (int, float)):
-            raise ValueError(f"{path}: decode_numerics.ulp_bound.{m}: expected a number of "
-                             f"ULPs, got {dbounds.get(m)!r}")
-    cfg.setdefault("timing", {}).setdefault("cold_l2", True)
-    cfg.setdefault("seed", 0)
-    cfg.setdefault("dtype", "float16")
-    cfg.setdefault("hardware", "auto")
-    return cfg
+    """Read and check a validation sweep config (schema: :class:`qsattn.configs.ValidateConfig`;
+    see validate_h100.yaml for the fields)."""
+    from qsattn.configs import ValidateConfig, load_experiment
+    return load_experiment(path, ValidateConfig)
 
 
 def shape_label(s: dict) -> str:
@@ -155,30 +102,20 @@ def _errors(x, want) -> tuple[float, float]:
     return float(np.abs(d).max()), (float(np.linalg.norm(d)) / nr if nr else 0.0)
 
 
-def _fp16_ulp(x):
-    import numpy as np
-    a = np.maximum(np.abs(x), 2.0 ** -14)
-    return 2.0 ** (np.floor(np.log2(a)) - 10)
-
-
-# kernel trace name -> simulator trace name; codes and S never touch exp.
-_INT_PAIRS = (("q_codes", "q_codes"), ("k_codes", "k_codes"), ("v_codes", "v_codes"),
-              ("S", "s_int"), ("P", "p_codes"), ("O_int", "o_int"))
-_EXP_FREE_ALWAYS = {"q_codes", "k_codes", "v_codes", "S"}
-
-
 def numerics(method: str, spec, q, k, v, causal: bool, hq: int, hkv: int,
              ulp_bound: float) -> dict:
-    """Kernel vs simulator vs float64 on batch 0, query heads [0, hq), KV heads [0, hkv)."""
+    """Kernel vs simulator (:mod:`gpu.compare`) vs float64 on batch 0, query heads [0, hq), KV
+    heads [0, hkv)."""
     import numpy as np
+    import torch
 
     import gpu
     import ref
+    from gpu.compare import compare
     from sim import simulate
 
     qs, ks, vs_ = (x[:1, :h].contiguous() for x, h in ((q, hq), (k, hkv), (v, hkv)))
-    tr = gpu.attention_trace(qs, ks, vs_, method=method, causal=causal, spec=spec)
-    import torch
+    kr = gpu.attention_trace(qs, ks, vs_, method=method, causal=causal, spec=spec)
     # fp16 inputs go to the simulator as float16; bf16 ones as their exact float32 values.
     qn, kn, vn = (x.cpu().numpy() if x.dtype == torch.float16 else x.float().cpu().numpy()
                   for x in (qs, ks, vs_))
@@ -187,63 +124,40 @@ def numerics(method: str, spec, q, k, v, causal: bool, hq: int, hkv: int,
     t_sim = time.perf_counter() - t0
     want = ref.attention(qn.astype(np.float64), kn.astype(np.float64), vn.astype(np.float64),
                          causal=causal)
-    got = tr["out"].float().cpu().numpy().astype(np.float64)
-    so = sim.out.astype(np.float64)
-    ints = {}
-    if spec.integer:
-        vis = sim.trace["visible"]
-        sas = spec.softmax.exp == "sas"
-        for kname, sname in _INT_PAIRS:
-            if kname not in tr or sname not in sim.trace:
-                continue
-            a = tr[kname].cpu().numpy()
-            b = sim.trace[sname]
-            if a.shape != b.shape:
-                ints[kname] = {"identical_pct": None, "exp_free": kname in _EXP_FREE_ALWAYS or sas,
-                               "note": f"shapes differ: kernel {a.shape}, sim {b.shape}"}
-                continue
-            eq = (a.astype(np.int64) == b.astype(np.int64))
-            if kname in ("S", "P"):
-                eq = eq[vis]
-            ints[kname] = {"identical_pct": 100.0 * float(eq.mean()) if eq.size else 100.0,
-                           "exp_free": kname in _EXP_FREE_ALWAYS or sas}
-    diff = np.abs(got - so)
-    within = diff <= ulp_bound * _fp16_ulp(so)
-
-    km, kr = _errors(got, want)
-    sm, sr = _errors(so, want)
-    return {"heads": hq, "kv_heads": hkv, "ints": ints, "ulp_bound": ulp_bound,
-            "within_ulp_pct": 100.0 * float(within.mean()),
-            "max_ulp": float((diff / _fp16_ulp(so)).max()),
-            "kernel_max_err": km, "kernel_rel_l2": kr, "sim_max_err": sm, "sim_rel_l2": sr,
-            "sim_seconds": t_sim}
+    cmp = compare(sim, kr, dtype=str(q.dtype).removeprefix("torch."), ulp_bound=ulp_bound)
+    km, kr_ = _errors(kr.out.float().cpu().numpy().astype(np.float64), want)
+    sm, sr = _errors(sim.out.astype(np.float64), want)
+    return {"heads": hq, "kv_heads": hkv, **cmp.to_row(), "kernel_max_err": km,
+            "kernel_rel_l2": kr_, "sim_max_err": sm, "sim_rel_l2": sr, "sim_seconds": t_sim}
 
 
 def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> float:
     """Median seconds of the attention kernel alone (integer methods: pre-quantized operands)."""
-    from gpu import ops
+    from gpu.common import quantize_qkv
     from gpu.microbench import bench_timer
+    from gpu.prefill import launch_prefill
 
     sm = 1.0 / math.sqrt(q.shape[-1])
     if spec.integer:
-        qq, kq, vq = ops.quantize_qkv(q, k, v, spec, check=False)
-        fn = lambda: ops.attention_quantized(qq, kq, vq, spec, causal=causal, sm_scale=sm,
-                                             out_dtype=q.dtype)
+        qq, kq, vq = quantize_qkv(q, k, v, spec, check=False)
+        fn = lambda: launch_prefill(qq, kq, vq, spec, causal=causal, sm_scale=sm,
+                                    out_dtype=q.dtype)
     else:
-        fn = lambda: ops.attention_quantized(None, None, None, spec, causal=causal, sm_scale=sm,
-                                             out_dtype=q.dtype, q=q, k=k, v=v)
+        fn = lambda: launch_prefill(None, None, None, spec, causal=causal, sm_scale=sm,
+                                    out_dtype=q.dtype, q=q, k=k, v=v)
     fn()
     return bench_timer()(fn, cold_l2=cold_l2)
 
 
 def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
     """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier."""
-    from gpu.ops import default_launch
-    from sim.cost import Shape, predict
+    from sim.arch import prefill_launch
+    from sim.cost import Shape, load_hardware, predict
 
     shape = Shape(**{k: s[k] for k in SHAPE_KEYS})
-    # the launch time_kernel's attention_quantized call makes (no launch= given)
-    launch = default_launch(s["head_dim"], s["q_len"], spec.integer, s["causal"])
+    # the launch time_kernel's launch_prefill call makes (no launch= given): the table of the
+    # hardware's architecture, which gpu.prefill.default_launch reads on the device
+    launch = prefill_launch(load_hardware(hardware).arch, spec.method, s["head_dim"])
     pred, bound, errors = {}, {}, {}
     for tier in TIERS:
         try:
@@ -258,7 +172,7 @@ def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
 def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
     import torch
 
-    from gpu.ops import resolve_spec
+    import gpu
 
     dtype = getattr(torch, cfg["dtype"])
     g = torch.Generator(device="cuda").manual_seed(int(cfg["seed"]))
@@ -268,7 +182,7 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
                     dtype=dtype, generator=g)
     v = torch.randn_like(k)
     k[..., :2] *= 4.0          # a few outlier channels, as real keys have
-    spec = resolve_spec(method, None, dtype)
+    spec = gpu.resolve(method, None, dtype)
     row = {"method": method, "phase": "prefill", "shape": s, "label": shape_label(s),
            "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
            "hardware": hardware, "device": torch.cuda.get_device_name()}
@@ -308,164 +222,43 @@ def decode_label(s: dict) -> str:
 
 def decode_not_run(method: str, cfg: dict) -> str | None:
     """Why ``method`` cannot be validated at decode with this config (None: it can run)."""
-    from sim.cost.methods import KERNELS
+    from sim.cost.methods import COST_PATHS
     try:
         import gpu
     except ImportError as e:
         return f"the gpu package does not import ({e})"
 
-    if not hasattr(gpu, "decode") or not hasattr(gpu, "build_cache"):
-        return "gpu.decode / gpu.build_cache do not exist"
-    cache_methods = tuple(getattr(gpu, "CACHE_METHODS", ()))
+    cache_methods = gpu.decode_methods()
     if method not in cache_methods:
         return f"gpu.build_cache has no {method!r} cache (it builds {list(cache_methods)})"
-    if method == "double_sparse" and cfg["dtype"] != "float16":
-        return f"double_sparse caches are fp16 only; the sweep's dtype is {cfg['dtype']}"
-    if not (KERNELS.get(method) or {}).get("decode"):
+    dtypes = gpu.KERNEL_PATHS.get(method).cache_dtypes
+    if cfg["dtype"] not in dtypes:
+        return f"{method} caches take {list(dtypes)}; the sweep's dtype is {cfg['dtype']}"
+    if method not in COST_PATHS or not COST_PATHS.get(method).kernels.get("decode"):
         return f"sim.cost has no decode kernel for {method!r}"
     return None
 
 
 def _decode_spec(method: str, dtype_name: str):
-    from sim import load_method
-    if method == "fp16_flash" and dtype_name == "bfloat16":   # as tests/gpu/test_decode.py
-        return load_method(method, **{"operands.format": "bf16", "operands.p_format": "bf16"})
-    return load_method(method)
+    """The shipped spec the kernels run on inputs of ``dtype_name`` (``gpu.resolve``)."""
+    import gpu
+    return gpu.resolve(method, None, dtype_name, phase="decode")
 
 
 def _np32(x):
     return x.detach().float().cpu().numpy()
 
 
-def _ulp(x, dtype_name: str):
-    """Spacing of float16 / bfloat16 around |x| (subnormal spacing below the normal range)."""
-    import numpy as np
-    mant, emin = (10, -14) if dtype_name == "float16" else (7, -126)
-    a = np.maximum(np.abs(x), 2.0 ** emin)
-    return 2.0 ** (np.floor(np.log2(a)) - mant)
-
-
-def _pct(eq) -> float:
-    return 100.0 * float(eq.mean()) if eq.size else 100.0
-
-
-def _same(a, b, exp_free: bool = True) -> dict:
-    """% of elements identical (shapes must agree; a mismatch is reported, not compared)."""
-    import numpy as np
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        return {"identical_pct": None, "exp_free": exp_free,
-                "note": f"shapes differ: kernel {a.shape}, sim {b.shape}"}
-    if a.dtype.kind == "f" or b.dtype.kind == "f":
-        eq = a.astype(np.float64) == b.astype(np.float64)
-    else:
-        eq = a.astype(np.int64) == b.astype(np.int64)
-    return {"identical_pct": _pct(eq), "exp_free": exp_free}
-
-
-def _decode_calibration(method: str, q, k, v):
-    """The calibration handed to build_cache and the simulator alike: turbo the oracle head
-    priority of these K/V (``sim.kvcache.head_priority``), double_sparse the ``qk`` channel metric
-    of the step's own queries (``sim.sparse.calibrate``; with one query row it pairs the last key
-    only, so only that key is read), fp16_flash none."""
-    if method == "turbo":
-        from sim.kvcache import head_priority
-        return head_priority(_np32(k), _np32(v))
-    if method == "double_sparse":
-        from sim.sparse import calibrate
-        return calibrate(_np32(q), _np32(k[:, :, -1:]), "qk")
-    return None
-
-
-def _turbo_ints(tr, res, cache, Hq: int, k, v, priority) -> dict:
-    """Kernel trace vs simulator as tests/gpu/test_decode.py compares them: q codes; the packed
-    low-bit store and INT8 block scales against ``sim.kvcache.TurboCache``; S_int against the
-    simulator's q codes . INT8 cache read-back; the running max per tile; P codes against the
-    simulator's ``sas_exp2``/``pquant`` of the kernel's f32 scores and the simulator's max;
-    O_int per tile against the kernel's P . the simulator's INT8 V. All exp-free (SAS)."""
-    import numpy as np
-
-    from sim.kvcache import TurboCache
-    from sim.operands import pquant
-    from sim.softmax import sas_exp2
-
-    T, spec = res.trace, res.spec
-    nb = spec.tiling.block_n
-    Hkv = T["k_cache_int8"].shape[1]
-    G = Hq // Hkv
-    L = T["k_cache_int8"].shape[2]
-    k8 = np.repeat(T["k_cache_int8"], G, 1).astype(np.int64)
-    v8 = np.repeat(T["v_cache_int8"], G, 1).astype(np.int64)
-    ints = {"q_codes": _same(tr["q_codes"].cpu().numpy(), T["q_codes"])}
-    sc = TurboCache.from_prefill(k, v, spec, priority=priority)
-    eq_bytes = tot_bytes = 0
-    notes = []
-    for h in range(Hkv):
-        got = cache.packed(h)
-        want = sc.store[h]
-        for name, a in got.items():
-            b = np.asarray(getattr(want, name))
-            if a.shape != b.shape:
-                notes.append(f"head {h} {name}: kernel {a.shape}, sim {b.shape}")
-                continue
-            eq_bytes += int((a.astype(np.int64) == b.astype(np.int64)).sum())
-            tot_bytes += a.size
-    ints["packed"] = ({"identical_pct": 100.0 * eq_bytes / tot_bytes if tot_bytes else 100.0,
-                       "exp_free": True, "elements": tot_bytes}
-                      if not notes else {"identical_pct": None, "exp_free": True,
-                                         "note": "; ".join(notes)[:300]})
-    ks8, vs8 = cache.scales8()
-    nblk = ks8.shape[2]
-    ints["scales8"] = _same(np.concatenate([ks8, vs8], 1),
-                            np.concatenate([sc.k_scale8[:, :, :nblk], sc.v_scale8[:, :, :nblk]], 1))
-    S = np.einsum("bhd,bhld->bhl", T["q_codes"][:, :, 0].astype(np.int64), k8)
-    ints["S"] = _same(tr["S"].cpu().numpy(), S)
-    m = T["m"][:, :, 0, :]
-    ints["m"] = _same(np.maximum.accumulate(tr["tile_max"].cpu().numpy(), axis=2), m)
-    s = tr["s"].cpu().numpy()
-    m_key = np.repeat(m, nb, axis=2)[:, :, :L]
-    P = pquant(sas_exp2((s - m_key).astype(np.float32), spec.softmax.sas), spec.p)
-    Pk = tr["P"].cpu().numpy()
-    ints["P"] = _same(Pk, P, exp_free=spec.softmax.exp == "sas")
-    nt = -(-L // nb)
-    O = np.stack([np.einsum("bhl,bhld->bhd", Pk[..., t * nb:(t + 1) * nb].astype(np.int64),
-                            v8[:, :, t * nb:(t + 1) * nb]) for t in range(nt)], 2)
-    ints["O_int"] = _same(tr["O_int"].cpu().numpy(), O, exp_free=spec.softmax.exp == "sas")
-    return ints
-
-
-def _sparse_ints(tr, res) -> tuple[dict, "np.ndarray", dict]:
-    """Selected indices per query row vs the simulator's, as tests/gpu/test_decode.py: a row
-    with a near tie at the selection boundary (the k-th and (k+1)-th best approximate scores
-    within 4x the largest label-score error) may legitimately select differently; it is counted
-    apart. Returns (ints, rows whose selection is identical [B, Hq], extras)."""
-    import numpy as np
-    T = res.trace
-    approx = tr["approx_scores"].cpu().numpy()
-    ref_s = T["approx_scores"][:, :, 0]
-    scale = np.abs(ref_s).max(axis=-1, keepdims=True)
-    scale = np.where(scale > 0, scale, 1.0)
-    rel = np.abs(approx - ref_s) / scale
-    got, want = tr["indices"].cpu().numpy(), T["indices"]
-    extras = {"approx_scores_max_rel_err": float(rel.max())}
-    if got.shape != want.shape:
-        same_rows = np.zeros(got.shape[:2], bool)
-        return {"indices": {"identical_pct": None, "exp_free": True,
-                            "note": f"shapes differ: kernel {got.shape}, sim {want.shape}"}}, \
-            same_rows, extras
-    same_rows = ~np.any(got != want, axis=-1)[..., 0]
-    L = ref_s.shape[-1]
-    srt = -np.sort(-ref_s, axis=-1)
-    kb = int(T["budget"][0])
-    if not 1 <= kb < L:
-        near = np.zeros(same_rows.shape, bool)
-    else:
-        near = (srt[..., kb - 1] - srt[..., kb]) <= 4 * float((rel * scale).max())
-    clear = ~near
-    d = {"identical_pct": _pct(same_rows[clear]), "exp_free": True,
-         "rows": int(same_rows.size), "near_tie_rows": int(near.sum()),
-         "near_tie_identical": int((same_rows & near).sum())}
-    return {"indices": d}, same_rows, extras
+def _decode_calibration(spec, q, k, v):
+    """The calibration handed to build_cache and the simulator alike, when the method's decode
+    mode takes one: its calibration kind computed on the step's own inputs ("oracle"; turbo: the
+    head priority of these K/V; double_sparse: the ``qk`` channel metric of the step's query,
+    which with one query row pairs the last key only). None otherwise."""
+    from sim.methods import SIMULATORS
+    m = SIMULATORS.get(spec.method)
+    if m.decode_mode not in m.calibrated:
+        return None
+    return m.calibration.compute(_np32(q), _np32(k), _np32(v), spec, "oracle")
 
 
 def decode_numerics(method: str, spec, q, k, v, ulp_bound: float, abs_slack: float = 0.0,
@@ -483,45 +276,34 @@ def decode_numerics(method: str, spec, q, k, v, ulp_bound: float, abs_slack: flo
     import ref
     from sim import simulate
 
+    from gpu.compare import compare
+
     dtype_name = str(q.dtype).replace("torch.", "")
-    cal = _decode_calibration(method, q, k, v)
+    from sim.methods import SIMULATORS
+
+    cal = _decode_calibration(spec, q, k, v)
     cache = gpu.build_cache(k, v, method, spec=spec, calibration=cal)
-    out, tr = gpu.decode_trace(q, cache, launch=launch)
+    kr = gpu.decode_trace(q, cache, launch=launch)
     qn, kn, vn = _np32(q), _np32(k), _np32(v)
     t0 = time.perf_counter()
-    if method == "turbo":
-        res = simulate(qn, kn, vn, spec, kv_cache=True, trace=True, calibration=cal)
-    elif method == "double_sparse":
-        res = simulate(qn, kn, vn, spec, calibration=cal, trace=True)
-    else:
-        res = simulate(qn, kn, vn, spec)
-    extras, rows_ok = {}, None
-    if method == "turbo":
-        ints = _turbo_ints(tr, res, cache, q.shape[1], kn, vn, cal)
-        extras["head_bits"] = [int(b) for b in res.trace["head_bits"]]
-        extras["splits"] = int(tr["splits"])
-    elif method == "double_sparse":
-        ints, rows_ok, extras = _sparse_ints(tr, res)
-    else:
-        ints = {}
+    mode = SIMULATORS.get(spec.method).decode_mode
+    res = simulate(qn, kn, vn, spec, kv_cache=mode == "kv_cache", trace=True, calibration=cal)
     t_sim = time.perf_counter() - t0
+    cmp = compare(res, kr, dtype=dtype_name, ulp_bound=ulp_bound, abs_slack=abs_slack)
+    path = gpu.KERNEL_PATHS.get(spec.method)
+    if path.compare_cache is not None:
+        cmp.ints.update(path.compare_cache(cache, kn, vn, cal))
+    extras = {}
+    if "head_bits" in res.trace:
+        extras["head_bits"] = [int(b) for b in res.trace["head_bits"]]
+    if "splits" in kr.trace:
+        extras["splits"] = int(kr.trace["splits"])
     want = ref.attention(qn.astype(np.float64), kn.astype(np.float64), vn.astype(np.float64))
-    got = _np32(out).astype(np.float64)
-    so = res.out.astype(np.float64)
-    if rows_ok is None:
-        rows_ok = np.ones(got.shape[:2], bool)
-    diff = np.abs(got - so)[rows_ok]
-    u = _ulp(so, dtype_name)[rows_ok]
-    within = diff <= ulp_bound * u + abs_slack
-
-    km, kr = _errors(got, want)
-    sm, sr = _errors(so, want)
+    km, kr_ = _errors(_np32(kr.out).astype(np.float64), want)
+    sm, sr = _errors(res.out.astype(np.float64), want)
     return {"heads": int(q.shape[1]), "kv_heads": int(k.shape[1]), "context": int(k.shape[2]),
-            "ints": ints, "ulp_bound": ulp_bound, "abs_slack": abs_slack,
-            "rows_compared": int(rows_ok.sum()), "within_ulp_pct": _pct(within),
-            "max_ulp": float((diff / u).max()) if diff.size else 0.0,
-            "kernel_max_err": km, "kernel_rel_l2": kr, "sim_max_err": sm, "sim_rel_l2": sr,
-            "sim_seconds": t_sim, **extras}
+            **cmp.to_row(), "kernel_max_err": km, "kernel_rel_l2": kr_, "sim_max_err": sm,
+            "sim_rel_l2": sr, "sim_seconds": t_sim, **extras}
 
 
 class _Bytes:
@@ -545,8 +327,8 @@ def time_decode(method: str, spec, q, k, v, calibration, cold_l2: bool) -> dict:
     :func:`gpu.decode`; the timed calls are ``gpu.decode.decode_unchecked`` (no host sync).
     Returns ``{"us", "min_us", "max_us", "spread", "caches", "cache_bytes"}``."""
     import gpu
+    from gpu.api import decode_unchecked
     from gpu.bench import time_cuda
-    from gpu.decode import decode_unchecked
 
     sm = 1.0 / math.sqrt(q.shape[-1])
     first = [gpu.build_cache(k, v, method, spec=spec, calibration=calibration)]
@@ -591,7 +373,8 @@ def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
     ``timing_skipped`` says why); predictions at every tier."""
     import torch
 
-    from gpu.ops import interpreting
+    import gpu
+    from gpu.common import interpreting
 
     dtype = getattr(torch, cfg["dtype"])
     g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
@@ -621,12 +404,15 @@ def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
     else:
         row["numerics"] = None
         row["numerics_skipped"] = (f"L = {ctx} above numerics.max_elements for one head")
-    cal_note = {"turbo": "oracle head priority of the step's own K/V",
-                "double_sparse": "qk channel metric of the step's own queries (oracle)"}
-    if method in cal_note:
-        row["calibration"] = cal_note[method]
+    from sim.methods import SIMULATORS
+    m = SIMULATORS.get(spec.method)
+    if m.decode_mode in m.calibrated:
+        row["calibration"] = f"oracle: {m.calibration.name} of the step's own inputs"
     if device == "cuda" and not interpreting():
-        cal = _decode_calibration(method, q, k, v) if method == "double_sparse" else None
+        # a cache that can calibrate itself on the device ("oracle") does; a required one is
+        # computed here
+        cal = _decode_calibration(spec, q, k, v) \
+            if gpu.KERNEL_PATHS.get(spec.method).cache_needs_calibration else None
         t = time_decode(method, spec, q, k, v, cal, bool(cfg["timing"]["cold_l2"]))
         row["measured_us"] = t.pop("us")
         row["timing"] = t
@@ -710,7 +496,7 @@ def repredicted(row: dict) -> dict:
     made at measurement time stay under ``pred_us_at_measurement``."""
     import torch
 
-    from gpu.ops import resolve_spec
+    from gpu import resolve as resolve_spec
 
     out = dict(row, pred_us_at_measurement=row.get("pred_us"))
     if row.get("phase") == "decode":
@@ -834,6 +620,7 @@ def report_section(ctx) -> str:
         rel = path.relative_to(provenance.ROOT)
     except ValueError:
         rel = path
-    return ("Last committed GPU validation run (this section does not need a GPU).\n\n"
+    return ("Reused from the last committed GPU validation run (this section does not need a "
+            "GPU and runs nothing).\n\n"
             + "\n\n".join(keep) + "\n\n" + "\n".join(body).strip() + "\n\n"
             + f"Full results, outliers, numerics table and figure: [{rel}]({rel}).\n")

@@ -101,8 +101,10 @@ class SimAttention:
         spec: a ``sim.MethodSpec`` (or method name) run by ``sim.simulate``; None with
             ``reference``.
         reference: ``"exact"``, ``"fp32"`` or ``"fp16"`` instead of a spec.
-        kv_cache: turbo only: K/V read from the progressive INT8/INT4/INT2 cache.
-        calibration: ``{layer_idx: Calibration | HeadPriority}`` (double_sparse / turbo cache);
+        kv_cache: the method's KV-cache mode (turbo: K/V read from the progressive INT8/INT4/INT2
+            cache); methods without one refuse it.
+        calibration: ``{layer_idx: calibration}`` of the method's calibration kind
+            (``sim.methods``: double_sparse channels, turbo head priority);
             None lets each call calibrate on its own inputs ("oracle").
         dense_layers: layers with index < this run ``dense_reference``.
         capture_layers: layer indices whose inputs are kept in :attr:`captured`
@@ -128,12 +130,15 @@ class SimAttention:
         if spec is not None:
             from sim import load_method
 
+            from sim.methods import SIMULATORS
+
             spec = load_method(spec)
-            if kv_cache and spec.method != "turbo":
-                raise ValueError(f"kv_cache: only turbo has a KV-cache mode, got {spec.method!r}")
-            takes = spec.method == "double_sparse" or kv_cache
-            if calibration is not None and not takes:
-                raise ValueError(f"calibration: method {spec.method!r} takes none")
+            m = SIMULATORS.get(spec.method)
+            if kv_cache and "kv_cache" not in m.modes:
+                raise ValueError(f"kv_cache: method {spec.method!r} has no KV-cache mode")
+            if calibration is not None and ("kv_cache" if kv_cache else None) not in m.calibrated:
+                raise ValueError(f"calibration: method {spec.method!r} takes none"
+                                 f"{' with kv_cache' if kv_cache else ''}")
         if calibration is not None and not isinstance(calibration, Mapping):
             raise TypeError(f"calibration: expected a mapping layer -> calibration, got "
                             f"{type(calibration).__name__}")

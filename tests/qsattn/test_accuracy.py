@@ -41,7 +41,7 @@ def test_quick_end_to_end_and_resume(tmp_path, capsys):
 def test_bad_config_is_named(tmp_path):
     bad = tmp_path / "x.yaml"
     bad.write_text("shape: {}\n")
-    with pytest.raises(ValueError, match="--config"):
+    with pytest.raises(ValueError, match=r"x\.yaml: field .shape\.batch.: expected an integer"):
         load_study(bad)
     with pytest.raises(FileNotFoundError, match="--config"):
         load_study(tmp_path / "missing.yaml")

@@ -66,5 +66,5 @@ def test_config_errors(tmp_path):
 
 def test_cli_routes_roofline():
     from qsattn.cli import build_parser
-    args = build_parser().parse_args(["roofline", "--hardware", "h200"])
+    args = build_parser("roofline").parse_args(["roofline", "--hardware", "h200"])
     assert args.hardware == "h200" and args._module == "qsattn.roofline"

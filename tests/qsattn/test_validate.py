@@ -161,7 +161,7 @@ def test_report_section_with_and_without_summary(tmp_path, monkeypatch):
 def test_numerics_on_a_small_shape_through_the_interpreter():
     import torch
 
-    from gpu.ops import resolve_spec
+    from gpu import resolve as resolve_spec
     dev = "cuda" if os.environ.get("QSATTN_GPU_TESTS") == "1" else "cpu"
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 2, 17, 64, generator=g).half().to(dev)
@@ -172,9 +172,9 @@ def test_numerics_on_a_small_shape_through_the_interpreter():
         nm = validate.numerics(method, spec, q, k, v, True, 2, 1, 2.0)
         print(method, json.dumps({k_: v_ for k_, v_ in nm.items() if k_ != "ints"}),
               {k_: d["identical_pct"] for k_, d in nm["ints"].items()})
-        for name in ("q_codes", "k_codes", "v_codes", "S"):
+        for name in ("q_codes", "k_codes", "v_codes", "s_int", "o_int_from_kernel_p"):
             assert nm["ints"][name]["exp_free"] and nm["ints"][name]["identical_pct"] == 100.0
-        assert nm["ints"]["P"]["exp_free"] == (method == "turbo")
+        assert nm["ints"]["p_codes"]["exp_free"] == (method == "turbo")
         assert 0.0 <= nm["within_ulp_pct"] <= 100.0
         assert math.isfinite(nm["kernel_rel_l2"]) and nm["kernel_rel_l2"] < 0.05
 
@@ -267,11 +267,13 @@ def test_decode_method_that_cannot_run_gets_a_not_run_line(monkeypatch):
     assert all(ph == "decode" for _, ph, _ in pts)
     assert len(pts) == len(cfg["decode_shapes"])
     assert not_run[0].startswith("decode int8_flash: not run: gpu.build_cache has no")
-    assert not_run[1].startswith("decode double_sparse: not run: double_sparse caches are fp16")
-    monkeypatch.delattr(gpu, "decode")
+    assert not_run[1].startswith("decode double_sparse: not run: double_sparse caches take "
+                                 "['float16']")
+    monkeypatch.setattr(gpu, "decode_methods", lambda: ())
     not_run = []
     assert validate.decode_points(cfg, not_run) == []
-    assert len(not_run) == 3 and all("gpu.decode" in n and "not run" in n for n in not_run)
+    assert len(not_run) == 3 and all("gpu.build_cache has no" in n and "not run" in n
+                                     for n in not_run)
 
 
 @pytest.mark.parametrize("method", ["fp16_flash", "turbo", "double_sparse"])
@@ -295,14 +297,15 @@ def test_run_decode_point_end_to_end_through_the_interpreter(method):
     assert nm["context"] == (140 if method == "turbo" else 150)
     assert ("context_subsampled" in nm) == (method == "turbo")
     want = {"fp16_flash": set(), "double_sparse": {"indices"},
-            "turbo": {"q_codes", "packed", "scales8", "S", "m", "P", "O_int"}}[method]
+            "turbo": {"q_codes", "packed", "scales8", "s_int", "m", "p_codes", "o_int"}}[method]
     assert set(nm["ints"]) == want
     for name, d in nm["ints"].items():
         assert d["exp_free"] and d["identical_pct"] == 100.0, name
     if method == "turbo":
         assert sorted(nm["head_bits"]) == [2, 4]
     if method == "double_sparse":
-        assert nm["ints"]["indices"]["rows"] == 4 and nm["approx_scores_max_rel_err"] <= 1e-5
+        ind = nm["ints"]["indices"]
+        assert ind["elements"] + ind["near_tie_rows"] == 4 and nm["approx_scores_max_rel_err"] <= 1e-5
     assert nm["within_ulp_pct"] == 100.0 and nm["rows_compared"] >= 1
     assert math.isfinite(nm["kernel_rel_l2"])
     assert abs(nm["kernel_rel_l2"] - nm["sim_rel_l2"]) < 1e-3

@@ -108,7 +108,7 @@ def test_layer_routing_capture_and_dense_layers(tiny):
 
 
 def test_calibration_per_layer_is_used_and_required(tiny):
-    from sim.sparse import calibrate
+    from sim.methods.double_sparse import calibrate
 
     model, x, _ = tiny
     cap = SimAttention(reference="fp32", capture_layers=[0, 1])

@@ -1,3 +1,5 @@
+# Device run of benchmarks/probes/prefill_probe.py with ncu pipe counts (copy the script to
+# .prefill_probe/probe.py and its git revision to .prefill_probe/rev, carry both).
 set -x
 export QSATTN_GIT_REVISION=$(cat .prefill_probe/rev) PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site

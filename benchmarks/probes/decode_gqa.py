@@ -1,7 +1,7 @@
 """fp16 split-K decode, per-query-head vs grouped (one program per KV head), next to torch SDPA.
 
 B=8, Hq=32, D=128, context 32768, Hkv in (32, 8). Run on the GPU from the repository root:
-    QSATTN_GIT_REVISION=<rev> PYTHONUNBUFFERED=1 python3 reports/bench/decode_gqa_script.py OUTDIR
+    QSATTN_GIT_REVISION=<rev> PYTHONUNBUFFERED=1 python3 benchmarks/probes/decode_gqa.py OUTDIR
 Writes OUTDIR/decode_gqa.json and prints a markdown table. Bytes counted: the K and V that each
 kernel must read (B * Hkv * L * D * 2 * 2); share of copy BW = (bytes / time) / (measured
 device-to-device copy, read + write).
@@ -18,7 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, os.getcwd())
 import gpu  # noqa: E402
 from gpu.bench import time_cuda  # noqa: E402
-from gpu.decode import decode_unchecked  # noqa: E402
+from gpu.api import decode_unchecked  # noqa: E402
 
 B, HQ, D, L = 8, 32, 128, 32768
 SM = D ** -0.5

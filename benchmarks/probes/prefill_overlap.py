@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, os.getcwd())
 import gpu  # noqa: E402
 from gpu.bench import time_cuda  # noqa: E402
-from gpu.ops import attention_quantized, quantize_qkv  # noqa: E402
+from gpu.common import quantize_qkv  # noqa: E402
+from gpu.prefill import launch_prefill as attention_quantized  # noqa: E402
 from sim import load_method, simulate  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp/out")
@@ -103,13 +104,13 @@ def check():
                                    causal=causal, trace=True)
                     vis = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
                     mk = np.broadcast_to(vis if causal else np.ones_like(vis), (B, Hq, Lq, Lk))
-                    row["s_int_eq_sim"] = bool(np.array_equal(tr["S"].numpy()[mk],
+                    row["s_int_eq_sim"] = bool(np.array_equal(tr.trace["s_int"].numpy()[mk],
                                                               sim.trace["s_int"][mk]))
-                    row["p_diff_sim"] = int(np.count_nonzero(tr["P"].numpy()
+                    row["p_diff_sim"] = int(np.count_nonzero(tr.trace["p_codes"].numpy()
                                                              != sim.trace["p_codes"]))
             b0 = base[key]
-            row["identical_to_base"] = all(torch.equal(tr[a], b0[a]) for a in b0)
-            row["diff_keys"] = [a for a in b0 if not torch.equal(tr[a], b0[a])]
+            row["identical_to_base"] = all(torch.equal(tr.trace[a], b0.trace[a]) for a in b0.trace)
+            row["diff_keys"] = [a for a in b0.trace if not torch.equal(tr.trace[a], b0.trace[a])]
             log("check", row)
             res["check"].append(row)
             dump()

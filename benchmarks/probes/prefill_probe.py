@@ -3,7 +3,9 @@ import json, math, os, sys, time, re, collections
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
 import gpu
-from gpu.ops import attention_quantized, quantize_qkv, resolve_spec
+from gpu import resolve as resolve_spec
+from gpu.common import quantize_qkv
+from gpu.prefill import launch_prefill as attention_quantized
 from gpu.bench import time_cuda, attention_flops
 from sim import simulate, load_method
 OUT = os.environ.get("OUT", "/tmp/out")
@@ -41,12 +43,12 @@ if MODE in ("all", "check"):
                 sim = simulate(*(x.float().cpu().numpy() for x in (q, k, v)), spec, causal=causal, trace=True)
                 st = sim.trace
                 mk = np.broadcast_to(vis if causal else np.ones_like(vis), (B, Hq, Lq, Lk))
-                pk = tr["P"].cpu().numpy()
+                pk = tr.trace["p_codes"].cpu().numpy()
                 row = {"name": name, "causal": causal, "bn": bn,
-                       "s_int": bool(np.array_equal(tr["S"].cpu().numpy()[mk], st["s_int"][mk])),
+                       "s_int": bool(np.array_equal(tr.trace["s_int"].cpu().numpy()[mk], st["s_int"][mk])),
                        "p_diff": int(np.count_nonzero(pk != st["p_codes"])), "p_n": int(pk.size),
-                       "o_int": bool(np.array_equal(tr["O_int"].cpu().numpy(), st["o_int"]))}
-                ok_ = tr["out"].float().cpu().numpy(); os_ = sim.out.astype(np.float64)
+                       "o_int": bool(np.array_equal(tr.trace["o_int"].cpu().numpy(), st["o_int"]))}
+                ok_ = tr.out.float().cpu().numpy(); os_ = sim.out.astype(np.float64)
                 ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(os_), 2.0**-14))) - 10)
                 row["max_ulp"] = float((np.abs(ok_ - os_) / np.maximum(ulp, 2.0**-16)).max())
                 log("check", row); res["check"].append(row)
