@@ -160,20 +160,16 @@ Timer = Callable[..., float]   # timer(fn, cold_l2=bool) -> median seconds of fn
 
 
 def bench_timer() -> Timer:
-    """``timer(fn, cold_l2=bool) -> median seconds``: the project harness ``gpu.bench`` when it
-    exists, else ``triton.testing.do_bench`` (CUDA events, median; it clears L2 before every
-    call, so ``cold_l2=False`` is not honoured there: the L2-read kernel's 64 passes then pay
-    one cold pass, under 2% of its time)."""
-    try:
-        from gpu import bench
-    except ImportError:
-        bench = None
-    if bench is not None and hasattr(bench, "median_seconds"):
-        return bench.median_seconds
+    """``timer(fn, cold_l2=bool) -> median seconds`` through the project harness
+    :mod:`gpu.bench`: with ``cold_l2`` L2 is flushed before every call
+    (:func:`gpu.bench.time_flushed`), else back-to-back calls in a CUDA graph
+    (:func:`gpu.bench.time_gpu`)."""
+    from gpu import bench
 
     def timer(fn, cold_l2: bool = True) -> float:
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+        if cold_l2:
+            return bench.time_flushed(fn).ms * 1e-3
+        return bench.time_gpu(lambda: fn(), lambda: (), cold_l2=False).ms * 1e-3
     return timer
 
 

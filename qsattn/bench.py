@@ -37,7 +37,8 @@ DEVICE_HINT = ("qsattn bench needs a CUDA GPU (torch.cuda.is_available() is Fals
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/bench_h100.yaml)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: reports/bench/<hardware id of this GPU>/)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep "
                    "(both benches), prefill, decode (a whole bench)")
 
@@ -102,7 +103,7 @@ def _accuracy(method_fns: dict, B, H, L, D, causal, log) -> dict:
 def _run_bench(cfg: dict, args, log) -> dict:
     import torch
 
-    from gpu.bench import attention_flops, time_cuda
+    from gpu.bench import attention_flops, time_gpu
     from gpu import resolve as resolve_spec
     from gpu.common import quantize_qkv
     from gpu.prefill import launch_prefill as attention_quantized
@@ -161,13 +162,14 @@ def _run_bench(cfg: dict, args, log) -> dict:
         return f, g, attn_only_inputs, qonly
 
     def measure(name, fn, make, L, causal, **extra):
-        t = time_cuda(lambda *a: fn(*a, causal), make, warmup=warm, rep=rep)
+        t = time_gpu(lambda *a: fn(*a, causal), make, warmup=warm, rounds=rep)
         fl = attention_flops(B, H, L, L, D, causal)
-        row = {"name": name, "L": L, "causal": causal, "ms": t["ms"], "spread": t["spread"],
-               "tflops": fl / t["ms"] * 1e-9, **extra}
+        row = {"name": name, "L": L, "causal": causal, "ms": t.ms, "spread": t.spread,
+               "timing": t.mode, "tflops": fl / t.ms * 1e-9,
+               "GBps": (2 * B * H * L * D + 2 * B * Hkv * L * D) * 2 / t.ms * 1e-6, **extra}
         result["rows"].append(row)
-        log(f"  {name:28s} L={L:6d} causal={causal!s:5s} {t['ms']:8.3f} ms  "
-            f"{row['tflops']:7.1f} TOP/s  (spread {t['spread']:.2f})")
+        log(f"  {name:28s} L={L:6d} causal={causal!s:5s} {t.ms:8.3f} ms  "
+            f"{row['tflops']:7.1f} TOP/s  (spread {t.spread:.2f}, {t.mode})")
         return row
 
     specs = {m: resolve_spec(m, None, torch.float16) for m in ("fp16_flash", "int8_flash", "turbo")}
@@ -346,16 +348,17 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
     """Decode at the target point (turbo INT4 / INT2 / mixed, double_sparse, our fp16
     split-K, SDPA peers) with achieved GB/s on the bytes each kernel moves and the share of the
     measured HBM copy bandwidth; the double_sparse selection stage (label scores + top-k + sort)
-    alone; a launch sweep per method at the target; a context sweep with the chosen launches. Times: gpu.bench.time_cuda (CUDA events, median); every input
-    is far larger than L2, so one set is already cold."""
+    alone; a launch sweep per method at the target; a context sweep with the chosen launches.
+    Times: gpu.bench.time_gpu (GPU time only: back-to-back calls in a CUDA graph, median of
+    rounds); every cache is far larger than L2, so one input set is already cold."""
     import gc
 
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import gpu
-    from gpu.bench import time_cuda
     from gpu.api import decode_unchecked
+    from gpu.bench import time_gpu
     from gpu.decoding import flash_decode as _flash_decode
     from gpu.methods.double_sparse import select as _select
     from sim import load_method
@@ -372,19 +375,20 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
     # measured HBM copy bandwidth (read + write bytes), the 100% of the bandwidth shares
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t = time_cuda(lambda a, b: b.copy_(a), lambda: (src, dst), warmup=3, rep=10, cold_bytes=0)
-    res["hbm_copy_GBps"] = 2 * src.numel() / t["ms"] * 1e-6
+    t = time_gpu(lambda a, b: b.copy_(a), lambda: (src, dst), cold_l2=False, rounds=10)
+    res["hbm_copy_GBps"] = 2 * src.numel() / t.ms * 1e-6
     log(f"== decode: HBM copy {res['hbm_copy_GBps']:.0f} GB/s (torch copy_, 1 GiB)")
     del src, dst
 
     def timed(name, fn, L, nbytes, **extra):
-        t = time_cuda(fn, lambda: (), warmup=warm, rep=rep, cold_bytes=0)
-        row = {"name": name, "L": L, "ms": t["ms"], "spread": t["spread"],
-               "GBps": nbytes / t["ms"] * 1e-6 if nbytes else None, **extra}
+        # caches are several times L2 at every context: one input set is already cold
+        t = time_gpu(fn, lambda: (), cold_l2=False, warmup=warm, rounds=rep)
+        row = {"name": name, "L": L, "ms": t.ms, "spread": t.spread, "timing": t.mode,
+               "GBps": nbytes / t.ms * 1e-6 if nbytes else None, **extra}
         row["hbm_share"] = row["GBps"] / res["hbm_copy_GBps"] if nbytes else None
         res["rows"].append(row)
         bw = f"{row['GBps']:7.0f} GB/s ({row['hbm_share']:.0%} of copy)" if nbytes else ""
-        log(f"  {name:34s} L={L:7d} {t['ms']:8.3f} ms {bw} (spread {t['spread']:.2f})")
+        log(f"  {name:34s} L={L:7d} {t.ms:8.3f} ms {bw} (spread {t.spread:.2f}, {t.mode})")
         return row
 
     def turbo_spec(kind):
@@ -581,7 +585,13 @@ def run(args: argparse.Namespace) -> int:
     if not has_cuda:
         print(DEVICE_HINT)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
+    from qsattn.calibrate import hardware_for_device
+    try:
+        hw_id = hardware_for_device(torch.cuda.get_device_name())
+    except ValueError:
+        hw_id = "".join(c if c.isalnum() else "_" for c in torch.cuda.get_device_name().lower())
+    out = args.out if args.out is not None else DEFAULT_OUT / hw_id
+    out.mkdir(parents=True, exist_ok=True)
     command = provenance.command_line()
 
     def log(msg):
@@ -591,14 +601,19 @@ def run(args: argparse.Namespace) -> int:
     prov = {"command": command, "git": provenance.git_revision(),
             "machine": provenance.machine(), "versions": provenance.versions(),
             "gpu": torch.cuda.get_device_name()}
+    prov["hardware"] = hw_id
+
     def save(name: str, result: dict, markdown, plot) -> None:
-        """<name>.json, <name>.md and the sweep plot, with provenance, under --out."""
+        """<name>.json, <name>.md and the sweep plot, with provenance, under the GPU's folder;
+        every row carries the speedup over the fastest SDPA of its point and the GPU and git
+        revision it came from."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
-        (args.out / f"{name}.md").write_text(markdown(result, command))
-        written = [args.out / f"{name}.json", args.out / f"{name}.md",
-                   *plot(result, args.out / f"{name}_sweep.png")]
+        _stamp_rows(result, prov)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / f"{name}.md").write_text(markdown(result, command))
+        written = [out / f"{name}.json", out / f"{name}.md",
+                   *plot(result, out / f"{name}_sweep.png")]
         log("wrote " + ", ".join(map(str, written)))
 
     if "prefill" not in skip:
@@ -606,16 +621,106 @@ def run(args: argparse.Namespace) -> int:
     if "decode" not in skip and "decode" in cfg:
         save("decode", _run_decode_bench(cfg, args, log), _decode_markdown,
              bench_plots.plot_decode)
+    if "host" not in skip:
+        host = {"config": "host time per public call at steady state (gpu.bench.host_time)",
+                "rows": _host_rows(log)}
+        save("host", host, _host_markdown, lambda r, p: [])
     return 0
 
 
+def _stamp_rows(result: dict, prov: dict) -> None:
+    """``x_best_sdpa`` (fastest SDPA of the same point / this row's time; prefill keyed by
+    (L, causal), decode by L), the GB/s share of the measured copy bandwidth where known, and
+    the GPU and git revision on every row."""
+    rows = result.get("rows", [])
+    best: dict = {}
+    for r in rows:
+        if str(r.get("name", "")).startswith("sdpa") and r.get("ms"):
+            key = (r.get("L"), r.get("causal"))
+            best[key] = min(best.get(key, float("inf")), r["ms"])
+    copy = result.get("hbm_copy_GBps")
+    for r in rows:
+        b = best.get((r.get("L"), r.get("causal")))
+        if r.get("ms") and b:
+            r["x_best_sdpa"] = b / r["ms"]
+        if copy and r.get("GBps") is not None and "hbm_share" not in r:
+            r["hbm_share"] = r["GBps"] / copy
+        r["gpu"], r["git"] = prov["gpu"], prov["git"]
+
+
+def _host_rows(log) -> list[dict]:
+    """Host microseconds per call of every public GPU entry point at steady state (spec
+    resolved, kernels compiled; the GPU idle before each call): ``attention`` per prefill
+    method, ``build_cache``, ``append`` (one token) and ``decode`` per decode method, at a small
+    shape where the host dominates."""
+    import torch
+
+    import gpu
+    from gpu.bench import host_time
+    from sim.methods import SIMULATORS
+
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 8, 256, 128, device="cuda", dtype=torch.float16, generator=g)
+    k = torch.randn(1, 2, 1024, 128, device="cuda", dtype=torch.float16, generator=g)
+    v = torch.randn_like(k)
+    qd = q[:, :, :1].contiguous()
+    k1, v1 = k[:, :, :1].contiguous(), v[:, :, :1].contiguous()
+
+    def add(call, method, fn):
+        try:
+            us = host_time(fn, ())
+        except Exception as e:  # noqa: BLE001 - reported, the other rows still run
+            log(f"  host {call} {method}: failed ({type(e).__name__}: {str(e)[:120]})")
+            return
+        rows.append({"name": f"host {call}", "method": method, "us": us, "kind": "host"})
+        log(f"  host {call:12s} {method:14s} {us:8.1f} us/call")
+
+    for m in gpu.prefill_methods():
+        add("attention", m, lambda m=m: gpu.attention(q, k, v, method=m))
+    for m in gpu.decode_methods():
+        cal = None
+        if gpu.KERNEL_PATHS.get(m).cache_needs_calibration:
+            spec = gpu.resolve(m, None, q.dtype, phase="decode")
+            cal = SIMULATORS.get(m).calibration.compute(
+                qd.float().cpu().numpy(), k.float().cpu().numpy(), v.float().cpu().numpy(),
+                spec, "oracle")
+        add("build_cache", m, lambda m=m, cal=cal: gpu.build_cache(k, v, m, calibration=cal))
+        cache = gpu.build_cache(k, v, m, calibration=cal)
+        add("append", m, lambda c=cache: c.append(k1, v1))
+        add("decode", m, lambda c=cache: gpu.decode(qd, c))
+    return rows
+
+
+def _host_markdown(result: dict, command: str) -> str:
+    lines = [provenance.header("Host time per call of the public GPU entry points", command),
+             "", "Target (issue 11): <= 30 us per call at steady state. "
+             "`gpu.bench.host_time`: median wall time from entry until the call returns with "
+             "its kernels enqueued, the GPU idle before each call.", "",
+             "| call | method | host us |", "|---|---|---:|"]
+    lines += [f"| {r['name'].removeprefix('host ')} | {r['method']} | {r['us']:.1f} |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 def report_section(ctx) -> str:
-    """The latest committed results in reports/bench/ (no GPU needed), or how to make them."""
-    d = Path(ctx.out) / "bench"
-    js, djs = d / "prefill.json", d / "decode.json"
-    if not js.exists() and not djs.exists():
+    """The stored results in reports/bench/<gpu>/ (no GPU needed), or how to make them."""
+    root = Path(ctx.out) / "bench"
+    gpus = sorted(d for d in root.iterdir() if d.is_dir() and any(
+        (d / f"{n}.json").is_file() for n in ("prefill", "decode", "host"))) \
+        if root.is_dir() else []
+    if not gpus:
         return ("No benchmark results yet. They need a CUDA GPU:\n\n```\n" + DEVICE_HINT + "\n```\n")
-    out = ["Reused from the stored GPU results (this section runs nothing).", ""]
+    out = ["Reused from the stored GPU results (this section runs nothing); one folder per GPU "
+           "under `bench/`.", ""]
+    for d in gpus:
+        out += _gpu_section(d, d.relative_to(Path(ctx.out)).as_posix())
+    return "\n".join(out) + "\n"
+
+
+def _gpu_section(d: Path, rel: str) -> list[str]:
+    out = []
+    js, djs, hjs = d / "prefill.json", d / "decode.json", d / "host.json"
     if js.exists():
         res = json.loads(js.read_text())
         pv = res.get("provenance", {})
@@ -623,7 +728,7 @@ def report_section(ctx) -> str:
         rows = [r for r in res["rows"] if r["L"] == Lt and not r.get("tune")]
         out += [f"**Prefill** measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
                 f"{pv.get('git', '?')} (`{pv.get('command', '?')}`); full tables in "
-                f"[bench/prefill.md](bench/prefill.md), sweeps in `bench/prefill_sweep_*.png`.", "",
+                f"[{rel}/prefill.md]({rel}/prefill.md), sweeps in `{rel}/prefill_sweep_*.png`.", "",
                 "| kernel | causal | ms | x cuDNN | x Sage |", "|---|---|---|---|---|"]
         for causal in (False, True):
             ref = {r["name"]: r["ms"] for r in rows if r["causal"] == causal}
@@ -643,15 +748,23 @@ def report_section(ctx) -> str:
         best = min((r["ms"] for r in rows if r.get("kind") == "peer"), default=None)
         out += [f"**Decode** B{cfg['batch']} H{cfg['heads']}/{cfg['kv_heads']} D{cfg['head_dim']} "
                 f"context {L}, measured {pv.get('time_utc', '?')} on {pv.get('gpu', '?')} at git "
-                f"{pv.get('git', '?')}; full tables in [bench/decode.md](bench/decode.md), sweep in "
-                f"`bench/decode_sweep.png`.", "",
+                f"{pv.get('git', '?')}; full tables in [{rel}/decode.md]({rel}/decode.md), sweep "
+                f"in `{rel}/decode_sweep.png`.", "",
                 "| kernel | kind | ms | x fastest SDPA | share of copy bandwidth |",
                 "|---|---|---|---|---|"]
         for r in rows:
             share = f"{r['hbm_share']:.0%}" if r.get("hbm_share") is not None else "-"
             out.append(f"| {r['name']} | {r.get('kind', '-')} | {r['ms']:.3f} | "
                        + (f"{best / r['ms']:.2f}" if best else "-") + f" | {share} |")
-    return "\n".join(out) + "\n"
+        out.append("")
+    if hjs.exists():
+        h = json.loads(hjs.read_text())
+        worst = max(h["rows"], key=lambda r: r["us"]) if h["rows"] else None
+        if worst:
+            out += [f"**Host time** per public call (target <= 30 us): worst "
+                    f"{worst['name'].removeprefix('host ')} {worst['method']} "
+                    f"{worst['us']:.1f} us; all rows in [{rel}/host.md]({rel}/host.md).", ""]
+    return out
 
 
 if __name__ == "__main__":

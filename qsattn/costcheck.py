@@ -1,6 +1,6 @@
 """Predicted vs measured time on every measured H100 point: ``python -m qsattn.costcheck``.
 
-Reads ``reports/bench/prefill.json`` (our Triton kernels: launch-config sweep, target point,
+Reads ``reports/bench/h100_sxm/prefill.json`` (our Triton kernels: launch-config sweep, target point,
 L sweep; each with the launch it ran) and ``reports/validation/results.jsonl`` (fp16_flash at
 the shipped tiling and the default launch of ``configs/kernels/<arch>/launch.yaml``), predicts each at the tiled and calibrated
 tiers with the same spec overrides and launch, and prints one markdown table plus medians.
@@ -8,7 +8,7 @@ tiers with the same spec overrides and launch, and prints one markdown table plu
 Kinds of points: ``attn`` = the attention kernel alone (what the model prices); ``+quant`` =
 int8_flash/turbo rows of the L sweep that also run the three Q/K/V quantization kernels (not
 priced: shown, excluded from the medians); ``host`` = points under 1 ms timed by
-``gpu.bench.time_cuda``, whose CUDA events bracket one synchronous Python call (allocations,
+the harness of the time (``time_cuda``, since replaced by ``gpu.bench.time_gpu``), whose CUDA events bracketed one synchronous Python call (allocations,
 the Triton launch), so host time is inside the measurement (the same fp16 shape measures
 407 us there and 198 us in ``qsattn validate``'s back-to-back timing): shown, median apart.
 
@@ -36,7 +36,7 @@ from sim.cost import Shape, load_hardware, predict
 from sim.spec import load_method
 
 ROOT = provenance.ROOT
-BENCH = ROOT / "reports" / "bench" / "prefill.json"
+BENCH = ROOT / "reports" / "bench" / "h100_sxm" / "prefill.json"
 VALIDATION = ROOT / "reports" / "validation" / "results.jsonl"
 PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
 _PROBE_VARIANTS = {"int8_flash": ("int8_flash", {}),               # probe row name -> spec

@@ -428,7 +428,7 @@ def measured_section() -> str:
                      + [f"| {n} | {e:+.1%} |" for n, e in ratios])
     return ("## Predicted vs measured (H100)\n\n"
             "Regenerate alone with `python -m qsattn.costcheck`. Every point of "
-            "`reports/bench/prefill.json` and `reports/validation/results.jsonl`, predicted with "
+            "`reports/bench/h100_sxm/prefill.json` and `reports/validation/results.jsonl`, predicted with "
             "the spec overrides and launch (block_m / num_warps / num_stages, block_n) it ran. "
             "Kinds: `attn` = attention kernel alone (priced); `+quant` = also the Q/K/V "
             "quantization kernels (not priced, not in the medians); `host` = bench rows under "

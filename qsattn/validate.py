@@ -131,22 +131,32 @@ def numerics(method: str, spec, q, k, v, causal: bool, hq: int, hkv: int,
             "kernel_rel_l2": kr_, "sim_max_err": sm, "sim_rel_l2": sr, "sim_seconds": t_sim}
 
 
-def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> float:
-    """Median seconds of the attention kernel alone (integer methods: pre-quantized operands)."""
+def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> dict:
+    """The attention kernel alone (integer methods: pre-quantized operands), timed by
+    :func:`gpu.bench.time_gpu` (GPU time only); its host time per call apart."""
+    from gpu.bench import host_time, time_gpu
     from gpu.common import quantize_qkv
-    from gpu.microbench import bench_timer
     from gpu.prefill import launch_prefill
 
     sm = 1.0 / math.sqrt(q.shape[-1])
     if spec.integer:
-        qq, kq, vq = quantize_qkv(q, k, v, spec, check=False)
-        fn = lambda: launch_prefill(qq, kq, vq, spec, causal=causal, sm_scale=sm,
-                                    out_dtype=q.dtype)
+        def make():
+            return quantize_qkv(q.clone(), k.clone(), v.clone(), spec, check=False)
+
+        def fn(qq, kq, vq):
+            return launch_prefill(qq, kq, vq, spec, causal=causal, sm_scale=sm,
+                                  out_dtype=q.dtype)
     else:
-        fn = lambda: launch_prefill(None, None, None, spec, causal=causal, sm_scale=sm,
-                                    out_dtype=q.dtype, q=q, k=k, v=v)
-    fn()
-    return bench_timer()(fn, cold_l2=cold_l2)
+        def make():
+            return q.clone(), k.clone(), v.clone()
+
+        def fn(q_, k_, v_):
+            return launch_prefill(None, None, None, spec, causal=causal, sm_scale=sm,
+                                  out_dtype=q.dtype, q=q_, k=k_, v=v_)
+    t = time_gpu(fn, make, cold_l2=cold_l2)
+    return {"us": t.ms * 1e3, "min_us": t.min_ms * 1e3, "max_us": t.max_ms * 1e3,
+            "spread": t.spread, "mode": t.mode, "sets": t.sets,
+            "host_us": host_time(fn, make())}
 
 
 def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
@@ -194,8 +204,9 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
         row["numerics"] = None
         row["numerics_skipped"] = (f"Lq x Lk = {s['q_len'] * s['kv_len']} above "
                                    f"numerics.max_elements for one head")
-    row["measured_us"] = time_kernel(method, spec, q, k, v, s["causal"],
-                                     bool(cfg["timing"]["cold_l2"])) * 1e6
+    t = time_kernel(method, spec, q, k, v, s["causal"], bool(cfg["timing"]["cold_l2"]))
+    row["measured_us"] = t.pop("us")
+    row["timing"] = t
     row["pred_us"], row["bound"], errs = predictions(spec, s, hardware)
     if errs:
         row["pred_errors"] = errs
@@ -306,44 +317,46 @@ def decode_numerics(method: str, spec, q, k, v, ulp_bound: float, abs_slack: flo
             "sim_rel_l2": sr, "sim_seconds": t_sim, **extras}
 
 
-class _Bytes:
-    """Stands in a ``gpu.bench.time_cuda`` input set for the bytes of a cache (it counts the
-    size of the items that have ``numel``)."""
+def time_decode(method: str, spec, q, k, v, calibration, cold_l2: bool) -> dict:
+    """``gpu.decode`` alone on the full shape (caches built outside the timed region), timed by
+    :func:`gpu.bench.time_gpu` over caches built from the same K/V until they exceed 4x L2
+    (cold L2; at least 2), or one cache with ``cold_l2=False``. The step is checked once with
+    :func:`gpu.decode`; the timed calls are ``gpu.api.decode_unchecked`` (no host sync); the
+    checked call's host time is measured apart. Returns ``{"us", "min_us", "max_us",
+    "spread", "mode", "caches", "cache_bytes", "host_us"}``."""
+    import gpu
+    from gpu.api import decode_unchecked
+    from gpu.bench import host_time, time_gpu
 
-    def __init__(self, n: int):
-        self.n = int(n)
+    sm = 1.0 / math.sqrt(q.shape[-1])
+    first = [gpu.build_cache(k, v, method, spec=spec, calibration=calibration)]
+    gpu.decode(q, first[0])                 # checks the inputs once; compiles
+    host = host_time(lambda: gpu.decode(q, first[0]), ())
+    made = []
+
+    def make():
+        c = first.pop() if first else gpu.build_cache(k, v, method, spec=spec,
+                                                      calibration=calibration)
+        made.append(c)
+        return q, c, _CacheBytes(c)
+
+    t = time_gpu(lambda qq, c, _b: decode_unchecked(qq, c, sm), make, cold_l2=cold_l2)
+    return {"us": t.ms * 1e3, "min_us": t.min_ms * 1e3, "max_us": t.max_ms * 1e3,
+            "spread": t.spread, "mode": t.mode, "caches": t.sets,
+            "cache_bytes": made[0].nbytes(), "host_us": host}
+
+
+class _CacheBytes:
+    """A cache's bytes as an input-set item the harness counts toward its 4x L2."""
+
+    def __init__(self, cache):
+        self.n = int(cache.nbytes())
 
     def numel(self) -> int:
         return self.n
 
     def element_size(self) -> int:
         return 1
-
-
-def time_decode(method: str, spec, q, k, v, calibration, cold_l2: bool) -> dict:
-    """``gpu.decode`` alone on the full shape (caches built outside the timed region):
-    ``gpu.bench.time_cuda`` over rotated caches built from the same K/V until they exceed 4x
-    L2 (cold L2; at least 2), or 2 caches with ``cold_l2=False``. The step is checked once with
-    :func:`gpu.decode`; the timed calls are ``gpu.decode.decode_unchecked`` (no host sync).
-    Returns ``{"us", "min_us", "max_us", "spread", "caches", "cache_bytes"}``."""
-    import gpu
-    from gpu.api import decode_unchecked
-    from gpu.bench import time_cuda
-
-    sm = 1.0 / math.sqrt(q.shape[-1])
-    first = [gpu.build_cache(k, v, method, spec=spec, calibration=calibration)]
-    gpu.decode(q, first[0])                 # checks the inputs once; compiles
-
-    def make():
-        c = first.pop() if first else gpu.build_cache(k, v, method, spec=spec,
-                                                      calibration=calibration)
-        return (q, c, _Bytes(c.nbytes()))
-
-    r = time_cuda(lambda qq, c, _n: decode_unchecked(qq, c, sm), make,
-                  cold_bytes=None if cold_l2 else 0)
-    nbytes = make()[1].nbytes()
-    return {"us": r["ms"] * 1e3, "min_us": r["min_ms"] * 1e3, "max_us": r["max_ms"] * 1e3,
-            "spread": r["spread"], "caches": r["sets"], "cache_bytes": nbytes}
 
 
 def decode_predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict, dict]:

@@ -6,6 +6,7 @@ editable install is not on the path); every command then runs from an empty dire
 packages must come from the new environment, with the configs it ships.
 """
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +26,17 @@ def _run(cmd, cwd, **kw):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("install")
+    # build from a copy of the sources: setuptools' build/ folder must not land in (or be
+    # reused from) the checkout
+    src = base / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("sim", "ref", "gpu", "qsattn", "configs"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(base / "dist"), str(ROOT)], cwd=base)
+          "-w", str(base / "dist"), str(src)], cwd=base)
     (wheel,) = (base / "dist").glob("qsattn-*.whl")
     env_dir = base / "venv"
     _run([sys.executable, "-m", "venv", str(env_dir)], cwd=base)

@@ -17,8 +17,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.getcwd())
 import gpu  # noqa: E402
-from gpu.bench import time_cuda  # noqa: E402
+from gpu.bench import time_gpu  # noqa: E402
 from gpu.api import decode_unchecked  # noqa: E402
+
+
+def _timed(fn, make, cold_bytes=None, warmup=5, rep=20):
+    """gpu.bench.time_gpu as the dict these probes read (ms, spread, min_ms, max_ms, sets)."""
+    return time_gpu(fn, make, cold_l2=cold_bytes != 0, warmup=warmup, rounds=rep).row()
 
 B, HQ, D, L = 8, 32, 128, 32768
 SM = D ** -0.5
@@ -27,7 +32,7 @@ SM = D ** -0.5
 def copy_bw():
     x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    r = time_cuda(lambda a, b: b.copy_(a), lambda: (x, y), cold_bytes=0, warmup=3, rep=20)
+    r = _timed(lambda a, b: b.copy_(a), lambda: (x, y), cold_bytes=0, warmup=3, rep=20)
     return 2 * x.numel() / (r["ms"] * 1e-3) / 1e9
 
 
@@ -62,7 +67,7 @@ def main(out_dir):
             if ref is None:
                 ref = out.float()
             diff = float((out.float() - ref).abs().max())
-            r = time_cuda(fn, inputs, cold_bytes=0, warmup=5, rep=30)
+            r = _timed(fn, inputs, cold_bytes=0, warmup=5, rep=30)
             rows.append(dict(Hkv=hkv, G=G, kernel=name, ms=r["ms"], spread=r["spread"],
                              gbps=nbytes / (r["ms"] * 1e-3) / 1e9, max_abs_vs_before=diff))
             print(rows[-1], flush=True)
@@ -84,7 +89,7 @@ def main(out_dir):
                 try:
                     out = fn(*sets[0])
                     diff = float((out.float() - ref).abs().max())
-                    r = time_cuda(fn, inputs, cold_bytes=0, warmup=5, rep=30)
+                    r = _timed(fn, inputs, cold_bytes=0, warmup=5, rep=30)
                 except Exception as e:  # backend refuses this shape / mode: recorded
                     rows.append(dict(Hkv=hkv, G=G, kernel=f"sdpa_{bname} ({mode})",
                                      error=f"{type(e).__name__}: {str(e)[:160]}"))

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 import gpu  # noqa: E402
-from gpu.bench import time_cuda  # noqa: E402
+from gpu.bench import time_gpu  # noqa: E402
 from gpu.common import quantize_qkv  # noqa: E402
 from gpu.prefill import launch_prefill as attention_quantized  # noqa: E402
 from sim import load_method, simulate  # noqa: E402
@@ -24,6 +24,11 @@ OUT = os.environ.get("OUT", "/tmp/out")
 res = {"check": [], "rows": [], "revision": os.environ.get("QSATTN_GIT_REVISION"),
        "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
 import triton  # noqa: E402
+
+
+def _timed(fn, make, cold_bytes=None, warmup=5, rep=20):
+    """gpu.bench.time_gpu as the dict these probes read (ms, spread, min_ms, max_ms, sets)."""
+    return time_gpu(fn, make, cold_l2=cold_bytes != 0, warmup=warmup, rounds=rep).row()
 res["triton"] = triton.__version__
 
 
@@ -126,7 +131,7 @@ def timing():
 
     def meas(label, fn, make, causal, **ex):
         try:
-            t = time_cuda(lambda *a: fn(*a, causal), make, warmup=3, rep=15)
+            t = _timed(lambda *a: fn(*a, causal), make, warmup=3, rep=15)
         except Exception as e:  # noqa: BLE001
             log("TIME FAIL", label, type(e).__name__, str(e)[:300])
             res["rows"].append({"name": label, "causal": causal, "error": str(e)[:300]})

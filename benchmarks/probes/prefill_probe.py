@@ -3,11 +3,15 @@ import json, math, os, sys, time, re, collections
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
 import gpu
-from gpu import resolve as resolve_spec
 from gpu.common import quantize_qkv
 from gpu.prefill import launch_prefill as attention_quantized
-from gpu.bench import time_cuda, attention_flops
+from gpu.bench import time_gpu
 from sim import simulate, load_method
+
+
+def _timed(fn, make, cold_bytes=None, warmup=5, rep=20):
+    """gpu.bench.time_gpu as the dict these probes read (ms, spread, min_ms, max_ms, sets)."""
+    return time_gpu(fn, make, cold_l2=cold_bytes != 0, warmup=warmup, rounds=rep).row()
 OUT = os.environ.get("OUT", "/tmp/out")
 MODE = sys.argv[1] if len(sys.argv) > 1 else "all"
 res = {"check": [], "rows": []}
@@ -60,7 +64,7 @@ if MODE in ("all", "time"):
             return tuple(torch.randn(B, H, L, D, device="cuda", dtype=torch.float16) for _ in range(3))
         return make
     def meas(label, fn, make, causal, **ex):
-        t = time_cuda(lambda *a: fn(*a, causal), make, warmup=5, rep=20)
+        t = _timed(lambda *a: fn(*a, causal), make, warmup=5, rep=20)
         r = {"name": label, "causal": causal, "ms": t["ms"], "spread": t["spread"], **ex}
         res["rows"].append(r); log(f"{label:50s} causal={causal!s:5s} {t['ms']:8.3f} ms spread {t['spread']:.2f}")
         json.dump(res, open(f"{OUT}/probe.json", "w"), indent=1)

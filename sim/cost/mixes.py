@@ -26,7 +26,7 @@ binder; ``enable_fp_fusion=False``),
 disassembled by the wheel's ``cuobjdump -sass``; counts are the opcodes between the first
 backward branch's target and the branch (:mod:`gpu.sass` lists the opcode classes; the fp16x2
 compares HSET2/HSETP2 count as ``int32``, the ALU). Launch: fp16 ``block_m=128, num_warps=8,
-num_stages=3``; integer ``block_m=64, num_warps=4, num_stages=3`` (reports/bench/prefill.json
+num_stages=3``; integer ``block_m=64, num_warps=4, num_stages=3`` (reports/bench/h100_sxm/prefill.json
 ``launch_best``); both give each warpgroup 64 query rows. Current tables: git 699a641 plus the
 uncommitted XU-free kernels (i2f_exact, packed fp16x2 PQUANT asm, ``P_MODE``/``USE_ASM``);
 the previous tables (git a37a004, I2FP/F2I conversions) are in git history. When the kernels

@@ -30,8 +30,8 @@ def test_report_section_without_results_says_how_to_make_them(tmp_path):
 
 
 def test_report_section_ratios_from_committed_json(tmp_path):
-    d = tmp_path / "bench"
-    d.mkdir()
+    d = tmp_path / "bench" / "h100_sxm"
+    d.mkdir(parents=True)
     (d / "prefill.json").write_text(json.dumps(_prefill()))
     (d / "decode.json").write_text(json.dumps(_decode()))
     text = bench.report_section(SimpleNamespace(out=tmp_path))
@@ -60,11 +60,11 @@ def test_run_saves_json_markdown_and_plots_with_provenance(tmp_path, monkeypatch
     # the committed results of a real run have exactly the schema the bench functions return
     from qsattn.provenance import ROOT
 
-    real = {n: json.loads((ROOT / "reports" / "bench" / f"{n}.json").read_text())
+    real = {n: json.loads((ROOT / "reports" / "bench" / "h100_sxm" / f"{n}.json").read_text())
             for n in ("prefill", "decode")}
     monkeypatch.setattr(bench, "_run_bench", lambda cfg, args, log: real["prefill"])
     monkeypatch.setattr(bench, "_run_decode_bench", lambda cfg, args, log: real["decode"])
-    args = argparse.Namespace(config=bench.DEFAULT_CONFIG, out=tmp_path, skip="")
+    args = argparse.Namespace(config=bench.DEFAULT_CONFIG, out=tmp_path, skip="host")
     assert bench.run(args) == 0
     for name in ("prefill.json", "prefill.md", "prefill_sweep_noncausal.png",
                  "prefill_sweep_causal.png", "decode.json", "decode.md", "decode_sweep.png"):
