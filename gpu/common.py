@@ -176,22 +176,24 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     B, H, L, D = x.shape
     cs = (codes.stride(0), codes.stride(1), 1, codes.stride(2)) if transpose else codes.stride()
     rnd = ROUNDING_IDS[oq.rounding]
-    fp16 = oq.scale_dtype == "fp16"
+    arith16 = oq.arithmetic == "fp16"
+    fp16 = oq.scale_dtype == "fp16" or arith16
     if group == 1:
         rows = 16 if interpreting() else 64
         quant.quant_rows_kernel[(cdiv(L, rows), B * H)](
             x, codes, scale, L, H, *x.stride(), *cs, D=D, ROWS=rows, ROUNDING=rnd,
-            SCALE_FP16=fp16, num_warps=4, enable_fp_fusion=False)
+            SCALE_FP16=fp16, ARITH_FP16=arith16, num_warps=4, enable_fp_fusion=False)
     else:
         T = L if group == 0 else group
         ng = cdiv(L, T)
         chunk = min(64, 1 << max(0, (min(T, L) - 1).bit_length()))
         quant.quant_groups_kernel[(ng, B * H)](
             x, codes, scale, L, H, T, ng, *x.stride(), *cs, D=D, CHUNK=chunk, ROUNDING=rnd,
-            SCALE_FP16=fp16, num_warps=4, enable_fp_fusion=False)
+            SCALE_FP16=fp16, ARITH_FP16=arith16, num_warps=4, enable_fp_fusion=False)
     if fp16 and x.dtype == torch.bfloat16 and bool(torch.isinf(scale).any()):
-        raise ValueError(f"{name}: absmax / 127 exceeds the fp16 maximum 65504 for some block; "
-                         f"use scale_dtype fp32 or a finer granularity")
+        raise ValueError(f"{name}: absmax / 127 (or, with arithmetic fp16, a value) exceeds the "
+                         f"fp16 maximum 65504; use scale_dtype and arithmetic fp32 or a finer "
+                         f"granularity")
     return qo
 
 

@@ -63,6 +63,10 @@ def check_integer_spec(spec: MethodSpec) -> None:
     if spec.p.levels > 127:
         raise ValueError(f"spec.p.levels: P codes are int8 in the kernel, levels must be <= 127, "
                          f"got {spec.p.levels}")
+    if spec.arith.fused or spec.p.arithmetic == "fp32_fma":
+        raise ValueError("spec.arith / spec.p.arithmetic: the fused variants run in the sm_90 "
+                         "kernels only (gpu.kernels.flash_fwd_sm90); the portable kernel "
+                         "implements the unfused sequence")
     if spec.softmax.exp == "sas":
         sas = spec.softmax.sas
         if sas.degree not in (2, 3):

@@ -15,7 +15,7 @@ from .engine import SimResult, online_softmax, qk_scale_of
 from .numerics.intgemm import FP32_EXACT_K, int_matmul
 from .operands import (cast_operand, pquant, pquant_table_f32, quantize_operand, round_p,
                        token_scale, v_tile_factor)
-from .softmax import exp_fns, poly_table
+from .softmax import exp_fns, fma, poly_table
 
 __all__ = ["run_dense", "IntegerOperands", "FloatOperands", "exact_dot", "fused_covers"]
 
@@ -77,9 +77,10 @@ class _Visibility:
 
 def fused_covers(spec) -> bool:
     """Whether the numba kernels of :mod:`sim._fused` cover an integer spec (used when no trace
-    is wanted): fp16 PQUANT with exp2 or fp16 SAS. Everything else runs the numpy closures."""
+    is wanted): fp16 PQUANT with exp2 or fp16 SAS, the unfused arithmetic. Everything else runs
+    the numpy closures."""
     sm = spec.softmax
-    return spec.p.arithmetic == "fp16" and (
+    return spec.p.arithmetic == "fp16" and not spec.arith.fused and (
         sm.exp == "exp2" or (sm.exp == "sas" and sm.sas.arithmetic == "fp16"))
 
 
@@ -120,9 +121,10 @@ def run_dense(q, k, v, spec, shp, causal: bool, sm_scale: float, want_trace: boo
                     og[r0:r1] = group.run_fused(r0, r1, vis, rescale or exp)
                     continue
                 sub = None if tr is None else {}
-                scores, pv = group.closures(r0, r1, sub)
+                scores, pv, engine_kw = group.closures(r0, r1, sub)
                 og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=vis,
-                                           rows=r1 - r0, dv=Dv, trace=sub, rescale=rescale)
+                                           rows=r1 - r0, dv=Dv, trace=sub, rescale=rescale,
+                                           **engine_kw)
                 if tr is not None:
                     _store_rows(tr, sub, b, heads, r0, r1, Lq)
     if tr is not None:
@@ -218,14 +220,23 @@ class _IntGroup:  # one (batch, KV head) of IntegerOperands
             sub["o_int"] = np.zeros((len(self.vf), rows, self.vc.shape[1]), np.int32)
 
         chunk = _ScoreChunks(lambda c: exact_dot(qc, self.kc[c].T), bn, ops.Lk)
+        arith = ops.spec.arith
+        scaled = {}                        # arith.scores fma: t of the tile just scored
 
         def scores(sl):
             S = chunk(sl)  # S_int as exact float32 (|S_int| < 2^24)
             if sub is not None:
                 sub["s_int"][:, sl] = S.astype(np.int32)
+            if arith.scores == "fma":
+                t = S * self.ks[None, sl]  # one rounding
+                scaled["t"] = t
+                return t * qf              # max_j f32(qf * t_j) = f32(qf * max_j t_j)
             S = S * qf  # (f32(S_int) * qf) * f32(k_scale): two f32 roundings, left to right
             S *= self.ks[None, sl]
             return S
+
+        def shift(m_new):                  # x = fma(t, qf, -m_new), one rounding
+            return fma(scaled["t"], qf, -m_new[:, None], "fp32")
 
         def pv(p, sl):
             c32 = pquant(p, pq, as_float=True)
@@ -234,7 +245,7 @@ class _IntGroup:  # one (batch, KV head) of IntegerOperands
                                  "1); set p.saturate: true or refit the SAS coefficients")
             O = exact_dot(c32, self.vc[sl])  # O_int, exact (K = tile length <= 256)
             t = sl.start // bn
-            contrib = O * self.vf[t]
+            contrib = O if arith.v_scale == "deferred" else O * self.vf[t]
             psum = (p if pq.rowsum == "unquantized" else c32 / levels).sum(axis=1, dtype=np.float32)
             if sub is not None:
                 sub["p_codes"][:, sl] = c32.astype(np.int8)
@@ -242,7 +253,12 @@ class _IntGroup:  # one (batch, KV head) of IntegerOperands
                 sub["o_int"][t] = O.astype(np.int32)
             return contrib, psum
 
-        return scores, pv
+        engine_kw = {}
+        if arith.scores == "fma":
+            engine_kw["shift"] = shift
+        if arith.v_scale == "deferred":  # one V scale per head: the same vf for every tile
+            engine_kw.update(acc_fma=True, out_scale=self.vf[0])
+        return scores, pv, engine_kw
 
     def run_fused(self, r0, r1, vis, rescale):
         """Rows r0:r1 through every key tile with the numba kernels; float32 ``[rows, Dv]``.
@@ -381,4 +397,4 @@ class _FloatGroup:  # one (batch, KV head) of FloatOperands
                 sub["p_op"][:, sl] = pc
             return contrib, p.sum(axis=1, dtype=np.float32)
 
-        return scores, pv
+        return scores, pv, {}

@@ -24,6 +24,11 @@ Interface (the sparse and KV-cache simulators call it too)::
   ``rowsum(P_SUM)``; it quantizes / casts ``p`` itself.
 - ``rescale(x: float32 [R]) -> float32``: EXP used for ``alpha = EXP(m - m_new)``; defaults to
   ``exp`` (turbo passes SAS without threshold or table limit). Called with finite ``x <= 0``.
+- ``shift(m_new: float32 [R]) -> float32 [R, n]``: the EXP argument of the tile just scored
+  when it is not ``s - m_new`` (``arith.scores: fma`` fuses it); masked entries are set to
+  ``-inf`` by the engine.
+- ``acc_fma``: ``acc = fma(acc, alpha, PV)`` (one rounding) instead of two; ``out_scale``:
+  ``out = f32(acc * out_scale) / l`` (a factor deferred to the end, ``arith.v_scale``).
 
 Per tile, in float32 (one IEEE rounding per operation, never fused)::
 
@@ -43,6 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .softmax import fma
 
 __all__ = ["online_softmax", "SimResult", "qk_scale_of", "LOG2E", "TRACE_LIMIT"]
 
@@ -72,7 +79,8 @@ _NEG_INF = np.float32(-np.inf)
 
 def online_softmax(scores: Callable, exp: Callable, pv: Callable, *, n_slots: int, block_n: int,
                    valid: Callable | None, rows: int, dv: int, trace: dict | None = None,
-                   rescale: Callable | None = None) -> np.ndarray:
+                   rescale: Callable | None = None, shift: Callable | None = None,
+                   acc_fma: bool = False, out_scale=None) -> np.ndarray:
     """Run the online softmax over ``n_slots`` slots in tiles of ``block_n``; float32 ``[rows, dv]``.
 
     See the module docstring for the callables. Example (plain float32 attention, one row)::
@@ -110,19 +118,35 @@ def online_softmax(scores: Callable, exp: Callable, pv: Callable, *, n_slots: in
         m_new = np.maximum(m, s.max(axis=1))
         seen = m_new != _NEG_INF
         m_use = np.where(seen, m_new, np.float32(0))
-        p = exp(s - m_use[:, None])  # x = s - m_new (f32); masked stay -inf
+        if shift is None:
+            x = s - m_use[:, None]  # x = s - m_new (f32); masked stay -inf
+        else:
+            x = np.asarray(shift(m_use), np.float32)
+            if mask is not None:
+                x = np.where(mask, x, _NEG_INF)
+        p = exp(x)
         fresh = m == _NEG_INF
         d = np.where(fresh, np.float32(0), m - m_use)
         alpha = np.asarray(rescale(d), np.float32)
         alpha = np.where(fresh, np.where(seen, np.float32(0), np.float32(1)), alpha)
         contrib, psum = pv(p, sl)
         l = l * alpha + psum
-        acc *= alpha[:, None]
-        acc += contrib
+        if acc_fma:
+            acc = _fma32(acc, alpha[:, None], contrib)
+        else:
+            acc *= alpha[:, None]
+            acc += contrib
         m = m_new
         if trace is not None:
             tm[t], tl[t], ta[t] = m, l, alpha
     out = np.zeros((rows, dv), np.float32)
     pos = l > 0
+    if out_scale is not None:
+        acc = acc * np.asarray(out_scale, np.float32)
     out[pos] = acc[pos] / l[pos, None]
     return out
+
+
+def _fma32(a, b, c) -> np.ndarray:
+    """Correctly rounded float32 ``a * b + c`` (sim.softmax.fma)."""
+    return fma(a, b, c, "fp32").astype(np.float32)

@@ -9,7 +9,8 @@ Everything here follows docs/numerics.md; the engine (:mod:`sim.engine`) only se
   (``OperandQuant.block(tile)``, tile = BLOCK_M for Q, BLOCK_N for K and V), ``zero_scale="one"``,
   ``arithmetic="fp32"``.
 - :func:`token_scale` — a per-token (or coarser) scale grid expanded to one float32 per token.
-- :func:`pquant` — ``PQUANT(p)``: INT8 P codes with the fixed scale ``1 / levels``.
+- :func:`pquant` — ``PQUANT(p)``: INT8 P codes with the fixed scale ``1 / levels`` (fp16 steps,
+  fp32 steps, or ``fp32_fma``: the exact product rounded once, half-even).
 
 Supported granularities: Q and K need one scale per token row (per_tensor, per_head,
 per_token, per_block): their scale factors out of the QK^T dot. V's scale must be constant over
@@ -82,7 +83,7 @@ def quantize_operand(x: np.ndarray, oq, tile: int, name: str):
         raise ValueError(f"spec.v.block_tokens: expected a multiple of tiling.block_n = {tile} "
                          f"(one V scale per key tile), got {block[2]}")
     return quantize(x, oq.bits, symmetric=True, block=block, rounding=oq.rounding,
-                    scale_dtype=oq.scale_dtype, zero_scale="one", arithmetic="fp32")
+                    scale_dtype=oq.scale_dtype, zero_scale="one", arithmetic=oq.arithmetic)
 
 
 def token_scale(qz, L: int) -> np.ndarray:
@@ -153,6 +154,11 @@ def pquant(p: np.ndarray, pq, *, as_float: bool = False) -> np.ndarray:
         if as_float:
             return pquant_table_f32(pq.levels, pq.rounding, pq.saturate)[bits]
         return _pquant_table_i8(pq.levels, pq.rounding, pq.saturate)[bits]
+    if pq.arithmetic == "fp32_fma":  # rint of the exact product (f64 holds it: 24 + 8 bits)
+        r = np.rint(p.astype(np.float64) * pq.levels).astype(np.float32)
+        if pq.saturate:
+            r = np.clip(r, 0, pq.levels)
+        return r if as_float else r.astype(np.int8)
     t = p * np.float32(pq.levels)
     r = round_to_int(t, pq.rounding)
     if pq.saturate:

@@ -185,14 +185,32 @@ def build(cls: type, data: Any, *, where: str = "", path: str = "") -> Any:
         raise ConfigError(where, path or cls.__name__, "consistent fields", str(e)) from None
 
 
-def to_dict(obj: Any) -> Any:
-    """Inverse of :func:`build`: plain dicts/lists suitable for YAML or JSON."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def to_dict(obj: Any, *, drop_defaults: bool = False) -> Any:
+    """Inverse of :func:`build`: plain dicts/lists suitable for YAML or JSON.
+    ``drop_defaults``: leave out fields equal to their default (a content key that stays the
+    same when a field with a default is added to a schema)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        out = {}
+        for f in dataclasses.fields(obj):
+            if not f.init:
+                continue
+            v = getattr(obj, f.name)
+            if drop_defaults and v == _default(f):
+                continue
+            out[f.name] = to_dict(v, drop_defaults=drop_defaults)
+        return out
     if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, drop_defaults=drop_defaults) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, drop_defaults=drop_defaults) for k, v in obj.items()}
     return obj
 
 

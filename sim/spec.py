@@ -109,6 +109,10 @@ class OperandQuant:
     block_tokens: int | None = field(
         default=None, metadata=meta("tokens per scale for per_block granularities (None: the tile)",
                                     min=1))
+    arithmetic: Literal["fp32", "fp16"] = field(default="fp32", metadata=meta(
+        "working precision of the quantizer: fp32 (the input rounded to f32, f32 division); fp16 "
+        "(the input rounded to fp16, absmax / levels and x / scale each one fp16 operation: the "
+        "INT-FlashAttention authors' torch quantizer on fp16 tensors)"))
 
     def __post_init__(self):
         if self.bits not in (2, 3, 4, 8):
@@ -141,11 +145,18 @@ class PQuant:
 
     bits: int = field(metadata=meta("code width of P", min=8, max=8))
     levels: int = field(metadata=meta("P code of p = 1; dequant scale is 1/levels", min=1, max=255))
-    arithmetic: Literal["fp16", "fp32"] = field(metadata=meta("precision of p * levels (+ 0.5)"))
+    arithmetic: Literal["fp16", "fp32", "fp32_fma"] = field(metadata=meta(
+        "precision of p * levels (+ 0.5); fp32_fma: the exact product rounded once to the "
+        "integer grid (one FMA with 1.5 * 2^23), rounding half_even only"))
     rounding: RoundingName = field(metadata=meta("rounding of p * levels"))
     saturate: bool = field(metadata=meta("clamp codes to [0, levels] before the int8 cast"))
     rowsum: Literal["unquantized", "quantized"] = field(
         metadata=meta("the softmax denominator sums the fp32 P (unquantized) or codes / levels"))
+
+    def __post_init__(self):
+        if self.arithmetic == "fp32_fma" and self.rounding != "half_even":
+            raise ValueError(f"p.rounding: arithmetic fp32_fma rounds half_even (the FMA onto "
+                             f"1.5 * 2^23), got {self.rounding!r}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,31 @@ class SAS:
         if -self.threshold > self.lut_entries:
             raise ValueError(f"sas.threshold {self.threshold} needs {math.ceil(-self.threshold)} "
                              f"LUT entries, lut_entries is {self.lut_entries}")
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """How the integer path combines its f32 values (docs/numerics.md "int8_flash"). The
+    defaults are INT-FlashAttention's unfused sequence; the others are named fast variants that
+    fuse operations (one rounding instead of two), implemented by the simulator and the sm_90
+    kernels alike.
+
+    ``scores: fma``: ``t = f32(S_int) * k_scale`` (one rounding), ``m_new = max(m, qf *
+    rowmax(t))`` (one rounding; rounding is monotone and qf > 0, so this is the max of the
+    products), ``x = fma(t, qf, -m_new)`` (one rounding). exp2 only.
+    ``v_scale: deferred`` (per-head V scales): ``acc = fma(acc, alpha, f32(O_int))``, the V
+    scale applied once at the end: ``out = f32(acc * vf) / l``."""
+
+    scores: Literal["separate", "fma"] = field(
+        default="separate", metadata=meta("s = (f32(S_int) * qf) * k_scale, then s - m_new; or "
+                                          "the fused sequence above"))
+    v_scale: Literal["per_tile", "deferred"] = field(
+        default="per_tile", metadata=meta("acc = acc * alpha + f32(O_int) * vf per tile; or "
+                                          "deferred to the end (per-head V scales)"))
+
+    @property
+    def fused(self) -> bool:
+        return self.scores != "separate" or self.v_scale != "per_tile"
 
 
 @dataclass(frozen=True)
@@ -260,6 +296,8 @@ class MethodSpec:
     source: str = field(metadata=meta("paper / code the choices follow"))
     tiling: Tiling = field(metadata=meta("kernel tile"))
     softmax: Softmax = field(metadata=meta("exponential used by the online softmax"))
+    arith: Arithmetic = field(default_factory=Arithmetic,
+                              metadata=meta("fused-arithmetic variants of the integer path"))
     operands: FloatOperands | None = None
     q: OperandQuant | None = None
     k: OperandQuant | None = None
@@ -281,6 +319,16 @@ class MethodSpec:
         if self.softmax.exp not in m.exps:
             raise ValueError(f"softmax.exp: method {self.method!r} implements {list(m.exps)}, "
                              f"got {self.softmax.exp!r}")
+        if self.arith.fused and self.q is None:
+            raise ValueError(f"arith: the fused variants apply to integer operands (q, k, v, p "
+                             f"sections); method {self.method!r} has none")
+        if self.arith.scores == "fma" and self.softmax.exp != "exp2":
+            raise ValueError(f"arith.scores: 'fma' is defined with exp2 (x may round above 0, "
+                             f"outside SAS's domain), got softmax.exp {self.softmax.exp!r}")
+        if self.arith.v_scale == "deferred" and self.v.granularity not in ("per_head",
+                                                                          "per_tensor"):
+            raise ValueError(f"arith.v_scale: 'deferred' needs one V scale per head "
+                             f"(v.granularity per_head or per_tensor), got {self.v.granularity!r}")
         if m.check_spec is not None:
             m.check_spec(self)
 
@@ -291,8 +339,9 @@ class MethodSpec:
     @functools.cached_property
     def digest(self) -> str:
         """Short content hash: equal specs (whatever their name) share it; used as a cache key
-        (computed once per spec object)."""
-        d = self.to_dict()
+        (computed once per spec object). Fields at their default are left out, so adding a
+        field with a default to the schema changes no digest."""
+        d = schema.to_dict(self, drop_defaults=True)
         d.pop("name"), d.pop("description")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -382,5 +431,6 @@ def available_methods() -> list[str]:
 
 
 __all__ = ["MethodSpec", "Tiling", "FloatOperands", "OperandQuant", "PQuant", "SAS", "Softmax",
+           "Arithmetic",
            "KVCache", "Sparse", "ConfigError", "load_method", "resolve_spec", "available_methods",
            "config_dir"]

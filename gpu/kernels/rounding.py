@@ -19,14 +19,24 @@ def trunc_f32(y):
 
 
 @triton.jit
-def round_f32(y, MODE: tl.constexpr):
-    """Round float32 ``y`` (|y| < 2^22) to an integer value, mode ``MODE`` (see module doc)."""
+def _half_add(t, FP16: tl.constexpr):
+    """``t`` (``y +- 0.5``, exact in f32 for fp16 ``y``) as the arithmetic's add gives it: in
+    fp16 one more rounding (below 1 a sum can round up to the next integer)."""
+    if FP16:
+        t = t.to(tl.float16).to(tl.float32)
+    return t
+
+
+@triton.jit
+def round_f32(y, MODE: tl.constexpr, FP16: tl.constexpr = False):
+    """Round float32 ``y`` (|y| < 2^22) to an integer value, mode ``MODE`` (see module doc).
+    ``FP16``: ``y`` holds an fp16 value and the half-step adds are fp16 operations."""
     if MODE == 0:
         r = (y + _RINT_MAGIC) - _RINT_MAGIC
     elif MODE == 1:
-        r = trunc_f32(y + tl.where(y >= 0, 0.5, -0.5))
+        r = trunc_f32(_half_add(y + tl.where(y >= 0, 0.5, -0.5), FP16))
     elif MODE == 2:
-        r = trunc_f32(y + 0.5)
+        r = trunc_f32(_half_add(y + 0.5, FP16))
     elif MODE == 3:
         r = tl.floor(y)
     else:

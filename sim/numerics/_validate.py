@@ -86,10 +86,12 @@ def as_int(value, arg: str, *, choices: tuple | None = None, minimum: int | None
 
 
 def work_dtype(arithmetic: str, arg: str = "arithmetic") -> np.dtype:
-    """Working precision of quantizer arithmetic: "fp32" -> float32, "fp64" -> float64."""
+    """Working precision of quantizer arithmetic: "fp16" -> float16, "fp32" -> float32, "fp64" ->
+    float64."""
     if isinstance(arithmetic, str) and arithmetic in _WORK:
         return _WORK[arithmetic]
     raise ValueError(f"{arg}: expected one of {sorted(_WORK)}, got {arithmetic!r}")
 
 
-_WORK = {"fp32": np.dtype(np.float32), "fp64": np.dtype(np.float64)}
+_WORK = {"fp16": np.dtype(np.float16), "fp32": np.dtype(np.float32),
+         "fp64": np.dtype(np.float64)}

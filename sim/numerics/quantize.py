@@ -16,7 +16,10 @@ Asymmetric (``symmetric=False``, unsigned codes ``[0, L]``, ``L = 2^bits - 1``):
 ``A(.)`` is one IEEE operation in the working precision ``arithmetic`` ("fp32": x is first
 converted to float32 with round-to-nearest-even, every division/subtraction/addition is a float32
 operation, as in INT-FlashAttention's and SageAttention's Triton kernels, which divide by the
-stored fp16 scale converted to fp32; "fp64": the same in float64). The code is computed by
+stored fp16 scale converted to fp32; "fp64": the same in float64; "fp16": the same in fp16, as
+torch computes ``round(x / scale)`` on fp16 tensors (INT-FlashAttention's host quantizer): the
+scale's policies are then fp16's, its value an fp16 value whatever ``scale_dtype``, and inputs
+beyond the fp16 range are refused). The code is computed by
 *dividing* by the stored scale, never by multiplying with a reciprocal. ``R_s`` is
 :func:`round_float` to ``scale_dtype`` (nearest-even). ``rnd`` is the rounding mode, applied in the
 working precision by :func:`round_to_int`.
@@ -119,8 +122,8 @@ def round_to_int(y: np.ndarray, rounding: str | Rounding = "half_even") -> np.nd
     """
     mode = Rounding.parse(rounding)
     y = np.asarray(y)
-    if y.dtype not in (np.float32, np.float64):
-        raise TypeError(f"y: expected a float32/float64 array, got dtype {y.dtype}")
+    if y.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"y: expected a float16/float32/float64 array, got dtype {y.dtype}")
     half = y.dtype.type(0.5)
     if mode is Rounding.HALF_EVEN:
         return np.rint(y)
@@ -263,13 +266,16 @@ def quantize(
     elif symmetric:
         amax = block_reduce(xw, blk, "absmax")
         raw = amax / wd.type(hi)
-        s = _computed_scale(raw, amax == 0, scale_dtype, zero_scale, "absmax")
+        # the scale is used in the working precision: in fp16 its policies are fp16's
+        s = _computed_scale(raw, amax == 0, "fp16" if wd == np.float16 else scale_dtype,
+                            zero_scale, "absmax")
     else:
         mn = block_reduce(xw, blk, "min")
         mx = block_reduce(xw, blk, "max")
         with np.errstate(over="ignore"):
             raw = (mx - mn) / wd.type(hi)
-        s = _computed_scale(raw, mx == mn, scale_dtype, zero_scale, "max - min")
+        s = _computed_scale(raw, mx == mn, "fp16" if wd == np.float16 else scale_dtype,
+                            zero_scale, "max - min")
     sw = s.astype(wd)  # exact: scale_dtype values are float32 values
 
     if not symmetric and scale is None:
@@ -310,6 +316,8 @@ def dequantize(q, scale=None, zero_point=None, *, block=None, dtype: str = "fp32
     >>> dequantize(np.array([3, -2], np.int8), np.float32([0.5]), block=(None,))
     array([ 1.5, -1. ], dtype=float32)
     """
+    if dtype not in ("fp32", "fp64"):
+        raise ValueError(f"dtype: expected one of ['fp32', 'fp64'], got {dtype!r}")
     wd = work_dtype(dtype, "dtype")
     if isinstance(q, Quantized):
         if scale is not None or zero_point is not None or block is not None:

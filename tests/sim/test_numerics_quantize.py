@@ -310,7 +310,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="zero_scale: expected one of"):
         quantize(good, 8, zero_scale="zero")
     with pytest.raises(ValueError, match="arithmetic: expected one of"):
-        quantize(good, 8, arithmetic="fp16")
+        quantize(good, 8, arithmetic="bf16")
     with pytest.raises(ValueError, match="signed: symmetric quantization uses signed codes"):
         quantize(good, 8, signed=False)
     with pytest.raises(ValueError, match="scale: expected values exactly representable"):
