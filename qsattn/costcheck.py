@@ -34,6 +34,10 @@ from qsattn import provenance
 from sim.arch import prefill_launch
 from sim.cost import Shape, load_hardware, predict
 from sim.spec import load_method
+from gpu.counting import install as _install_counter
+
+# the calibrated tier prices the SASS of the kernel that would run, compiled on the CPU
+_install_counter()
 
 ROOT = provenance.ROOT
 BENCH = ROOT / "reports" / "bench" / "h100_sxm" / "prefill.json"

@@ -47,6 +47,10 @@ from qsattn.calibrate import NO_GPU_EXIT, DEVICE_COMMAND, cuda_available, hardwa
     no_gpu_message
 from qsattn.store import ResultStore, point_id
 from qsattn import validation_summary as vs
+from gpu.counting import install as _install_counter
+
+# the calibrated tier prices the SASS of the kernel that would run, compiled on the CPU
+_install_counter()
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "validate_h100.yaml"
 REPORT_DIR = provenance.REPORTS / "validation"

@@ -27,6 +27,8 @@ DATA_FILES = {
               "copy another architecture's table, saying so in its header",
     "mixes": "python -m gpu.sass --arch {arch} --write   (compiles on any CPU)",
     "decode": "python -m gpu.sass --arch {arch} --decode --write   (compiles on any CPU)",
+    "pipeline": "write the SM pipeline latencies of the architecture by hand, each with its "
+                "source (configs/kernels/hopper/pipeline.yaml shows the fields)",
 }
 
 

@@ -70,7 +70,7 @@ class Launch:
     """Totals of one kernel launch (see module docstring)."""
 
     __slots__ = ("name", "ctas", "warps", "smem_cta", "regs", "tc", "instr", "mma", "hbm",
-                 "l2", "smem", "max_share", "useful_tc", "reread", "serial")
+                 "l2", "smem", "max_share", "useful_tc", "reread", "serial", "program")
 
     def __init__(self, name, ctas, warps, smem_cta, regs):
         self.name, self.ctas, self.warps, self.smem_cta, self.regs = name, ctas, warps, smem_cta, regs
@@ -86,6 +86,9 @@ class Launch:
         # (loop iterations of one CTA, load round trips per iteration, HBM share of the loads):
         # the CTA's dependent chain for latency-bound launches (``serial_chain``); None: unmodeled.
         self.serial = None
+        # the kernel that runs and its CTAs' loop trips (sim.cost.calibrated.Program), priced
+        # from its SASS at the calibrated tier; None: priced by the tiled formula there too
+        self.program = None
 
     def add_tc(self, dtype: str, ops: float) -> None:
         self.tc[dtype] = self.tc.get(dtype, 0.0) + ops
@@ -130,6 +133,33 @@ def tile_counts(q_len: int, kv_len: int, bm: int, bn: int, causal: bool):
     first, last = lo + off + 1, q_len - 1 + off + 1     # counts for rows lo .. q_len-1
     pairs = (first + last) * n // 2 if n > 0 else 0
     return nq, tiles, masked, tmax, pairs
+
+
+def prefill_trips(cols: int, q_len: int, kv_len: int, bm: int, bn: int,
+                  causal: bool) -> tuple:
+    """Loop trips of every CTA of gpu/kernels/flash_fwd.py ``attn_fwd_kernel`` in launch order
+    (grid ``(cdiv(q_len, bm), cols)``, ``program_id(0)`` fastest): ``(unmasked tiles, masked
+    tiles)``, the kernel's two loops in program order. Causal grids run the longest row blocks
+    first (the kernel reverses ``program_id(0)``); the masked loop covers the tiles the diagonal
+    cuts and, without causality, the key tail past the last whole tile.
+
+    >>> prefill_trips(1, 256, 256, 128, 64, True)
+    ((2, 2), (0, 2))
+    """
+    nq = -(-q_len // bm)
+    coff = kv_len - q_len
+    per = []
+    for pid in range(nq):
+        pm = nq - 1 - pid if causal else pid
+        start = pm * bm
+        if causal:
+            hi = min(start + bm + coff, kv_len)
+            first = max(start + coff + 1, 0)
+            full = max(min(min(first // bn, kv_len // bn) * bn, hi), 0)
+        else:
+            hi, full = kv_len, (kv_len // bn) * bn
+        per.append((full // bn, max(0, -(-(hi - full) // bn))))
+    return tuple(per) * cols
 
 
 def _regs(bm: int, bn: int, d: int, dv: int, threads: int, q_bytes: float) -> int:

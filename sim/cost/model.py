@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from ..arch import arch
 from ..spec import resolve_spec
+from .calibrated import program_time
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
 from .kernels import UNIT_OF, Launch, load_latency_clk
 from .methods import COST_PATHS, BuildContext
@@ -78,6 +79,11 @@ class Prediction:
     useful_ops: float
     breakdown: dict
     launches: tuple = field(default=())   # per launch: (name, ctas, occupancy, waves, time)
+    # calibrated tier: launches priced by the tiled formula because no counted kernel prices
+    # them, as (launch name, reason); empty when every launch ran through its SASS
+    analytical: tuple = field(default=())
+    # calibrated tier: the counted kernels' record keys, per launch priced from SASS
+    counted: tuple = field(default=())
 
     @property
     def intensity(self) -> float:
@@ -328,9 +334,11 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
                          f"method {spec.method!r} phase {phase!r}, got {kernel!r}")
     r = _rates(hw, clock)
     ideal = tier == "roofline"
+    counted = tier == "calibrated"
     ctx = BuildContext(sm_count=r.sm, arch=hw.arch, ideal=ideal,
-                       launch=launch if phase == "prefill" else None)
+                       launch=launch if phase == "prefill" else None, counted=counted)
     launches = path.build(spec, shape, phase, kernel, ctx)
+    analytical, keys = [], []
     total, bd, tc, ins = 0.0, {}, {}, dict.fromkeys(UNIT_OF, 0.0)
     hbm = l2 = smem = useful = 0.0
     worst, bound, info = -1.0, "", []
@@ -339,8 +347,13 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         if ideal:
             t, b, lbd = _roofline_time(r, lau)
             lh, occ, rounds = lau.hbm, 0, 0
+        elif counted and lau.program is not None:
+            t, b, lbd, lh, occ, rounds, key = _counted_time(r, hw, lau, clock)
+            keys.append((lau.name, key))
         else:
             t, b, lbd, lh, occ, rounds = _launch_time(r, lau)
+            if counted:
+                analytical.append((lau.name, _why_analytical(path, spec, phase, kernel, lau)))
         total += t
         for u, v in lbd.items():
             key = f"{lau.name}.{u}" if multi else u
@@ -357,7 +370,29 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         useful += lau.useful_tc
         info.append((lau.name, lau.ctas, occ, rounds, t))
     return Prediction(spec.method, kernel, phase, tier, hw.name, shape, total, bound, hbm, l2,
-                      smem, tc, ins, useful, bd, tuple(info))
+                      smem, tc, ins, useful, bd, tuple(info), tuple(analytical), tuple(keys))
+
+
+def _why_analytical(path, spec, phase: str, kernel: str, lau=None) -> str:
+    if lau is not None and lau.instr and not any(lau.instr.values()) and not lau.tc:
+        return "not a Triton kernel (e.g. a torch operation): priced as its HBM traffic"
+    if kernel not in path.ours and not (phase == "prefill" and kernel == spec.method):
+        return (f"{kernel!r} is not a kernel qsattn counts: priced by the tiled formula on "
+                f"measured ceilings")
+    return "no counted program for this launch: priced by the tiled formula on measured ceilings"
+
+
+def _counted_time(r: _Rates, hw: Hardware, lau: Launch, clock: str):
+    """A launch priced from its kernel's SASS (sim.cost.calibrated)."""
+    active = min(r.sm, lau.ctas) / r.sm
+    hbm = lau.hbm + lau.reread[0] * l2_miss(r, lau, r.sm)
+    res = program_time(hw, lau.program, clock=clock, hbm_bytes=hbm, l2_bytes=lau.l2,
+                       launch_overhead=r.launch, read_bandwidth=r.hbm * active)
+    bd = {"pipeline": res["compute"]}
+    if res["memory"] > res["compute"]:
+        bd["hbm"] = res["memory"] - res["compute"]
+    bd["launch"] = r.launch
+    return (res["time"], res["bound"], bd, hbm, res["occupancy"], res["waves"], res["kernel"])
 
 
 _LAUNCH_KEYS = ("block_m", "num_warps", "num_stages")

@@ -8,13 +8,17 @@ only), except ``sage_v1`` whose Q/K quantization pre-pass is a launch of its own
 """
 from __future__ import annotations
 
+from ..arch import prefill_launch
 from . import kernels as K
+from .calibrated import Program
+from .counted import KernelRequest
+from .foreign import evaluate, grid_trips, load_foreign
 from .mixes import mixes
 from .shape import Shape
 
 __all__ = ["prefill_common", "float_prefill", "integer_prefill", "decode_common",
            "float_decode", "integer_decode", "sage_quant", "q_quant", "int_softmax", "int_tc",
-           "scale_bytes", "ceil_div", "FLOAT_BYTES"]
+           "scale_bytes", "ceil_div", "FLOAT_BYTES", "prefill_program", "foreign_launches"]
 
 FLOAT_BYTES = {"fp16": 2.0, "bf16": 2.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
 
@@ -52,6 +56,42 @@ def prefill_common(spec, s: Shape, ctx) -> dict:
                 d=s.head_dim)
 
 
+def prefill_program(spec, s: Shape, ctx) -> Program:
+    """The calibrated tier's :class:`Program` of our prefill forward (gpu/kernels/flash_fwd.py
+    ``attn_fwd_kernel``): the launch the launcher would make (the arch's launch table, the
+    caller's override on top) and every CTA's loop trips (:func:`kernels.prefill_trips`)."""
+    lc = dict(prefill_launch(ctx.arch, spec.method, s.head_dim), **(ctx.launch or {}))
+    req = KernelRequest.make("prefill", ctx.arch, spec, s, lc)
+    ctas = K.prefill_trips(s.batch * s.q_heads, s.q_len, s.kv_len, int(lc["block_m"]),
+                           spec.tiling.block_n, s.causal)
+    return Program(req, ctas, "attn_fwd_kernel")
+
+
+def foreign_launches(name: str, s: Shape, ctx) -> list[K.Launch]:
+    """The launches of a described foreign kernel (:mod:`sim.cost.foreign`) at ``s``: Triton
+    launches carry their :class:`Program` (priced from their SASS at the calibrated tier),
+    others only their HBM bytes (priced as memory traffic, and flagged)."""
+    desc = load_foreign(name)
+    env = desc.env(s)
+    out = []
+    for la in desc.active(s):
+        hbm = float(evaluate(la.hbm_bytes, env))
+        if la.triton:
+            g = [int(evaluate(x, env)) for x in la.grid]
+            opts = {k: int(evaluate(v, env)) for k, v in la.options}
+            lau = K.Launch(f"{name}.{la.name}", max(1, g[0] * g[1] * g[2]),
+                           opts.get("num_warps", 4), 0, 32)
+            if ctx.counted:
+                lau.program = Program(KernelRequest.make(f"foreign.{name}.{la.name}", ctx.arch,
+                                                         shape=s), grid_trips(la, env),
+                                      f"{name}.{la.name}")
+        else:
+            lau = K.Launch(f"{name}.{la.name}", max(1, ctx.sm_count * 4), 4, 0, 32)
+        lau.hbm = lau.l2 = hbm
+        out.append(lau)
+    return out
+
+
 def float_prefill(kernel: str, spec, s: Shape, ctx, mix_variant: str | None) -> list[K.Launch]:
     """The forward on float operands (``spec.operands``); ``mix_variant``: the counted SASS mix
     of the arch's ``mixes.yaml`` that prices it (None: the per-element tables)."""
@@ -60,8 +100,11 @@ def float_prefill(kernel: str, spec, s: Shape, ctx, mix_variant: str | None) -> 
     dt = "fp8" if by == 1.0 else fmt
     table = K.SOFTMAX_FP8 if by == 1.0 else K.SOFTMAX_FP16
     mix = mixes(ctx.arch)[mix_variant] if mix_variant else None
-    return [K.flash(kernel, qk=dt, pv=dt, qb=by, kb=by, vb=by, kv_row_extra=0.0, elem=table,
-                    row_tile=K.ROW_TILE_EXP, mix=mix, **prefill_common(spec, s, ctx))]
+    lau = K.flash(kernel, qk=dt, pv=dt, qb=by, kb=by, vb=by, kv_row_extra=0.0, elem=table,
+                  row_tile=K.ROW_TILE_EXP, mix=mix, **prefill_common(spec, s, ctx))
+    if ctx.counted and mix_variant:
+        lau.program = prefill_program(spec, s, ctx)
+    return [lau]
 
 
 def integer_prefill(kernel: str, spec, s: Shape, ctx, mix_variant: str | None) -> list[K.Launch]:
@@ -71,9 +114,12 @@ def integer_prefill(kernel: str, spec, s: Shape, ctx, mix_variant: str | None) -
     kextra = scale_bytes(spec.k) if spec.k.granularity == "per_token" else \
         scale_bytes(spec.k) / t.block_n
     mix = mixes(ctx.arch)[mix_variant] if mix_variant and int_tc(spec) == "int8" else None
-    return [K.flash(kernel, qk=int_tc(spec), pv="int8", qb=spec.q.bits / 8, kb=spec.k.bits / 8,
-                    vb=spec.v.bits / 8, kv_row_extra=kextra, elem=elem, row_tile=row, mix=mix,
-                    **prefill_common(spec, s, ctx))]
+    lau = K.flash(kernel, qk=int_tc(spec), pv="int8", qb=spec.q.bits / 8, kb=spec.k.bits / 8,
+                  vb=spec.v.bits / 8, kv_row_extra=kextra, elem=elem, row_tile=row, mix=mix,
+                  **prefill_common(spec, s, ctx))
+    if ctx.counted and mix_variant:
+        lau.program = prefill_program(spec, s, ctx)
+    return [lau]
 
 
 def decode_common(spec, s: Shape, ctx) -> dict:

@@ -11,12 +11,14 @@ __all__ = ["CostPath", "BuildContext"]
 class BuildContext:
     """What a builder needs beyond the spec and shape: the GPU's SM count and architecture
     (which selects the per-arch kernel data), the tier's ``ideal`` flag (roofline: useful work
-    only) and the caller's prefill ``launch`` override (or None)."""
+    only), the caller's prefill ``launch`` override (or None) and ``counted`` (calibrated tier:
+    attach the :class:`sim.cost.calibrated.Program` of each launch our kernels make)."""
 
     sm_count: int
     arch: str
     ideal: bool
     launch: dict | None = None
+    counted: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,16 @@ priced from the same FP16 inputs."""
 from __future__ import annotations
 
 from .. import kernels as K
-from ..paths import decode_common, float_decode, float_prefill, prefill_common, sage_quant
+from ..paths import (decode_common, float_decode, float_prefill, foreign_launches,
+                     prefill_common, sage_quant)
 from .base import CostPath
 
 
 def _sage(spec, s, ctx, phase):
     bn = spec.tiling.block_n
+    if phase == "prefill" and ctx.counted:
+        # the calibrated tier prices the wheel's own kernels (configs/kernels/foreign/sage_v1.yaml)
+        return foreign_launches("sage_v1", s, ctx)
     if phase == "prefill":
         return [sage_quant(s, bn, ctx.ideal),
                 K.flash("sage_v1", qk="int8", pv="fp16", qb=1.0, kb=1.0, vb=2.0,
