@@ -16,6 +16,13 @@ subset of the fields below with the same names and units, each with ``kind: meas
           kind: measured}
     hbm_bandwidth: {value: 3010, unit: GB/s, source: "qsattn validate --probe hbm", kind: measured}
 
+SM pipeline fields (issue 16: ``lat_*`` dependent latencies in clk, ``bar_sync``/``bar_sync_8w``,
+``smem_conflict_<d>`` clk per warp-wide LDS at bank-conflict degree d, the wgmma latency and
+interval, ``clock_under_load``, ``hbm_read_bandwidth``) are optional (``PIPELINE_FIELDS``): a
+description without them loads, ``v()`` of a missing one raises UnsupportedOnHardware naming it;
+a given one must be positive and finite, the wgmma ones null on an arch without warpgroup MMA,
+and the conflict costs non-decreasing in the degree (ConfigError naming the field otherwise).
+
 >>> hw = load_hardware("a100_80gb_sxm")
 >>> round(hw.peak("tc_fp16") / 1e12, 1)     # dense FP16 tensor TFLOP/s at the boost clock
 311.9
