@@ -146,7 +146,8 @@ def empty(x: torch.Tensor) -> None:
 # -- measurements ----------------------------------------------------------------------------
 @dataclass
 class Measurement:
-    """A chip-wide rate for hardware field ``field``: ``value`` ``unit`` (op/s, B/s, s, ...)."""
+    """A chip-wide rate for hardware field ``field``: ``value`` ``unit`` (op/s, B/s, s, ...), or
+    a latency / clock of the SM microbenchmarks (clk, ns, Hz; :mod:`gpu.microbench_sm`)."""
     field: str
     value: float
     unit: str
@@ -154,6 +155,7 @@ class Measurement:
     seconds: float                # median time of one timed call
     work: float                   # ops, instructions or bytes of one call
     alternatives: dict = field(default_factory=dict)   # other ways measured: how -> value
+    telemetry: dict = field(default_factory=dict)      # gpu.telemetry summary during it
 
 
 Timer = Callable[..., float]   # timer(fn, cold_l2=bool) -> median seconds of fn()

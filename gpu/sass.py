@@ -330,12 +330,15 @@ DECODE_SHAPE = {"batch": 8, "q_heads": 32, "length": 32768, "head_dim": 128}
 LDG_CLUSTER_GAP = 16     # LDGs closer than this (instructions) are in flight together
 
 
-def _compile_fn(fn, args, kwargs, arch: str = DEFAULT_ARCH):
-    """Compile any @triton.jit ``fn`` for ``arch`` on the CPU with Triton's binder (as
-    :func:`compile_call` does for the prefill kernel); returns (listing, registers, shared)."""
+def compile_jit(fn, args, kwargs, arch: str = DEFAULT_ARCH):
+    """Compile any @triton.jit ``fn`` for ``arch`` on the CPU with Triton's binder, specialized
+    as ``fn[grid](*args, **kwargs)`` would be (tensors may live on ``meta``); returns the
+    CompiledKernel (``asm["cubin"]``, ``metadata``)."""
     import triton
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
+    if not hasattr(fn, "signature") or not hasattr(fn, "params"):
+        raise TypeError(f"fn: expected a @triton.jit function, got {type(fn).__name__}")
     tgt = target(arch)
     backend = make_backend(tgt)
     kwargs = dict(kwargs, debug=False)
@@ -343,8 +346,13 @@ def _compile_fn(fn, args, kwargs, arch: str = DEFAULT_ARCH):
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
                                                           specialization, options)
-    ck = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt,
-                        options=options.__dict__)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=tgt,
+                          options=options.__dict__)
+
+
+def _compile_fn(fn, args, kwargs, arch: str = DEFAULT_ARCH):
+    """:func:`compile_jit`, disassembled: (listing, registers, shared)."""
+    ck = compile_jit(fn, args, kwargs, arch)
     listing, regs = disassemble(ck.asm["cubin"])
     return listing, regs, int(ck.metadata.shared)
 

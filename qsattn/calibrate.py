@@ -1,7 +1,10 @@
 """``qsattn calibrate``: measure this GPU's ceilings and write the cost model's measured overlay.
 
 Runs the microbenchmarks of :mod:`gpu.microbench` (HBM copy, L2 read, MUFU ex2, FP32 FFMA,
-FP16x2 HFMA2, tensor-core GEMM per dtype from Triton and torch, empty-kernel launch) and writes
+FP16x2 HFMA2, tensor-core GEMM per dtype from Triton and torch, empty-kernel launch) and those of
+:mod:`gpu.microbench_sm` (int32 ALU, XU conversion and issue rates; FFMA/ALU/IMAD/MUFU/F2I/HFMA2/
+LDS/L2/HBM latencies; barrier rounds; shared-memory bank-conflict costs; wgmma latency and
+interval; the SM clock under load; HBM read bandwidth; each verified from its SASS) and writes
 ``configs/hardware/measured/<hardware>.yaml`` in the schema :func:`sim.cost.hardware.apply_measured`
 reads: each measured field with the unit of the spec file, ``kind: measured`` and a ``source``
 naming the command, date, GPU and versions.
@@ -10,7 +13,8 @@ Unit conversion (invariant the cost model relies on): a per-SM, per-clock field 
 chip-wide rate divided by ``sm_count x boost_clock`` of the spec description, so
 ``Hardware.peak(field)`` (which multiplies back by the same two numbers) returns exactly the
 measured rate. The measured value is therefore "per clock at the boost clock the spec peaks
-use", whatever clock the card actually ran at; the source says so.
+use", whatever clock the card actually ran at; the source says so. Latencies (``clk``, from
+``%clock64``, i.e. real SM cycles; ``ns``) and the clock (``Hz`` -> MHz) are written as measured.
 
 Without a CUDA GPU the command prints how to run it on the device and exits with status 3.
 """
@@ -49,6 +53,10 @@ _CONVERT = {
     "s": ("us", 1e6),
     "op/s": (None, "per_clk"),
     "inst/s": (None, "per_clk"),
+    "warp_inst/s": (None, "per_clk"),
+    "clk": ("clk", 1.0),
+    "ns": ("ns", 1.0),
+    "Hz": ("MHz", 1e-6),
 }
 
 
@@ -84,6 +92,16 @@ def hardware_for_device(device_name: str) -> str:
                      f"{[n for n, _ in DEVICE_NAMES]}, got {device_name!r}; pass --hardware")
 
 
+def _field_names() -> frozenset:
+    import dataclasses
+
+    from sim.cost.hardware import Hardware
+    return frozenset(f.name for f in dataclasses.fields(Hardware))
+
+
+_FIELD_NAMES = _field_names()
+
+
 def _get(m: Any, key: str, default=None):
     return m.get(key, default) if isinstance(m, Mapping) else getattr(m, key, default)
 
@@ -93,8 +111,8 @@ def overlay(measurements: Mapping[str, Any], hw, *, command: str, date: str, dev
     """The measured-overlay mapping for ``hw`` (a :class:`sim.cost.hardware.Hardware`).
 
     ``measurements`` maps a hardware field to an object or mapping with ``value`` (chip-wide),
-    ``unit`` (one of B/s, s, op/s, inst/s), ``how`` and optionally ``alternatives``
-    ({how: chip-wide value}).
+    ``unit`` (one of B/s, s, op/s, inst/s, warp_inst/s, or clk, ns, Hz for latencies and
+    clocks), ``how`` and optionally ``alternatives`` ({how: chip-wide value}).
 
     >>> from sim.cost.hardware import load_hardware
     >>> hw = load_hardware("h100_sxm")
@@ -110,6 +128,9 @@ def overlay(measurements: Mapping[str, Any], hw, *, command: str, date: str, dev
     per_clk_div = hw.v("sm_count") * hw.clock_hz("boost")
     out: dict[str, dict] = {"name": hw.name}
     for name, m in measurements.items():
+        if name not in fields and name in _FIELD_NAMES and getattr(hw, name, None) is None:
+            raise ValueError(f"measurements[{name!r}]: {hw.name} declares no {name} (null in "
+                             f"configs/hardware/{hw.name}.yaml), so it cannot be measured there")
         if name not in fields:
             raise ValueError(f"measurements: expected hardware fields ({', '.join(fields)}), "
                              f"got {name!r}")
@@ -162,6 +183,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="configs/hardware id (default: from the GPU's name)")
     p.add_argument("--out", type=Path, default=None,
                    help="also copy the measured YAML into this folder (e.g. $OUT on the device)")
+    p.add_argument("--no-sm", action="store_true",
+                   help="skip the SM pipeline/latency microbenchmarks (gpu.microbench_sm)")
     p.add_argument("--quick", action="store_true",
                    help="smaller sizes (a smoke run: the numbers are not ceilings, nothing is "
                         "written to configs/)")
@@ -173,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         return NO_GPU_EXIT
     import torch
 
-    from gpu import microbench
+    from gpu import microbench, microbench_sm
     from sim.cost.hardware import load_hardware, measured_path
 
     device = torch.cuda.get_device_name()
@@ -184,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
           f"L2 {l2_bytes / 1e6:.0f} MB", flush=True)
     meas = microbench.measure_all(sm_count=props.multi_processor_count, l2_bytes=l2_bytes,
                                   quick=args.quick, progress=lambda s: print(s, flush=True))
+    if not args.no_sm:
+        meas.update(microbench_sm.measure_sm(sm_count=props.multi_processor_count,
+                                             l2_bytes=l2_bytes, quick=args.quick,
+                                             progress=lambda s: print(s, flush=True)))
     if not meas:
         print("qsattn calibrate: every measurement failed; nothing written", file=sys.stderr)
         return 1
@@ -195,10 +222,10 @@ def run(args: argparse.Namespace) -> int:
               f"{provenance.git_revision()}. Per-clock fields = chip-wide rate / (sm_count x "
               f"boost_clock) of configs/hardware/{hw.name}.yaml. Read by the cost model's "
               f"calibrated tier (sim.cost.hardware.apply_measured).")
-    print(f"\n{'field':16} {'measured':>12} {'spec':>12}  unit")
+    print(f"\n{'field':20} {'measured':>12} {'spec':>12}  unit")
     for name, q in data.items():
         if name != "name":
-            print(f"{name:16} {q['value']:12.5g} {hw.fields[name].value:12.5g}  {q['unit']}")
+            print(f"{name:20} {q['value']:12.5g} {hw.fields[name].value:12.5g}  {q['unit']}")
     if args.quick:
         print("--quick: smoke run, configs/ left unchanged")
         targets = [args.out / f"{hw.name}.quick.yaml"] if args.out else []

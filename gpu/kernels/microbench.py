@@ -18,6 +18,21 @@ amount of one kind of work, so ``work / time`` is that unit's rate:
   bypassing L1), each pass a rotated block-to-program map; one partial sum per program;
   bytes = REPS x size.
 * ``empty_kernel``  -- does nothing: its event-timed duration is the per-launch overhead.
+
+SM pipeline and latency kernels (launchers and the PTX they run: ``gpu/microbench_sm.py``):
+
+* ``asm_chain_kernel`` -- ``n_iter`` rounds of the inline-PTX ``BODY`` on every element
+  (``x <- BODY(x, y, z)``, 32-bit registers), so each element is one dependent chain; a thread
+  holding E elements runs E independent chains. ``%clock64`` and ``%globaltimer`` are read
+  before and after the loop (their inputs tie them to ``x``), their deltas stored per element.
+* ``asm_loop_kernel`` -- one inline-PTX block per thread that holds its own loop, clocks and
+  shared memory (pointer chases, strided shared loads, barriers): inputs a 64-bit value per
+  thread, a 32-bit ``b`` and ``n_iter``; outputs cycles, nanoseconds and a sink value.
+* ``dot_chain_kernel`` -- one warpgroup, ``n_iter`` dependent ``tl.dot`` (64 x N x K) into one
+  accumulator, with ``WAIT`` a ``wgmma.wait_group 0`` after each; cycles between two
+  ``%clock64`` reads.
+* ``read_kernel`` -- pure read-reduce: program p sums blocks p, p + G, ... of the buffer
+  (G programs), one partial sum per program; bytes = size.
 """
 from __future__ import annotations
 
@@ -127,3 +142,79 @@ def l2_read_kernel(src_ptr, out_ptr, n, REPS: tl.constexpr, BLOCK: tl.constexpr,
 @triton.jit
 def empty_kernel(x_ptr):
     pass
+
+
+@triton.jit
+def asm_chain_kernel(x_ptr, out_ptr, clk_ptr, y, z, n_iter, BODY: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    yv = tl.full([BLOCK], y, tl.int32)
+    zv = tl.full([BLOCK], z, tl.int32)
+    c0, g0 = tl.inline_asm_elementwise("mov.u64 $0, %clock64; mov.u64 $1, %globaltimer;",
+                                       "=l,=l,r", [x], dtype=(tl.int64, tl.int64),
+                                       is_pure=False, pack=1)
+    for _ in range(n_iter):
+        x = tl.inline_asm_elementwise(BODY, "=r,r,r,r", [x, yv, zv], dtype=tl.int32,
+                                      is_pure=True, pack=1)
+    c1, g1 = tl.inline_asm_elementwise("mov.u64 $0, %clock64; mov.u64 $1, %globaltimer;",
+                                       "=l,=l,r", [x], dtype=(tl.int64, tl.int64),
+                                       is_pure=False, pack=1)
+    tl.store(out_ptr + offs, x)
+    tl.store(clk_ptr + offs, c1 - c0)
+    tl.store(clk_ptr + BLOCK * tl.num_programs(0) + offs, g1 - g0)
+
+
+@triton.jit
+def asm_loop_kernel(a_ptr, out_ptr, b, n_iter, ASM: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + offs)
+    bv = tl.full([BLOCK], b, tl.int32)
+    nv = tl.full([BLOCK], n_iter, tl.int32)
+    clk, ns, sink = tl.inline_asm_elementwise(ASM, "=l,=l,=l,l,r,r", [a, bv, nv],
+                                              dtype=(tl.int64, tl.int64, tl.int64),
+                                              is_pure=False, pack=1)
+    n = BLOCK * tl.num_programs(0)
+    tl.store(out_ptr + offs, clk)
+    tl.store(out_ptr + n + offs, ns)
+    tl.store(out_ptr + 2 * n + offs, sink)
+
+
+@triton.jit
+def dot_chain_kernel(a_ptr, b_ptr, out_ptr, clk_ptr, n_iter, N: tl.constexpr, K: tl.constexpr,
+                     INT_ACC: tl.constexpr, WAIT: tl.constexpr):
+    # A [64, K] row-major, B stored [N, K] (K-major, as wgmma wants 8-bit B), C [64, N].
+    rm = tl.arange(0, 64)
+    rn = tl.arange(0, N)
+    rk = tl.arange(0, K)
+    a = tl.load(a_ptr + rm[:, None] * K + rk[None, :])
+    b = tl.load(b_ptr + rn[None, :] * K + rk[:, None])
+    if INT_ACC:
+        acc = tl.zeros((64, N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((64, N), dtype=tl.float32)
+    c0 = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [n_iter], dtype=tl.int64,
+                                   is_pure=False, pack=1)
+    for _ in range(n_iter):
+        if INT_ACC:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc)
+        if WAIT:
+            tl.inline_asm_elementwise("wgmma.wait_group.sync.aligned 0; mov.u32 $0, $1;", "=r,r",
+                                      [n_iter], dtype=tl.int32, is_pure=False, pack=1)
+    c1 = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [n_iter], dtype=tl.int64,
+                                   is_pure=False, pack=1)
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc)
+    tl.store(clk_ptr + tl.arange(0, 1), tl.full([1], c1 - c0, tl.int64))
+
+
+@triton.jit
+def read_kernel(src_ptr, out_ptr, n, per_prog, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(per_prog):
+        offs = (pid + i * nprog).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        acc += tl.load(src_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(out_ptr + pid, tl.sum(acc, axis=0))

@@ -16,6 +16,13 @@ subset of the fields below with the same names and units, each with ``kind: meas
           kind: measured}
     hbm_bandwidth: {value: 3010, unit: GB/s, source: "qsattn validate --probe hbm", kind: measured}
 
+SM pipeline fields (issue 16: ``lat_*`` dependent latencies in clk, ``bar_sync``/``bar_sync_8w``,
+``smem_conflict_<d>`` clk per warp-wide LDS at bank-conflict degree d, the wgmma latency and
+interval, ``clock_under_load``, ``hbm_read_bandwidth``) are optional (``PIPELINE_FIELDS``): a
+description without them loads, ``v()`` of a missing one raises UnsupportedOnHardware naming it;
+a given one must be positive and finite, the wgmma ones null on an arch without warpgroup MMA,
+and the conflict costs non-decreasing in the degree (ConfigError naming the field otherwise).
+
 >>> hw = load_hardware("a100_80gb_sxm")
 >>> round(hw.peak("tc_fp16") / 1e12, 1)     # dense FP16 tensor TFLOP/s at the boost clock
 311.9
@@ -23,6 +30,7 @@ subset of the fields below with the same names and units, each with ``kind: meas
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +99,60 @@ class Hardware:
     hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns")
     tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
     tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
+    # -- SM pipeline parameters (issue 16; `qsattn calibrate` measures them, gpu/microbench_sm).
+    # Optional: a description without them is valid, the pipeline model then says which it lacks.
+    lat_fma: Quantity | None = _opt("dependent FFMA latency (result to next use)", "clk")
+    lat_alu: Quantity | None = _opt("dependent IADD3/LOP3 (ALU) latency", "clk")
+    lat_imad: Quantity | None = _opt("dependent IMAD latency", "clk")
+    lat_mufu: Quantity | None = _opt("dependent MUFU.EX2 latency", "clk")
+    lat_cvt: Quantity | None = _opt("dependent F2I.S32 (XU conversion) latency", "clk")
+    lat_hfma2: Quantity | None = _opt("dependent HFMA2 latency", "clk")
+    lat_lds: Quantity | None = _opt("shared-memory load-to-use latency (LDS pointer chase)", "clk")
+    bar_sync: Quantity | None = _opt("one BAR.SYNC round of a 4-warp CTA, all warps arriving "
+                                     "together", "clk")
+    bar_sync_8w: Quantity | None = _opt("one BAR.SYNC round of an 8-warp CTA", "clk")
+    smem_conflict_1: Quantity | None = _opt("SM cycles per warp-wide LDS.32, no bank conflict "
+                                            "(throughput, many warps)", "clk")
+    smem_conflict_2: Quantity | None = _opt("SM cycles per warp-wide LDS.32, 2-way bank conflict",
+                                            "clk")
+    smem_conflict_4: Quantity | None = _opt("SM cycles per warp-wide LDS.32, 4-way bank conflict",
+                                            "clk")
+    smem_conflict_8: Quantity | None = _opt("SM cycles per warp-wide LDS.32, 8-way bank conflict",
+                                            "clk")
+    smem_conflict_32: Quantity | None = _opt("SM cycles per warp-wide LDS.32, 32-way bank "
+                                             "conflict", "clk")
+    lat_wgmma_fp16: Quantity | None = _opt("one warpgroup, dependent wgmma m64n128k16 fp16 with a "
+                                           "wait after each (null: no wgmma)", "clk")
+    lat_wgmma_int8: Quantity | None = _opt("one warpgroup, dependent wgmma m64n128k32 int8 with a "
+                                           "wait after each (null: no wgmma)", "clk")
+    wgmma_interval_fp16: Quantity | None = _opt("one warpgroup, dependent wgmma m64n128k16 fp16, "
+                                                "one kept in flight (null: no wgmma)", "clk")
+    clock_under_load: Quantity | None = _opt("SM clock under a sustained full-chip load", "MHz")
+    hbm_read_bandwidth: Quantity | None = _opt("DRAM read-only bandwidth (pure read-reduce)",
+                                               "GB/s")
 
     def __post_init__(self):
         known = archs()
         if self.arch not in known:
             raise ConfigError("", "arch", f"one of {sorted(known)} (configs/kernels/archs.yaml)",
                               self.arch)
+        for name in PIPELINE_FIELDS:
+            q = getattr(self, name)
+            if q is not None and not (q.value > 0 and math.isfinite(q.value)):
+                raise ConfigError("", f"{name}.value", f"a positive finite number of {q.unit}",
+                                  q.value)
+        if not known[self.arch].async_mma:
+            for name in WGMMA_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ConfigError("", name, f"null: arch {self.arch!r} has no warpgroup MMA "
+                                      "(configs/kernels/archs.yaml async_mma)", getattr(self, name).value)
+        degrees = [(d, getattr(self, f"smem_conflict_{d}")) for d in SMEM_DEGREES]
+        given = [(d, q.value) for d, q in degrees if q is not None]
+        for (d0, v0), (d1, v1) in zip(given, given[1:]):
+            if v1 < v0:
+                raise ConfigError("", f"smem_conflict_{d1}.value",
+                                  f">= smem_conflict_{d0} ({v0:g} clk): a higher bank-conflict "
+                                  f"degree is never cheaper", v1)
 
     # -- derived -----------------------------------------------------------------------------
     def v(self, name: str) -> float:
@@ -122,6 +178,12 @@ class Hardware:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if isinstance(getattr(self, f.name), Quantity)}
 
+
+SMEM_DEGREES = (1, 2, 4, 8, 32)
+WGMMA_FIELDS = ("lat_wgmma_fp16", "lat_wgmma_int8", "wgmma_interval_fp16")
+PIPELINE_FIELDS = ("lat_fma", "lat_alu", "lat_imad", "lat_mufu", "lat_cvt", "lat_hfma2", "lat_lds",
+                   "bar_sync", "bar_sync_8w") + tuple(f"smem_conflict_{d}" for d in SMEM_DEGREES) \
+    + WGMMA_FIELDS + ("clock_under_load", "hbm_read_bandwidth")
 
 _FIELD_DOCS = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(Hardware)}
 _UNITS = {f.name: f.metadata["unit"] for f in dataclasses.fields(Hardware) if f.metadata.get("unit")}

@@ -158,3 +158,55 @@ def test_microbench_launchers_validate_inputs():
     with pytest.raises(TypeError, match="dtype of a"):
         mb.matmul(torch.zeros(64, 64, dtype=torch.float16), torch.zeros(64, 64,
                   dtype=torch.int8))
+
+
+# -- the SM microbenchmarks' fields (gpu.microbench_sm): units convert, fields round-trip -----
+SM_FAKE = {
+    "int32": {"value": 64 * 132 * 1.83e9, "unit": "inst/s", "how": "alu chains"},
+    "cvt": {"value": 16 * 132 * 1.83e9, "unit": "inst/s", "how": "f2i chains",
+            "alternatives": {"I2F chain": 6.0e12}},
+    "issue": {"value": 3.9 * 132 * 1.83e9, "unit": "warp_inst/s", "how": "ffma/lop3"},
+    "lat_fma": {"value": 4.06, "unit": "clk", "how": "ffma chain"},
+    "lat_cvt": {"value": 16.1, "unit": "clk", "how": "f2i chain"},
+    "lat_lds": {"value": 29.5, "unit": "clk", "how": "lds chase"},
+    "l2_latency": {"value": 262.0, "unit": "clk", "how": "ldg chase"},
+    "hbm_latency": {"value": 655.0, "unit": "ns", "how": "ldg chase"},
+    "bar_sync": {"value": 21.0, "unit": "clk", "how": "bar loop"},
+    "smem_conflict_1": {"value": 1.02, "unit": "clk", "how": "lds d1"},
+    "smem_conflict_32": {"value": 32.1, "unit": "clk", "how": "lds d32"},
+    "lat_wgmma_fp16": {"value": 120.0, "unit": "clk", "how": "dot chain"},
+    "clock_under_load": {"value": 1.755e9, "unit": "Hz", "how": "clock64/globaltimer"},
+    "hbm_read_bandwidth": {"value": 4.4e12, "unit": "B/s", "how": "read_kernel"},
+}
+
+
+def test_sm_fields_overlay_round_trip(tmp_path):
+    hw = load_hardware("h200")
+    data = calibrate.overlay(SM_FAKE, hw, command="qsattn calibrate", date="2026-01-01",
+                             device="NVIDIA H200", versions={})
+    assert data["clock_under_load"]["unit"] == "MHz" and data["clock_under_load"]["value"] == 1755
+    assert data["issue"]["unit"] == "warp_inst/clk/SM"
+    assert data["hbm_latency"] == dict(data["hbm_latency"], value=655.0, unit="ns")
+    cal = apply_measured(hw, calibrate.write_overlay(tmp_path / "h200.yaml", data))
+    assert math.isclose(cal.peak("int32"), SM_FAKE["int32"]["value"], rel_tol=1e-5)
+    assert math.isclose(cal.v("issue"), 3.9, rel_tol=1e-5)
+    assert math.isclose(cal.v("cvt"), 16.0, rel_tol=1e-5) and "I2F chain" in cal.cvt.source
+    for name in ("lat_fma", "lat_cvt", "lat_lds", "l2_latency", "bar_sync", "smem_conflict_1",
+                 "smem_conflict_32", "lat_wgmma_fp16"):
+        assert cal.v(name) == SM_FAKE[name]["value"] and getattr(cal, name).unit == "clk", name
+    assert cal.v("hbm_read_bandwidth") == 4400.0 and cal.v("hbm_latency") == 655.0
+    assert cal.lat_alu == hw.lat_alu            # not measured: spec value kept
+
+
+@pytest.mark.parametrize("bad, hwname, match", [
+    ({"lat_fma": {"value": 4.0, "unit": "ns", "how": ""}}, "h200", "field wants"),
+    ({"lat_fma": {"value": 0.0, "unit": "clk", "how": ""}}, "h200", "positive"),
+    ({"clock_under_load": {"value": 1.7e9, "unit": "clk", "how": ""}}, "h200", "field wants"),
+    ({"issue": {"value": 1e12, "unit": "clk", "how": ""}}, "h200", "field wants"),
+    ({"lat_wgmma_fp16": {"value": 100.0, "unit": "clk", "how": ""}}, "a100_80gb_sxm",
+     "declares no lat_wgmma_fp16"),
+])
+def test_sm_overlay_rejects_bad_measurements(bad, hwname, match):
+    with pytest.raises(ValueError, match=match):
+        calibrate.overlay(bad, load_hardware(hwname), command="c", date="d", device="g",
+                          versions={})

@@ -118,3 +118,65 @@ def test_measured_overlay_errors(tmp_path, body, match):
     p.write_text(body)
     with pytest.raises(ConfigError, match=match):
         apply_measured(load_hardware("h100_sxm"), p)
+
+
+# -- SM pipeline fields (issue 16): optional, validated -------------------------------------
+PIPELINE = ["lat_fma", "lat_alu", "lat_imad", "lat_mufu", "lat_cvt", "lat_hfma2", "lat_lds",
+            "bar_sync", "bar_sync_8w", "smem_conflict_1", "smem_conflict_2", "smem_conflict_4",
+            "smem_conflict_8", "smem_conflict_32", "clock_under_load", "hbm_read_bandwidth"]
+WGMMA = ["lat_wgmma_fp16", "lat_wgmma_int8", "wgmma_interval_fp16"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pipeline_fields_present_with_sources(name):
+    hw = load_hardware(name)
+    for f in PIPELINE:
+        q = getattr(hw, f)
+        assert q is not None and q.value > 0 and q.source, f
+    hopper = hw.arch == "hopper"
+    for f in WGMMA:
+        assert (getattr(hw, f) is not None) == hopper, f
+    assert [hw.v(f"smem_conflict_{d}") for d in (1, 2, 4, 8, 32)] == [1, 2, 4, 8, 32]
+
+
+def test_pipeline_fields_are_optional(tmp_path):
+    p = _write(tmp_path, "h100_sxm", lambda d: [d.pop(f) for f in PIPELINE + WGMMA])
+    hw = load_hardware(p)
+    assert hw.lat_fma is None and hw.lat_wgmma_fp16 is None
+    with pytest.raises(UnsupportedOnHardware, match="lat_lds"):
+        hw.v("lat_lds")
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["lat_fma"].update(value=0), "lat_fma.value"),
+    (lambda d: d["bar_sync"].update(value=-3), "bar_sync"),
+    (lambda d: d["lat_lds"].update(unit="ns"), "lat_lds.unit"),
+    (lambda d: d["clock_under_load"].update(unit="GHz"), "clock_under_load.unit"),
+    (lambda d: d["smem_conflict_8"].update(value=3), "smem_conflict_8.value"),
+    (lambda d: d["lat_mufu"].update(value="fast"), "lat_mufu"),
+])
+def test_pipeline_field_errors_name_the_field(tmp_path, mutate, match):
+    p = _write(tmp_path, "h200", mutate)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_hardware(p)
+    print(e.value)
+
+
+def test_wgmma_fields_refused_on_ampere(tmp_path):
+    p = _write(tmp_path, "a100_80gb_sxm", lambda d: d.update(
+        lat_wgmma_fp16={"value": 100, "unit": "clk", "source": "x", "kind": "spec"}))
+    with pytest.raises(ConfigError, match="lat_wgmma_fp16.*no warpgroup MMA"):
+        load_hardware(p)
+
+
+def test_measured_overlay_of_pipeline_fields(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("lat_fma: {value: 4.1, unit: clk, source: 'probe', kind: measured}\n"
+                 "hbm_latency: {value: 640, unit: ns, source: 'probe', kind: measured}\n"
+                 "smem_conflict_2: {value: 2.05, unit: clk, source: 'probe', kind: measured}\n")
+    hw = apply_measured(load_hardware("h200"), p)
+    assert hw.lat_fma.value == 4.1 and hw.lat_fma.kind == "measured"
+    assert hw.hbm_latency.value == 640 and hw.smem_conflict_2.value == 2.05
+    p.write_text("smem_conflict_4: {value: 1.5, unit: clk, source: 'probe', kind: measured}\n")
+    with pytest.raises(ConfigError, match="smem_conflict_4"):
+        apply_measured(load_hardware("h200"), p)
