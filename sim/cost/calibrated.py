@@ -45,8 +45,7 @@ class Program:
     name: str = ""
 
 
-_FIELD_LAT = {"mufu": "lat_mufu", "cvt": "lat_cvt", "lds": "lat_lds", "const": "lat_const",
-              "s2r": "lat_s2r", "wgmma": "lat_wgmma", "bar": "bar_sync"}
+_FIELD_LAT = {"mufu": "lat_mufu", "cvt": "lat_cvt", "lds": "lat_lds"}
 
 
 def _hw_value(hw, name):
@@ -54,7 +53,8 @@ def _hw_value(hw, name):
     return None if q is None else q.value
 
 
-def sm_params(hw, clock_hz: float, hbm_share: float, *, smem_conflict=None) -> SMParams:
+def sm_params(hw, clock_hz: float, hbm_share: float, *, warps: int = 4,
+              smem_conflict=None) -> SMParams:
     """The pipeline model's parameters for ``hw`` at ``clock_hz`` (see the module docstring).
 
     Per-SM rates are the description's per-clock fields; a measured overlay's per-clock fields
@@ -79,6 +79,15 @@ def sm_params(hw, clock_hz: float, hbm_share: float, *, smem_conflict=None) -> S
         v = _hw_value(hw, f)
         if v is not None:
             lat[k] = v
+    # a CTA barrier round: the 8-warp figure for CTAs of more than 4 warps
+    v = _hw_value(hw, "bar_sync_8w" if warps > 4 else "bar_sync")
+    if v is not None:
+        lat["bar"] = v
+    # the wgmma group's tail after its last MMA drains: the measured dependent-wgmma latency
+    # less its issue interval (both of the m64n128k16 fp16 chain)
+    lw, iv = _hw_value(hw, "lat_wgmma_fp16"), _hw_value(hw, "wgmma_interval_fp16")
+    if lw is not None and iv is not None:
+        lat["wgmma"] = max(0.0, lw - iv)
     l2 = hw.v("l2_latency")
     hbm = hw.v("hbm_latency") * 1e-9 * clock_hz
     lat["gmem"] = (1.0 - hbm_share) * l2 + hbm_share * hbm
@@ -127,7 +136,7 @@ def program_time(hw, prog: Program, *, clock: str, hbm_bytes: float, l2_bytes: f
     share = min(1.0, hbm_bytes / l2_bytes) if l2_bytes > 0 else 1.0
     # quarters: the latency is an estimate at that resolution, and equal parameters share the
     # pipeline model's cached timings across the points of a sweep
-    params = sm_params(hw, clk, round(share * 4) / 4)
+    params = sm_params(hw, clk, round(share * 4) / 4, warps=ck.sim_warps)
     occ = occupancy(hw, ck)
     n_loops = len(ck.loops)
     for t in prog.ctas[:1]:
@@ -145,6 +154,9 @@ def program_time(hw, prog: Program, *, clock: str, hbm_bytes: float, l2_bytes: f
 
     sched = grid.schedule(prog.ctas, int(hw.v("sm_count")), slots, cycles)
     compute = sched["cycles"] / clk
+    rb = _hw_value(hw, "hbm_read_bandwidth")
+    if rb:                                   # a read stream's ceiling, scaled to the SMs in use
+        read_bandwidth = rb * 1e9 * min(1.0, len(prog.ctas) / hw.v("sm_count"))
     memory = hbm_bytes / read_bandwidth if read_bandwidth > 0 else 0.0
     body = max(compute, memory)
     return {"time": body + launch_overhead, "compute": compute, "memory": memory,
