@@ -1,6 +1,6 @@
 """``predict``: time of a method on a GPU, from the launches its kernels make.
 
-Per launch (``tier="tiled"``; ``"calibrated"`` is the same on the measured ceilings):
+Per launch at ``tier="tiled"`` (the last two tiers price counted kernels instead, see below):
 
 1. Occupancy: CTAs per SM = min over shared memory (+1 KB reserved per CTA), registers,
    threads and the CTA limit. A tile that does not fit one CTA's shared memory raises.
@@ -36,6 +36,12 @@ Per launch (``tier="tiled"``; ``"calibrated"`` is the same on the measured ceili
 
 ``tier="roofline"``: useful work only (no padding, no re-reads), time = max over units of
 ops / chip peak and unique HBM bytes / bandwidth; no occupancy, waves, overlap or launch.
+
+``tier="pipeline"`` and ``tier="calibrated"``: every launch of a kernel qsattn can count is priced
+from that kernel's SASS, compiled for this point (:mod:`sim.cost.calibrated`: the SM pipeline
+model, the block scheduler, memory); ``pipeline`` on the hardware description's datasheet
+values, ``calibrated`` on its measured overlay. Launches nothing counts keep the formula above
+(``Prediction.analytical`` says which and why).
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ from .kernels import UNIT_OF, Launch, load_latency_clk
 from .methods import COST_PATHS, BuildContext
 from .shape import Shape
 
-TIERS = ("roofline", "tiled", "calibrated")
+TIERS = ("roofline", "tiled", "pipeline", "calibrated")
 PHASES = ("prefill", "decode")
 COMPUTE_UNITS = ("tensor", "fma", "alu", "xu", "smem")
 
@@ -305,7 +311,8 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
 
     ``spec``: a MethodSpec, spec name or path; ``hardware``: a Hardware or its name/path;
     ``kernel``: None for the method's default (``COST_PATHS.get(method).kernels`` lists the
-    choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
+    choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | pipeline |
+    calibrated; ``clock``:
     boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
     "num_warps", "num_stages"}`` (any subset; the kernels' default is sim.cost.launch.prefill_launch),
     default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
@@ -334,7 +341,7 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
                          f"method {spec.method!r} phase {phase!r}, got {kernel!r}")
     r = _rates(hw, clock)
     ideal = tier == "roofline"
-    counted = tier == "calibrated"
+    counted = tier in ("pipeline", "calibrated")
     ctx = BuildContext(sm_count=r.sm, arch=hw.arch, ideal=ideal,
                        launch=launch if phase == "prefill" else None, counted=counted)
     launches = path.build(spec, shape, phase, kernel, ctx)
