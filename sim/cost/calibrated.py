@@ -163,3 +163,65 @@ def program_time(hw, prog: Program, *, clock: str, hbm_bytes: float, l2_bytes: f
             "bound": "pipeline" if compute >= memory else "hbm", "occupancy": occ,
             "slots": slots, "waves": sched["waves"], "kernel": ck.key,
             "issued": timings[slots].issued, "clock_hz": clk}
+
+
+# -- what the model is made of ------------------------------------------------------------
+_MODEL_FILES = ("sass.py", "pipeline.py", "grid.py", "counted.py", "calibrated.py",
+                "foreign.py", "kernels.py", "paths.py", "model.py")
+# hardware fields the counted-kernel tiers read (sm_params, occupancy, program_time, model.py)
+PARAMETERS = ("boost_clock", "clock_under_load", "sm_count", "fp32", "fp16x2", "int32", "sfu",
+              "cvt", "tc_fp16", "tc_bf16", "tc_int8", "tc_fp8", "tc_int4", "smem_bandwidth",
+              "lat_mufu", "lat_cvt", "lat_lds", "bar_sync", "bar_sync_8w", "lat_wgmma_fp16",
+              "wgmma_interval_fp16", "l2_latency", "hbm_latency", "hbm_read_bandwidth",
+              "hbm_bandwidth", "l2_size", "launch_overhead", "smem_per_sm", "smem_per_block",
+              "registers_per_sm", "max_threads_per_sm", "max_blocks_per_sm")
+
+
+def model_digest(hw) -> str:
+    """SHA-256 (16 hex) of everything a counted-tier prediction on ``hw`` depends on besides the
+    kernels' own SASS: the model's source files, the architecture's pipeline latencies and
+    every hardware value it reads (measured overlay applied). A validation run records it
+    before it measures; its summary states it."""
+    import hashlib
+    import json
+    from pathlib import Path
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _MODEL_FILES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    h.update(json.dumps(kernel_data(hw.arch, "pipeline"), sort_keys=True, default=str).encode())
+    for name in PARAMETERS:
+        q = getattr(hw, name, None)
+        h.update(f"{name}={None if q is None else (q.value, q.unit, q.kind)}".encode())
+    return h.hexdigest()[:16]
+
+
+def parameter_sources(hw) -> list[dict]:
+    """Every parameter the counted-kernel tiers read for ``hw``, with where its value comes
+    from: ``measured`` (the microbenchmarks of `qsattn calibrate`), ``datasheet`` (the hardware
+    description's sourced value; ``estimate`` when its source says ESTIMATE), or the
+    architecture's pipeline table (configs/kernels/<arch>/pipeline.yaml). Instruction counts,
+    dependencies, registers, shared memory and loop structure come from each kernel's compile
+    (SASS) and are not parameters."""
+    out = []
+    for name in PARAMETERS:
+        q = getattr(hw, name, None)
+        if q is None:
+            continue
+        kind = "measured" if q.kind == "measured" else (
+            "estimate" if "ESTIMATE" in q.source else "datasheet")
+        out.append({"name": name, "value": q.value, "unit": q.unit, "kind": kind,
+                    "source": q.source})
+    pipe = kernel_data(hw.arch, "pipeline")
+    covered = {"mufu": "lat_mufu", "cvt": "lat_cvt", "lds": "lat_lds"}
+    for k, v in pipe["latency"].items():
+        if k in covered and getattr(hw, covered[k], None) is not None:
+            continue
+        if k == "bar" and getattr(hw, "bar_sync", None) is not None:
+            continue
+        if k == "wgmma" and getattr(hw, "lat_wgmma_fp16", None) is not None:
+            continue
+        out.append({"name": f"latency.{k}", "value": v, "unit": "clk", "kind": "estimate",
+                    "source": f"configs/kernels/{hw.arch}/pipeline.yaml: {pipe['source']}"})
+    return out
