@@ -44,6 +44,12 @@ def config_dir() -> Path:
     env = os.environ.get("QSATTN_CONFIG_DIR")
     if env:
         return Path(env)
+    return _shipped_config_dir()
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_config_dir() -> Path:
+    # resolved once per process: predictions look configs up at >= 10k calls per second
     here = Path(__file__).resolve().parent
     for cand in (here.parent / "configs", here / "configs"):
         if (cand / "methods").is_dir():
@@ -356,12 +362,22 @@ class MethodSpec:
         return self.q is not None
 
 
+_SHIPPED: dict = {}
+
+
 def _resolve(name_or_path: str | os.PathLike) -> Path:
+    if isinstance(name_or_path, str):
+        hit = _SHIPPED.get((name_or_path, os.environ.get("QSATTN_CONFIG_DIR")))
+        if hit is not None:
+            return hit
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     cand = config_dir() / "methods" / f"{name_or_path}.yaml"
-    if not cand.exists():
+    if cand.exists():
+        # a shipped name: remembered (the file's content is still checked by its stat)
+        _SHIPPED[(str(name_or_path), os.environ.get("QSATTN_CONFIG_DIR"))] = cand
+    else:
         known = sorted(x.stem for x in (config_dir() / "methods").glob("*.yaml"))
         raise ValueError(f"method: expected one of {known} or a path to a YAML spec, "
                          f"got {str(name_or_path)!r}")
@@ -418,7 +434,7 @@ def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> 
             st = path.stat()
         except FileNotFoundError:
             raise ConfigError(str(path), "", "an existing YAML file", "no such file") from None
-        return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+        return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size)
     data = schema.load_yaml(path)
     data.setdefault("name", path.stem)
     data = schema.merge(data, overrides)

@@ -201,11 +201,20 @@ def available_hardware() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "hardware").glob("*.yaml"))
 
 
+_SHIPPED: dict = {}
+
+
 def _resolve(name_or_path) -> Path:
+    key = (name_or_path, os.environ.get("QSATTN_CONFIG_DIR")) \
+        if isinstance(name_or_path, str) else None
+    if key in _SHIPPED:
+        return _SHIPPED[key]
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         return p
     cand = config_dir() / "hardware" / f"{name_or_path}.yaml"
+    if cand.exists() and key is not None:
+        _SHIPPED[key] = cand
     if not cand.exists():
         raise ValueError(f"hardware: expected one of {available_hardware()} or a path to a YAML "
                          f"file, got {str(name_or_path)!r}")
@@ -225,7 +234,7 @@ def load_hardware(name_or_path: "str | os.PathLike | Hardware") -> Hardware:
                         f"got {type(name_or_path).__name__}")
     path = _resolve(name_or_path)
     try:
-        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        key = (str(path), path.stat().st_mtime_ns)
     except OSError:
         key = None
     if key in _CACHE:
