@@ -598,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
         (args.out / f"{name}.md").write_text(markdown(result, command))
         written = [args.out / f"{name}.json", args.out / f"{name}.md",
+                   bench_plots.rows_csv(result, args.out / f"{name}.csv"),
                    *plot(result, args.out / f"{name}_sweep.png")]
         log("wrote " + ", ".join(map(str, written)))
 

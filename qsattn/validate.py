@@ -433,6 +433,7 @@ def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: lis
                   note: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = vs.scatter(rows, out_dir / FIGURE_NAME)
+    vs.write_tables(rows, out_dir)
     devices = sorted({r.get("device", "?") for r in rows})
     dates = sorted(r["date"] for r in rows if r.get("date"))
     when = (f"Measured on {', '.join(devices)} between {dates[0]} and {dates[-1]}"
