@@ -49,6 +49,17 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
+def csv_cell(v: Any) -> str:
+    """A CSV cell: floats round-trip exact (``repr``), NaN/inf/None empty, bools lower case."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return str(v)
+
+
 def _md_cell(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -73,9 +84,7 @@ def render(rows: Sequence[Mapping], fmt: str, *, columns: Sequence[str] | None =
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow(["" if r.get(c) is None or (isinstance(r.get(c), float)
-                                                  and not math.isfinite(r.get(c)))
-                        else (repr(r[c]) if isinstance(r[c], float) else r[c]) for c in columns])
+            w.writerow([csv_cell(r.get(c)) for c in columns])
         return buf.getvalue()
     if markdown is not None:
         return markdown.rstrip("\n") + "\n"

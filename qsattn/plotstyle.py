@@ -292,26 +292,17 @@ def log_ticks(ax, lo: float, hi: float, axis: str = "both") -> None:
         a.set_minor_formatter(NullFormatter())
 
 
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
-
-
 def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Path:
     """``rows`` (dicts) as CSV: header from ``columns`` or the keys in first-seen order; floats
     written with ``repr`` (round-trip exact), NaN/None as empty cells. Deterministic bytes."""
+    from qsattn.cliopts import csv_cell
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
+        w.writerow([csv_cell(r.get(c)) for c in columns])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue())
