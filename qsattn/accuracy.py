@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
     points = [(p, _pid(study, *p)) for p in study.points()]
     todo = [(p, pid) for p, pid in points if pid not in store]
     inputs_cache: dict = {}
-    bar = tqdm(todo, desc="accuracy", unit="pt", disable=not progress, leave=False)
+    bar = tqdm(todo, desc="accuracy", unit="point", disable=not progress or not todo, leave=True,
+               file=sys.stderr, dynamic_ncols=True)
     for (variant, kind, causal, L, seed), pid in bar:
         bar.set_postfix_str(f"{variant.name} {kind} L={L}{' causal' if causal else ''}")
         key = (kind, L, seed)
@@ -408,13 +410,13 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
 # CLI and report
 # --------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/accuracy_synthetic.yaml)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: reports/accuracy)")
     p.add_argument("--quick", action="store_true", help="the config's quick subset (< 1 minute)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cliopts.add_common(p, out_help="output directory (default: reports/accuracy, "
+                                   "reports/accuracy/quick with --quick)")
 
 
 def _command(config: Path, out: Path, quick: bool) -> str:
@@ -426,12 +428,18 @@ def _command(config: Path, out: Path, quick: bool) -> str:
     return cmd + (" --quick" if quick else "")
 
 
-def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool) -> str:
+def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool,
+            tables: list | None = None) -> str:
+    """Run (resume) the study and write its report; returns the summary markdown. ``tables``
+    (a list) receives the summary tables' rows (:func:`table_rows`, every length and mask)."""
     study = load_study(config, quick=quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
                                          name="results_quick" if quick else "results")
+    if tables is not None:
+        tables += [t for L in study.lengths for c in study.causal
+                   for t in table_rows(study, rows, L, c)]
     return write_report(study, rows, out, _command(config, out, quick), problems, computed)
 
 
@@ -442,15 +450,19 @@ def default_out(quick: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from qsattn import cliopts
     out = args.out if args.out is not None else default_out(args.quick)
+    tables: list = []
     summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
-                      progress=not args.no_progress)
-    print(summary)
-    print(f"wrote {Path(out) / 'README.md'}")
+                      progress=not args.no_progress, tables=tables)
+    cliopts.emit(cliopts.render(tables, args.format, markdown=summary))
+    print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0
 
 
 def report_section(ctx) -> str:
     """``qsattn report`` section: the default study (quick subset with ``ctx.quick``)."""
     return execute(DEFAULT_CONFIG, Path(ctx.out) / "accuracy", quick=ctx.quick, rerun=ctx.rerun,
-                   progress=True)
+                   progress=getattr(ctx, "progress", True))

@@ -27,17 +27,20 @@ from sim.spec import config_dir
 DEFAULT_CONFIG = config_dir() / "experiments" / "bench_h100.yaml"
 DEFAULT_OUT = provenance.REPORTS / "bench"
 DEVICE_HINT = ("qsattn bench needs a CUDA GPU (torch.cuda.is_available() is False here).\n"
-               "Run it on the device machine, e.g. with the device tool's `run`:\n"
-               "  PYTHONUNBUFFERED=1 python3 -m qsattn bench --out $OUT\n"
-               "(add the SageAttention wheel with carry ['.whl'] and `pip install --target "
-               "/tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site` first), then copy "
-               "$OUT/prefill.{json,md} into reports/bench/.")
+               "On a machine with an NVIDIA GPU, from a clone (python3 bootstrap.py test sets "
+               "it up):\n"
+               "  qsattn bench            # writes reports/bench/{prefill,decode}.{json,md,csv} "
+               "and the sweep figures\n"
+               "SageAttention is timed when it is importable (pip install sageattention==1.0.6);"
+               "\ncommit what it writes (README: 'GPU runs on any CUDA machine').")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/bench_h100.yaml)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    cliopts.add_common(p, out_default=DEFAULT_OUT,
+                       out_help="output directory (default: reports/bench)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep "
                    "(both benches), prefill, decode (a whole bench)")
 
@@ -584,8 +587,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     command = provenance.command_line()
 
-    def log(msg):
-        print(msg, flush=True)
+    def log(msg):   # progress lines (stderr); the result table goes to stdout at the end
+        if not args.no_progress:
+            print(msg, flush=True, file=sys.stderr)
     log(f"qsattn bench on {provenance.machine()}")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     prov = {"command": command, "git": provenance.git_revision(),
@@ -595,7 +599,9 @@ def run(args: argparse.Namespace) -> int:
         """<name>.json, <name>.md and the sweep plot, with provenance, under --out."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        from qsattn.cliopts import strict_json
+        (args.out / f"{name}.json").write_text(json.dumps(strict_json(result), indent=1,
+                                                          default=str))
         (args.out / f"{name}.md").write_text(markdown(result, command))
         written = [args.out / f"{name}.json", args.out / f"{name}.md",
                    bench_plots.rows_csv(result, args.out / f"{name}.csv"),
@@ -607,6 +613,15 @@ def run(args: argparse.Namespace) -> int:
     if "decode" not in skip and "decode" in cfg:
         save("decode", _run_decode_bench(cfg, args, log), _decode_markdown,
              bench_plots.plot_decode)
+    from qsattn import cliopts
+    rows = []
+    for name in ("prefill", "decode"):
+        f = args.out / f"{name}.json"
+        if f.is_file() and name not in skip:
+            rows += [{"bench": name, **{k: v for k, v in r.items() if not isinstance(v, (dict, list))}}
+                     for r in json.loads(f.read_text())["rows"] if not r.get("tune")]
+    cliopts.emit(cliopts.render(rows, args.format, columns=("bench", "name", "kind", "L",
+                                                            "causal", "ms")))
     return 0
 
 

@@ -214,7 +214,7 @@ class Study:
     def use(self, backend, name: str) -> None:
         from ref.hf_attention import register
 
-        self.model.config._attn_implementation = register(name, backend)
+        self.model.set_attn_implementation(register(name, backend))
 
     def nll(self, start: int, length: int) -> tuple[float, int]:
         """Summed next-token NLL (nats) over a window, and the number of predicted tokens."""
@@ -289,7 +289,7 @@ class Study:
             if pid not in self.store:
                 todo.append((pid, start, length))
         if todo:
-            self.model.config._attn_implementation = "sdpa"
+            self.model.set_attn_implementation("sdpa")
             bar = self._bar(len(todo), "pass-through perplexity")
             for pid, start, length in todo:
                 t0 = time.perf_counter()
@@ -359,6 +359,8 @@ class Study:
     def needle(self) -> list[dict]:
         import torch
 
+        from qsattn.hf import cache_keyword, output_cache
+
         from ref.hf_attention import SimAttention
 
         nd = self.cfg["needle"]
@@ -379,12 +381,13 @@ class Study:
             t0 = time.perf_counter()
             pre = self.model(x[:, :split], use_cache=True)
             prefill_s = time.perf_counter() - t0
-            cache = pre.past_key_values
+            cache = output_cache(pre)
             for vid in vs:
                 v = self.by_id[vid]
                 self.use(self.backend(v), vid)
                 t0 = time.perf_counter()
-                out = self.model(x[:, split:-1], past_key_values=cache, use_cache=True)
+                out = self.model(x[:, split:-1], use_cache=True,
+                                 **{cache_keyword(self.model): cache})
                 cache.crop(-(len(seq) - 1 - split))  # drop the decoded tokens again
                 pred = out.logits[0].argmax(-1).numpy()
                 target = seq[split + 1:]
@@ -729,10 +732,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/model_smollm2.yaml)")
     p.add_argument("--quick", action="store_true", help="small smoke run (~3 minutes)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: reports/model, reports/model/quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from qsattn import cliopts
+    cliopts.add_common(p, out_help="output directory (default: reports/model, reports/model/"
+                                   "quick with --quick)")
     p.add_argument("--executor", choices=EXECUTORS, default="sim",
                    help="sim: bit-accurate CPU simulator (default); gpu: the Triton kernels for "
                         "methods that have one (CUDA, or TRITON_INTERPRET=1), simulator for the rest")
@@ -744,7 +747,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (provenance.REPORTS / "model" / sub / ("quick" if args.quick else ""))
     s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
                   executor=args.executor)
-    print(f"pass-through perplexity {s['passthrough']['ppl']:.3f}; wrote {Path(out) / 'README.md'}")
+    import sys
+
+    from qsattn import cliopts
+    rows = [{"variant": v, **d} for v, d in s["perplexity"].items()]
+    md = (f"pass-through perplexity {s['passthrough']['ppl']:.3f}\n\n"
+          + cliopts.render(rows, "md"))
+    cliopts.emit(cliopts.render(rows, args.format, markdown=md))
+    print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0
 
 

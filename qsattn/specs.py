@@ -9,9 +9,11 @@ from sim.spec import available_methods, load_method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("name", nargs="?", help="method name or YAML path to show (default: list all)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set p.rounding=half_even (repeatable)")
+    cliopts.add_common(p, out_help="write the listing (or the resolved spec) to this file")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -53,13 +55,39 @@ def methods_table() -> str:
     return "\n".join(rows)
 
 
+def rows() -> list[dict]:
+    """One row per shipped spec: name, method, digest, tile and description."""
+    out = []
+    for name in available_methods():
+        s = load_method(name)
+        out.append({"spec": name, "method": s.method, "digest": s.digest,
+                    "block_m": s.tiling.block_m, "block_n": s.tiling.block_n,
+                    "description": s.description})
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from qsattn import cliopts
     if args.name is None:
-        print(table())
-        print()
-        print(methods_table())
+        cliopts.emit(cliopts.render(rows(), args.format,
+                                    markdown=table() + "\n\n" + methods_table()), args.out)
         return 0
     spec = load_method(args.name, **parse_overrides(args.set))
-    print(yaml.safe_dump(spec.to_dict(), sort_keys=False, width=100), end="")
-    print(f"# digest {spec.digest}")
+    d = spec.to_dict()
+    if args.format == "json":
+        text = json.dumps(cliopts.strict_json({**d, "digest": spec.digest}), indent=1) + "\n"
+    elif args.format == "csv":
+        flat = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                flat[k] = v
+        flat["digest"] = spec.digest
+        text = cliopts.render([{"field": k, "value": v} for k, v in flat.items()], "csv")
+    else:
+        text = yaml.safe_dump(d, sort_keys=False, width=100) + f"# digest {spec.digest}\n"
+    cliopts.emit(text, args.out)
     return 0
