@@ -387,7 +387,7 @@ def plot_sweep(cfg: RooflineConfig, hw_name: str, path: Path,
                 f"{' causal' if s0.causal else ''}")
         axes[0, col].set_title(f"{phase} ({desc}): predicted time")
         axes[1, col].set_title(f"{phase}: speedup vs fp16_flash" + (
-            " (ideal entries vs fp16_flash:ideal)" if phase == "decode" else ""))
+            "\n(ideal entries vs fp16_flash:ideal)" if phase == "decode" else ""))
         axes[0, col].set_yscale("log")
         axes[1, col].axhline(1.0, color="0.2", lw=0.8)
         ps.length_axis(axes[1, col], sweep.lengths,
