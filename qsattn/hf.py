@@ -433,7 +433,8 @@ def make_cache(model: Any, backend: Any = None):
     """The cache ``model``'s qsattn method decodes through in ``generate()``: a
     :class:`TurboCache` for turbo's KV-cache mode, a :class:`LabelCache` for double_sparse,
     transformers' ``DynamicCache`` for the others (they keep plain K/V). The cache is bound to
-    the backend (default: :func:`backend_of` ``(model)``); pass it to :func:`generate`."""
+    the backend (default: :func:`backend_of` ``(model)``), one cache at a time: a new
+    ``make_cache`` rebinds it. Pass it to :func:`generate`."""
     from transformers import DynamicCache
 
     be = backend if backend is not None else backend_of(model)

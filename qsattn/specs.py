@@ -35,23 +35,35 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def methods_table() -> str:
+def methods_rows() -> list[dict]:
     """Every registered method and what each executor supports for it (the registries of
-    ``sim.methods``, ``sim.cost.methods`` and ``gpu.methods``)."""
+    ``sim.methods``, ``sim.cost.methods`` and ``gpu.methods``); lists joined by spaces."""
     import gpu
     from sim.cost.methods import COST_PATHS
     from sim.methods import SIMULATORS
 
-    rows = ["| method | spec sections | softmax | simulator modes | cost kernels (prefill; decode) "
-            "| GPU prefill | GPU decode |", "|---|---|---|---|---|---|---|"]
+    out = []
     for name, m in SIMULATORS.items():
         cost = COST_PATHS.get(name).kernels if name in COST_PATHS else {}
         kp = gpu.KERNEL_PATHS.get(name) if name in gpu.KERNEL_PATHS else None
-        rows.append(f"| `{name}` | {', '.join(sorted(m.sections))} | {', '.join(m.exps)} | "
-                    f"{', '.join(('default',) + m.modes)} | "
-                    f"{', '.join(cost.get('prefill', ())) or '-'}; "
-                    f"{', '.join(cost.get('decode', ())) or '-'} | "
-                    f"{'yes' if kp and kp.prefill else '-'} | {'yes' if kp and kp.decode else '-'} |")
+        out.append({"method": name, "sections": " ".join(sorted(m.sections)),
+                    "softmax": " ".join(m.exps), "simulator_modes": " ".join(("default",) + m.modes),
+                    "cost_prefill_kernels": " ".join(cost.get("prefill", ())),
+                    "cost_decode_kernels": " ".join(cost.get("decode", ())),
+                    "gpu_prefill": bool(kp and kp.prefill), "gpu_decode": bool(kp and kp.decode)})
+    return out
+
+
+def methods_table() -> str:
+    """:func:`methods_rows` as markdown."""
+    rows = ["| method | spec sections | softmax | simulator modes | cost kernels (prefill; decode) "
+            "| GPU prefill | GPU decode |", "|---|---|---|---|---|---|---|"]
+    for r in methods_rows():
+        sp = lambda x: ", ".join(x.split()) or "-"
+        rows.append(f"| `{r['method']}` | {sp(r['sections'])} | {sp(r['softmax'])} | "
+                    f"{sp(r['simulator_modes'])} | {sp(r['cost_prefill_kernels'])}; "
+                    f"{sp(r['cost_decode_kernels'])} | {'yes' if r['gpu_prefill'] else '-'} | "
+                    f"{'yes' if r['gpu_decode'] else '-'} |")
     return "\n".join(rows)
 
 

@@ -167,3 +167,49 @@ def test_plain_methods_get_a_dynamic_cache_and_no_warning(tiny):
         warnings.simplefilter("error", FutureWarning)
         out = model(x[:1, :10], use_cache=True, **{hf.cache_keyword(model): cache})
     assert hf.output_cache(out) is cache and cache.get_seq_length() == 10
+
+
+GPU_SCRIPT = r'''
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+import qsattn.hf as hf
+
+torch.manual_seed(0)
+cfg = LlamaConfig(vocab_size=61, hidden_size=128, intermediate_size=96, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+model = LlamaForCausalLM(cfg).eval()
+x = torch.randint(0, 61, (1, 40), generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    model.set_attn_implementation("sdpa")
+    base = model(x).logits
+    model.set_attn_implementation("qsattn_gpu_int8_fa")      # the registered default
+    named = model(x).logits
+    be = hf.use(model, "int8_flash", executor="gpu")
+    used = model(x).logits
+assert be.calls == 1 and torch.equal(named, used), (be.calls,)
+err = (used - base).abs().max().item()
+print("gpu executor int8_flash vs sdpa: max |dlogit|", err)
+assert err < 0.1, err
+try:
+    hf.use(model, "double_sparse", executor="gpu")
+except ValueError as e:
+    assert "no prefill kernel" in str(e), e
+else:
+    raise AssertionError("double_sparse has no prefill kernel: expected a ValueError")
+'''
+
+
+@pytest.mark.slow
+def test_gpu_executor_runs_the_triton_kernel_under_the_interpreter():
+    """executor='gpu' and the qsattn_gpu_* names run gpu.attention (here on the CPU through
+    TRITON_INTERPRET=1, set before triton is imported: a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", GPU_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=900, cwd=Path(__file__).resolve().parents[2])
+    print(r.stdout)
+    assert r.returncode == 0, r.stderr[-3000:]
