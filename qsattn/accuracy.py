@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
     points = [(p, _pid(study, *p)) for p in study.points()]
     todo = [(p, pid) for p, pid in points if pid not in store]
     inputs_cache: dict = {}
-    bar = tqdm(todo, desc="accuracy", unit="pt", disable=not progress, leave=False)
+    bar = tqdm(todo, desc="accuracy", unit="point", disable=not progress or not todo, leave=True,
+               file=sys.stderr, dynamic_ncols=True)
     for (variant, kind, causal, L, seed), pid in bar:
         bar.set_postfix_str(f"{variant.name} {kind} L={L}{' causal' if causal else ''}")
         key = (kind, L, seed)
@@ -249,69 +251,111 @@ def claim_lines(study: Study, rows: list[dict]) -> list[str]:
     return out
 
 
+def table_rows(study: Study, rows: list[dict], L: int, causal: bool) -> list[dict]:
+    """The numbers of one summary table (a row per variant): mean rel. L2 per input kind, mean
+    relative error, max abs error and min cosine over all inputs, KL, recall, cache ratio."""
+    out = []
+    for v in study.variants:
+        rs = [r for r in rows if r["method"] == v.name and r["L"] == L and r["causal"] == causal]
+        if not rs:
+            continue
+        row = {"variant": v.name, "spec": v.spec, "kv_cache": v.kv_cache, "L": L,
+               "causal": causal}
+        for k in study.inputs:
+            row[f"rel_l2_{k}"] = _mean([r for r in rs if r["input"] == k], "rel_l2")
+        row.update(mean_rel=_mean(rs, "mean_rel"), max_abs=max(r["max_abs"] for r in rs),
+                   cosine_min=min(r["cosine"] for r in rs), kl=_mean(rs, "kl"),
+                   recall=_mean(rs, "recall"), cache_ratio=_mean(rs, "cache_ratio"),
+                   label_overhead=_mean(rs, "label_overhead"))
+        out.append(row)
+    return out
+
+
 def _table(study: Study, rows: list[dict], L: int, causal: bool) -> str:
     kinds = list(study.inputs)
     head = ("| method | " + " | ".join(f"rel L2 {k}" for k in kinds)
             + " | mean rel (all) | max abs (all) | cosine min | KL | recall | cache x |")
     lines = [head, "|" + "---|" * (len(kinds) + 7)]
-    for v in study.variants:
-        rs = [r for r in rows if r["method"] == v.name and r["L"] == L and r["causal"] == causal]
-        if not rs:
-            continue
-        per = [_fmt(_mean([r for r in rs if r["input"] == k], "rel_l2")) for k in kinds]
-        cos = min(r["cosine"] for r in rs)
-        cache = _mean(rs, "cache_ratio")
-        lo = _mean(rs, "label_overhead")
+    for t in table_rows(study, rows, L, causal):
+        per = [_fmt(t[f"rel_l2_{k}"]) for k in kinds]
+        cache, lo = t["cache_ratio"], t["label_overhead"]
         cache_s = _fmt(cache, ".2f") if not math.isnan(cache) else (
             f"+{lo * 100:.1f}% labels" if not math.isnan(lo) else "–")
-        lines.append(f"| `{v.name}` | " + " | ".join(per)
-                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(max(r['max_abs'] for r in rs))}"
-                     + f" | {cos:.6f} | {_fmt(_mean(rs, 'kl'))} | {_fmt(_mean(rs, 'recall'), '.3f')}"
+        lines.append(f"| `{t['variant']}` | " + " | ".join(per)
+                     + f" | {_fmt(t['mean_rel'])} | {_fmt(t['max_abs'])}"
+                     + f" | {t['cosine_min']:.6f} | {_fmt(t['kl'])} | {_fmt(t['recall'], '.3f')}"
                      + f" | {cache_s} |")
     return "\n".join(lines)
 
 
 def _plots(study: Study, rows: list[dict], out_dir: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The figures (style: :mod:`qsattn.plotstyle`), each with a CSV of its plotted numbers."""
+    from qsattn import plotstyle as ps
 
     files = []
     L = max(study.lengths)
     names = [v.name for v in study.variants]
+    styles = ps.variant_styles(names)
+    kinds = list(study.inputs)
     for causal in study.causal:
-        fig, ax = plt.subplots(figsize=(11, 4.5))
-        width = 0.8 / max(1, len(study.inputs))
-        for i, kind in enumerate(study.inputs):
+        # one panel per input kind: a bar per variant, coloured by its method
+        fig, axes = ps.figure(1, len(kinds), width=10.5, row_height=0.26 * len(names) + 1.4,
+                              sharey=True)
+        data = []
+        for ax, kind in zip(axes[0], kinds):
             ys = [_mean([r for r in rows if r["method"] == n and r["input"] == kind
                          and r["L"] == L and r["causal"] == causal], "rel_l2") for n in names]
-            ax.bar(np.arange(len(names)) + i * width, ys, width, label=kind)
-        ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(names)) + width * (len(study.inputs) - 1) / 2)
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("relative L2 error vs float64")
-        ax.set_title(f"Simulator accuracy, L = {L}, {'causal' if causal else 'non-causal'}")
-        ax.legend()
-        fig.tight_layout()
+            pos = np.arange(len(names))[::-1]
+            ax.barh(pos, ys, color=[styles[n]["color"] for n in names], height=0.72)
+            base = ys[names.index("fp16_flash")] if "fp16_flash" in names else None
+            if base is not None and not math.isnan(base):
+                ax.axvline(base, color="0.2", lw=0.9, ls="--")
+            ax.set_xscale("log")
+            ax.set_title(f"{kind} inputs")
+            ax.set_yticks(pos)
+            ax.set_yticklabels(names)
+            ax.grid(True, axis="x", which="major")
+            ax.grid(False, axis="y")
+            data += [{"variant": n, "input": kind, "L": L, "causal": causal, "rel_l2_mean": y}
+                     for n, y in zip(names, ys)]
+        fig.supxlabel("relative L2 error vs float64 (mean over seeds; dashed: fp16_flash)",
+                      fontsize=ps.RC["axes.labelsize"])
+        fig.suptitle(f"Simulator accuracy, L = {L}, {'causal' if causal else 'non-causal'}",
+                     x=0.02, ha="left")
         fname = f"rel_l2_L{L}_{'causal' if causal else 'full'}.png"
-        fig.savefig(out_dir / fname, dpi=110)
-        plt.close(fig)
+        ps.save(fig, out_dir / fname, data)
         files.append(fname)
     if len(study.lengths) > 1:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        kind = next(iter(study.inputs))
-        for n in names:
-            ys = [_mean([r for r in rows if r["method"] == n and r["input"] == kind
-                         and r["L"] == L_], "rel_l2") for L_ in study.lengths]
-            ax.plot(study.lengths, ys, marker="o", label=n)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel(f"relative L2 error ({kind} inputs, mean over causal)")
-        ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out_dir / "rel_l2_vs_length.png", dpi=110)
-        plt.close(fig)
+        kind = kinds[0]
+        groups = ps.facet_by_family(names)
+        ncols = min(3, len(groups))
+        nrows = -(-len(groups) // ncols)
+        fig, axes = ps.figure(nrows, ncols, width=10.5, row_height=3.6, sharey=True)
+        data = []
+        base = ([_mean([r for r in rows if r["method"] == "fp16_flash" and r["input"] == kind
+                        and r["L"] == L_], "rel_l2") for L_ in study.lengths]
+                if "fp16_flash" in names else None)
+        for ax, (fam, labs) in zip(axes.flat, groups.items()):
+            if base is not None and fam != "fp16_flash":
+                ax.plot(study.lengths, base, color="0.55", lw=1.0, ls="--",
+                        label="fp16_flash (baseline)")
+            for n in labs:
+                ys = [_mean([r for r in rows if r["method"] == n and r["input"] == kind
+                             and r["L"] == L_], "rel_l2") for L_ in study.lengths]
+                ax.plot(study.lengths, ys, label=n, **styles[n])
+                data += [{"variant": n, "family": fam, "input": kind, "L": L_,
+                          "rel_l2_mean": y} for L_, y in zip(study.lengths, ys)]
+            ax.set_yscale("log")
+            ax.set_title(fam)
+            ps.length_axis(ax, study.lengths, label="sequence length (tokens)")
+            ps.legend_below(ax, ncol=1)
+        for ax in list(axes.flat)[len(groups):]:
+            ax.set_visible(False)
+        for r in range(nrows):
+            axes[r, 0].set_ylabel(f"relative L2 error vs float64")
+        fig.suptitle(f"Error vs length per method ({kind} inputs, mean over seeds and causal)",
+                     x=0.02, ha="left")
+        ps.save(fig, out_dir / "rel_l2_vs_length.png", data)
         files.append("rel_l2_vs_length.png")
     return files
 
@@ -345,7 +389,13 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
         for causal in study.causal:
             parts += [f"## L = {L}, {'causal' if causal else 'non-causal'}", "",
                       _table(study, rows, L, causal), ""]
-    parts += ["## Plots", ""] + [f"![{f}]({f})" for f in files]
+    from qsattn.plotstyle import write_csv
+    write_csv(out_dir / "tables.csv", [t for L in study.lengths for causal in study.causal
+                                       for t in table_rows(study, rows, L, causal)])
+    parts += ["Data of every table above: [`tables.csv`](tables.csv) (one row per variant, "
+              "length and mask; every point: `results.jsonl`).", ""]
+    parts += ["## Plots", ""] + [f"![{f}]({f})\n\nData: [`{Path(f).stem}.csv`]({Path(f).stem}.csv)"
+                                 for f in files]
     (out_dir / "README.md").write_text("\n".join(parts) + "\n")
     L = max(study.lengths)
     summary = [setup, "", points, "", "INT-FlashAttention claim (int8_flash vs fp8 E4M3, mean relative error):",
@@ -360,13 +410,13 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
 # CLI and report
 # --------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/accuracy_synthetic.yaml)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: reports/accuracy)")
     p.add_argument("--quick", action="store_true", help="the config's quick subset (< 1 minute)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cliopts.add_common(p, out_help="output directory (default: reports/accuracy, "
+                                   "reports/accuracy/quick with --quick)")
 
 
 def _command(config: Path, out: Path, quick: bool) -> str:
@@ -378,12 +428,18 @@ def _command(config: Path, out: Path, quick: bool) -> str:
     return cmd + (" --quick" if quick else "")
 
 
-def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool) -> str:
+def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool,
+            tables: list | None = None) -> str:
+    """Run (resume) the study and write its report; returns the summary markdown. ``tables``
+    (a list) receives the summary tables' rows (:func:`table_rows`, every length and mask)."""
     study = load_study(config, quick=quick)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
                                          name="results_quick" if quick else "results")
+    if tables is not None:
+        tables += [t for L in study.lengths for c in study.causal
+                   for t in table_rows(study, rows, L, c)]
     return write_report(study, rows, out, _command(config, out, quick), problems, computed)
 
 
@@ -394,15 +450,19 @@ def default_out(quick: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from qsattn import cliopts
     out = args.out if args.out is not None else default_out(args.quick)
+    tables: list = []
     summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
-                      progress=not args.no_progress)
-    print(summary)
-    print(f"wrote {Path(out) / 'README.md'}")
+                      progress=not args.no_progress, tables=tables)
+    cliopts.emit(cliopts.render(tables, args.format, markdown=summary))
+    print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0
 
 
 def report_section(ctx) -> str:
     """``qsattn report`` section: the default study (quick subset with ``ctx.quick``)."""
     return execute(DEFAULT_CONFIG, Path(ctx.out) / "accuracy", quick=ctx.quick, rerun=ctx.rerun,
-                   progress=True)
+                   progress=getattr(ctx, "progress", True))

@@ -27,18 +27,21 @@ from sim.spec import config_dir
 DEFAULT_CONFIG = config_dir() / "experiments" / "bench_h100.yaml"
 DEFAULT_OUT = provenance.REPORTS / "bench"
 DEVICE_HINT = ("qsattn bench needs a CUDA GPU (torch.cuda.is_available() is False here).\n"
-               "Run it on the device machine, e.g. with the device tool's `run`:\n"
-               "  PYTHONUNBUFFERED=1 python3 -m qsattn bench --out $OUT\n"
-               "(add the SageAttention wheel with carry ['.whl'] and `pip install --target "
-               "/tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site` first), then copy "
-               "$OUT/prefill.{json,md} into reports/bench/.")
+               "On a machine with an NVIDIA GPU, from a clone (python3 bootstrap.py test sets "
+               "it up):\n"
+               "  qsattn bench            # writes reports/bench/{prefill,decode}.{json,md,csv} "
+               "and the sweep figures\n"
+               "SageAttention is timed when it is importable (pip install sageattention==1.0.6);"
+               "\ncommit what it writes (README: 'GPU runs on any CUDA machine').")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/bench_h100.yaml)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: reports/bench/<hardware id of this GPU>/)")
+    cliopts.add_common(p, out_default=None,
+                       out_help="output directory (default: reports/bench/<hardware id of this "
+                                "GPU>/)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: check,tune,sweep "
                    "(both benches), prefill, decode (a whole bench)")
 
@@ -594,8 +597,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = provenance.command_line()
 
-    def log(msg):
-        print(msg, flush=True)
+    def log(msg):   # progress lines (stderr); the result table goes to stdout at the end
+        if not args.no_progress:
+            print(msg, flush=True, file=sys.stderr)
     log(f"qsattn bench on {provenance.machine()}")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     prov = {"command": command, "git": provenance.git_revision(),
@@ -609,10 +613,13 @@ def run(args: argparse.Namespace) -> int:
         revision it came from."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
+        from qsattn.cliopts import strict_json
         _stamp_rows(result, prov)
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / f"{name}.json").write_text(json.dumps(strict_json(result), indent=1,
+                                                     default=str))
         (out / f"{name}.md").write_text(markdown(result, command))
         written = [out / f"{name}.json", out / f"{name}.md",
+                   bench_plots.rows_csv(result, out / f"{name}.csv"),
                    *plot(result, out / f"{name}_sweep.png")]
         log("wrote " + ", ".join(map(str, written)))
 
@@ -625,6 +632,15 @@ def run(args: argparse.Namespace) -> int:
         host = {"config": "host time per public call at steady state (gpu.bench.host_time)",
                 "rows": _host_rows(log)}
         save("host", host, _host_markdown, lambda r, p: [])
+    from qsattn import cliopts
+    rows = []
+    for name in ("prefill", "decode"):
+        f = out / f"{name}.json"
+        if f.is_file() and name not in skip:
+            rows += [{"bench": name, **{k: v for k, v in r.items() if not isinstance(v, (dict, list))}}
+                     for r in json.loads(f.read_text())["rows"] if not r.get("tune")]
+    cliopts.emit(cliopts.render(rows, args.format, columns=("bench", "name", "kind", "L",
+                                                            "causal", "ms")))
     return 0
 
 

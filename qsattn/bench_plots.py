@@ -23,44 +23,60 @@ def _series(rows: list[dict], keep) -> dict[str, dict[int, float]]:
 
 def _plot(series: dict[str, dict[int, float]], peers: tuple[str, ...], title: str, xlabel: str,
           path: Path) -> Path:
-    import matplotlib
+    """Columns: one per method (its kernels and variants); rows: time (with every peer, dashed,
+    for reference) and speedup over the fastest SDPA peer at each length. Style:
+    :mod:`qsattn.plotstyle`; the plotted numbers go to the CSV beside the PNG."""
+    from qsattn import plotstyle as ps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colors = plt.get_cmap("tab20").colors
-    for ax in (ax_t, ax_s):
-        ax.set_prop_cycle(color=colors)
-    best_peer = {}
+    best_peer: dict[int, float] = {}
     for name in peers:
-        for L, ms in series.get(name, {}).items():
-            best_peer[L] = min(best_peer.get(L, float("inf")), ms)
-    for name, pts in sorted(series.items()):
-        Ls = sorted(pts)
-        style = "--" if name in peers else "-"
-        ax_t.plot(Ls, [pts[L] for L in Ls], style, marker="o", ms=3, label=name)
-        # the quantization kernels alone are not attention: they stay in the time panel only
-        if name not in peers and "quantization only" not in name:
-            sp = [(L, best_peer[L] / pts[L]) for L in Ls if L in best_peer]
-            if sp:
-                ax_s.plot([x for x, _ in sp], [y for _, y in sp], marker="o", ms=3, label=name)
-    for ax in (ax_t, ax_s):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_t.set_yscale("log")
-    ax_t.set_ylabel("time (ms, median, cold L2)")
-    ax_t.set_title(title)
-    ax_t.legend(fontsize=7)
-    ax_s.axhline(1.0, color="k", lw=0.8)
-    ax_s.set_ylabel("speedup over the fastest SDPA peer (x)")
-    ax_s.set_title("ours vs best of " + ", ".join(p for p in peers if p.startswith("sdpa")))
-    ax_s.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        if name.startswith("sdpa"):
+            for L, ms in series.get(name, {}).items():
+                best_peer[L] = min(best_peer.get(L, float("inf")), ms)
+    ours = [n for n in sorted(series) if n not in peers]
+    groups = ps.facet_by_family(ours)
+    styles = ps.variant_styles(ours)
+    peer_names = [p for p in peers if p in series]
+    lengths = sorted({L for pts in series.values() for L in pts})
+    fig, axes = ps.figure(2, max(1, len(groups)), width=10.5, row_height=3.4, sharex=True,
+                          sharey="row")
+    data = []
+    for name, pts in series.items():
+        for L, ms in sorted(pts.items()):
+            data.append({"series": name, "peer": name in peers, "L": L, "ms": ms,
+                         "speedup_vs_best_sdpa": (best_peer[L] / ms) if L in best_peer else None})
+    for col, (fam, labs) in enumerate(groups.items()):
+        ax_t, ax_s = axes[0, col], axes[1, col]
+        for name in peer_names:
+            pts = series[name]
+            Ls = sorted(pts)
+            ax_t.plot(Ls, [pts[L] for L in Ls], label=name, **ps.series_style(name),
+                      alpha=0.8, lw=1.1, markersize=3)
+        for name in labs:
+            pts = series[name]
+            Ls = sorted(pts)
+            ax_t.plot(Ls, [pts[L] for L in Ls], label=name, **styles[name])
+            # the quantization kernels alone are not attention: time panel only
+            if "quantization only" not in name:
+                sp = [(L, best_peer[L] / pts[L]) for L in Ls if L in best_peer]
+                if sp:
+                    ax_s.plot([x for x, _ in sp], [y for _, y in sp], label=name,
+                              **styles[name])
+        ax_t.set_yscale("log")
+        ax_t.set_title(fam)
+        ax_s.axhline(1.0, color="0.2", lw=0.8)
+        ps.length_axis(ax_s, lengths, label=xlabel)
+        ps.legend_below(ax_s, ncol=1, handles=[h for h, lab in zip(*ax_t.get_legend_handles_labels())
+                                                if lab not in peer_names],
+                        labels=[lab for lab in ax_t.get_legend_handles_labels()[1]
+                                if lab not in peer_names])
+    axes[0, 0].set_ylabel(f"time ({ps.MS}, median, cold L2)")
+    axes[1, 0].set_ylabel(f"speedup over the fastest\nSDPA peer ({ps.TIMES})")
+    h, lab = axes[0, 0].get_legend_handles_labels()
+    ps.legend_right(fig, [x for x, n in zip(h, lab) if n in peer_names],
+                    [n for n in lab if n in peer_names], title="peers (dashed)")
+    fig.suptitle(title, x=0.02, ha="left")
+    return ps.save(fig, path, data)
 
 
 def plot_prefill(result: dict, path: Path) -> list[Path]:
@@ -74,26 +90,47 @@ def plot_prefill(result: dict, path: Path) -> list[Path]:
         title = (f"prefill B{cfg['batch']} H{cfg['heads']}/{cfg['kv_heads']} D{cfg['head_dim']}"
                  f"{' causal' if causal else ''}")
         p = path.with_name(f"{path.stem}_{'causal' if causal else 'noncausal'}{path.suffix}")
-        out.append(_plot(series, PREFILL_PEERS, title, "sequence length L", p))
+        out.append(_plot(series, PREFILL_PEERS, title, "sequence length (tokens)", p))
     return out
 
 
 def plot_decode(result: dict, path: Path) -> list[Path]:
     cfg = result["config"]
-    series = _series(result["rows"], lambda r: r.get("kind") in ("ours", "peer"))
+    # the launch sweep (tune rows) is a table, not a series
+    series = _series(result["rows"], lambda r: r.get("kind") in ("ours", "peer") and not r.get("tune"))
     if not series:
         return []
     title = f"decode B{cfg['batch']} H{cfg['heads']}/{cfg['kv_heads']} D{cfg['head_dim']}"
-    return [_plot(series, DECODE_PEERS, title, "context (tokens)", path)]
+    return [_plot(series, DECODE_PEERS, title, "context length (tokens)", path)]
+
+
+def rows_csv(result: dict, path: Path) -> Path:
+    """Every measured row of a bench result as CSV (the data of its markdown tables); nested
+    fields (a launch) are flattened to ``launch.<key>``."""
+    from qsattn.plotstyle import write_csv
+
+    flat = []
+    for r in result["rows"]:
+        row = {}
+        for k, v in r.items():
+            if isinstance(v, dict):
+                row.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            elif not isinstance(v, list):
+                row[k] = v
+        flat.append(row)
+    return write_csv(path, flat)
 
 
 def main(bench_dir: str = "reports/bench") -> int:
+    """Redraw the sweep figures (and their CSVs) and write ``<name>.csv`` of every stored row."""
     d = Path(bench_dir)
     made = []
     if (d / "prefill.json").is_file():
-        made += plot_prefill(json.loads((d / "prefill.json").read_text()), d / "prefill_sweep.png")
+        res = json.loads((d / "prefill.json").read_text())
+        made += plot_prefill(res, d / "prefill_sweep.png") + [rows_csv(res, d / "prefill.csv")]
     if (d / "decode.json").is_file():
-        made += plot_decode(json.loads((d / "decode.json").read_text()), d / "decode_sweep.png")
+        res = json.loads((d / "decode.json").read_text())
+        made += plot_decode(res, d / "decode_sweep.png") + [rows_csv(res, d / "decode.csv")]
     for p in made:
         print(f"wrote {p}")
     return 0 if made else 1

@@ -33,10 +33,9 @@ from qsattn import provenance
 
 NO_GPU_EXIT = 3
 
-# The single device command (README "GPU validation run"): calibrate, then validate, results
-# also under $OUT so they come back.
-DEVICE_COMMAND = ('PYTHONUNBUFFERED=1 python3 -m qsattn calibrate --out "$OUT" && '
-                  'PYTHONUNBUFFERED=1 python3 -m qsattn validate --out "$OUT"')
+# The GPU run on any CUDA machine (README "GPU runs on any CUDA machine"): calibrate, then
+# validate; results land in the checkout (configs/hardware/measured/, reports/validation/).
+DEVICE_COMMAND = "qsattn calibrate && qsattn validate"
 
 # torch.cuda.get_device_name() substring -> configs/hardware id; first match wins.
 DEVICE_NAMES: list[tuple[str, str]] = [
@@ -62,10 +61,11 @@ _CONVERT = {
 
 def no_gpu_message(command: str) -> str:
     return (f"qsattn {command}: needs a CUDA GPU, and torch sees none on this machine.\n"
-            f"Run it on the GPU device machine (from the repository root), e.g. the one command "
-            f"that calibrates and validates and copies results to $OUT:\n\n    {DEVICE_COMMAND}\n\n"
-            f"then copy $OUT/<hardware>.yaml to configs/hardware/measured/ and the rest to "
-            f"reports/validation/ (README: 'GPU validation run').")
+            f"On a machine with an NVIDIA GPU, from a clone (python3 bootstrap.py test sets it "
+            f"up), run\n\n    {DEVICE_COMMAND}\n\nwhich writes configs/hardware/measured/"
+            f"<hardware>.yaml and reports/validation/; commit them. Where you can only copy "
+            f"files back from that machine, add --copy-to DIR to collect them in one folder "
+            f"(README: 'GPU runs on any CUDA machine').")
 
 
 def cuda_available() -> bool:
@@ -179,15 +179,19 @@ def write_overlay(path: str | os.PathLike, data: Mapping[str, dict], header: str
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--hardware", default=None,
-                   help="configs/hardware id (default: from the GPU's name)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="also copy the measured YAML into this folder (e.g. $OUT on the device)")
+                   help="hardware id or YAML path (default: from the GPU's name)")
+    p.add_argument("--copy-to", type=Path, default=None,
+                   help="also copy the measured YAML into this folder (for machines you can "
+                        "only copy files back from)")
     p.add_argument("--no-sm", action="store_true",
                    help="skip the SM pipeline/latency microbenchmarks (gpu.microbench_sm)")
     p.add_argument("--quick", action="store_true",
                    help="smaller sizes (a smoke run: the numbers are not ceilings, nothing is "
                         "written to configs/)")
+    cliopts.add_common(p, out_help="folder for the measured YAML (default: "
+                                   "configs/hardware/measured/, which the calibrated tier reads)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,12 +209,14 @@ def run(args: argparse.Namespace) -> int:
     l2_bytes = int(getattr(props, "L2_cache_size", hw.v("l2_size") * 1e6))
     print(f"qsattn calibrate: {device} -> {hw.name}; {props.multi_processor_count} SMs, "
           f"L2 {l2_bytes / 1e6:.0f} MB", flush=True)
+    progress = (lambda s: None) if args.no_progress else (lambda s: print(s, flush=True,
+                                                                           file=sys.stderr))
     meas = microbench.measure_all(sm_count=props.multi_processor_count, l2_bytes=l2_bytes,
-                                  quick=args.quick, progress=lambda s: print(s, flush=True))
+                                  quick=args.quick, progress=progress)
     if not args.no_sm:
         meas.update(microbench_sm.measure_sm(sm_count=props.multi_processor_count,
                                              l2_bytes=l2_bytes, quick=args.quick,
-                                             progress=lambda s: print(s, flush=True)))
+                                             progress=progress))
     if not meas:
         print("qsattn calibrate: every measurement failed; nothing written", file=sys.stderr)
         return 1
@@ -222,16 +228,22 @@ def run(args: argparse.Namespace) -> int:
               f"{provenance.git_revision()}. Per-clock fields = chip-wide rate / (sm_count x "
               f"boost_clock) of configs/hardware/{hw.name}.yaml. Read by the cost model's "
               f"calibrated tier (sim.cost.hardware.apply_measured).")
-    print(f"\n{'field':20} {'measured':>12} {'spec':>12}  unit")
-    for name, q in data.items():
-        if name != "name":
-            print(f"{name:20} {q['value']:12.5g} {hw.fields[name].value:12.5g}  {q['unit']}")
+    from qsattn import cliopts
+    rows = [{"field": name, "measured": q["value"], "spec": hw.fields[name].value,
+             "unit": q["unit"], "source": q["source"]} for name, q in data.items()
+            if name != "name"]
+    md = "\n".join([f"{'field':20} {'measured':>12} {'spec':>12}  unit"] + [
+        f"{r['field']:20} {r['measured']:12.5g} {r['spec']:12.5g}  {r['unit']}" for r in rows])
+    cliopts.emit(cliopts.render(rows, args.format, columns=("field", "measured", "spec", "unit",
+                                                            "source"), markdown=md))
+    folder = args.out if args.out is not None else measured_path(hw).parent
     if args.quick:
-        print("--quick: smoke run, configs/ left unchanged")
-        targets = [args.out / f"{hw.name}.quick.yaml"] if args.out else []
+        print("--quick: smoke run, configs/ left unchanged", file=sys.stderr)
+        targets = [d / f"{hw.name}.quick.yaml" for d in (args.out, args.copy_to) if d]
     else:
-        targets = [measured_path(hw)] + ([args.out / f"{hw.name}.yaml"] if args.out else [])
+        targets = [folder / f"{hw.name}.yaml"] + (
+            [args.copy_to / f"{hw.name}.yaml"] if args.copy_to else [])
     for t in targets:
         write_overlay(t, data, header)
-        print(f"wrote {t}")
+        print(f"wrote {t}", file=sys.stderr)
     return 0

@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("qsattn.validate", "simulator vs kernel numerics, predicted vs measured time (GPU)"),
     "accuracy": ("qsattn.accuracy", "simulator accuracy of every method on synthetic tensors vs float64"),
     "roofline": ("qsattn.roofline", "analytical roofline report (sim.cost) for A100/H100/H200"),
+    "predict": ("qsattn.predict", "predicted time, speedup and bound of one shape (sim.cost)"),
+    "hardware": ("qsattn.hardware", "list, show or add GPU descriptions (configs/hardware)"),
+    "cache": ("qsattn.cache", "list or clear qsattn's on-disk cache (model copies, tokens, "
+                              "calibrations)"),
 }
 
 

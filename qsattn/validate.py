@@ -26,8 +26,9 @@ the first ``decode_numerics.max_heads`` query heads (whole GQA groups) and the f
 predictions are ``sim.cost.predict(..., phase="decode")`` at every tier. A decode method that
 cannot run is listed as ``decode <method>: not run: <reason>`` (:func:`decode_not_run`).
 
-``--out DIR`` copies the store, summary and figure there too (``$OUT`` on the device machine).
-Without a CUDA GPU the command prints how to run it on the device and exits with status 3;
+``--out DIR`` is the results folder (default ``reports/validation/``; a new folder starts from
+the default's stored points); ``--copy-to DIR`` also copies store, summary, figure and tables
+there. Without a CUDA GPU the command prints how to run it and exits with status 3;
 ``qsattn report`` shows the last committed summary (:func:`report_section`).
 """
 from __future__ import annotations
@@ -450,6 +451,7 @@ def write_summary(rows: list[dict], out_dir: Path, *, command: str, not_run: lis
                   note: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = vs.scatter(rows, out_dir / FIGURE_NAME)
+    vs.write_tables(rows, out_dir)
     devices = sorted({r.get("device", "?") for r in rows})
     dates = sorted(r["date"] for r in rows if r.get("date"))
     when = (f"Measured on {', '.join(devices)} between {dates[0]} and {dates[-1]}"
@@ -474,11 +476,16 @@ def _root_cause(e: BaseException) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="sweep config (default: configs/experiments/validate_h100.yaml)")
-    p.add_argument("--dir", type=Path, default=REPORT_DIR,
-                   help="results store + summary folder (default: reports/validation/)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="also copy store, summary and figure here (e.g. $OUT on the device)")
-    p.add_argument("--hardware", default=None, help="configs/hardware id (default: config/auto)")
+    from qsattn import cliopts
+    cliopts.add_common(p, out_default=REPORT_DIR,
+                       out_help="results store + summary folder (default: reports/validation/); "
+                            "a new folder starts from the default folder's stored points")
+    p.add_argument("--dir", type=Path, dest="out", help=argparse.SUPPRESS)  # old name of --out
+    p.add_argument("--copy-to", type=Path, default=None,
+                   help="also copy store, summary, figure and tables here (for machines you "
+                        "can only copy files back from)")
+    p.add_argument("--hardware", default=None,
+                   help="hardware id or YAML path (default: the config's, or from the GPU name)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no new point after this many seconds (the rest resume later)")
@@ -531,17 +538,24 @@ def repredicted(row: dict) -> dict:
 
 
 def _repredict_summary(args: argparse.Namespace) -> int:
-    store = ResultStore(args.dir / STORE_NAME)
+    store = ResultStore(args.out / STORE_NAME)
     rows = [repredicted(r) for r in store.rows()]
     if not rows:
         raise ValueError(f"--repredict: no stored rows in {store.path}")
     note = (f"predictions re-made at git {provenance.git_revision()} with the current cost model "
             f"(`qsattn validate --repredict`); measured times, numerics and the predictions made "
             f"at measurement time (`pred_us_at_measurement`) are as stored")
-    summary = write_summary(rows, args.dir, command=provenance.command_line(), not_run=[],
+    summary = write_summary(rows, args.out, command=provenance.command_line(), not_run=[],
                             note=note)
-    print(summary.read_text())
+    _print_summary(rows, summary, args.format)
     return 0
+
+
+def _print_summary(rows: list[dict], summary: Path, fmt: str) -> None:
+    """The summary page (md), or the per-point table's rows (csv/json)."""
+    from qsattn import cliopts
+    cliopts.emit(cliopts.render(vs.table_rows(rows)["points"], fmt,
+                                markdown=summary.read_text()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -556,7 +570,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     hw = args.hardware or (cfg["hardware"] if cfg["hardware"] != "auto"
                            else hardware_for_device(torch.cuda.get_device_name()))
-    store = ResultStore(args.dir / STORE_NAME, rerun=args.rerun)
+    _seed_store(args.out)
+    store = ResultStore(args.out / STORE_NAME, rerun=args.rerun)
     command = provenance.command_line()
     not_run = []
     points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]
@@ -572,7 +587,8 @@ def run(args: argparse.Namespace) -> int:
         label = decode_label(s) if decode else shape_label(s)
         tag = f"[{i}/{len(points)}] {m} {label}"
         if pid in store:
-            print(f"{tag}: done earlier, skipped", flush=True)
+            if not args.no_progress:
+                print(f"{tag}: done earlier, skipped", flush=True, file=sys.stderr)
             continue
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
             stopped += 1
@@ -599,14 +615,26 @@ def run(args: argparse.Namespace) -> int:
     if stopped:
         not_run.append(f"{stopped} points left for a rerun (--budget-s reached)")
     rows = [r for r in store.rows() if r.get("hardware") == hw]
-    summary = write_summary(rows, args.dir, command=command, not_run=not_run)
-    print(summary.read_text())
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name in (STORE_NAME, SUMMARY_NAME, FIGURE_NAME):
-            shutil.copy2(args.dir / name, args.out / name)
-        print(f"copied results to {args.out}")
+    summary = write_summary(rows, args.out, command=command, not_run=not_run)
+    _print_summary(rows, summary, args.format)
+    if args.copy_to:
+        args.copy_to.mkdir(parents=True, exist_ok=True)
+        for f in sorted(args.out.iterdir()):
+            if f.is_file() and (f.name in (STORE_NAME, SUMMARY_NAME) or f.suffix in (".png", ".csv")):
+                shutil.copy2(f, args.copy_to / f.name)
+        print(f"copied results to {args.copy_to}", file=sys.stderr)
     return 0
+
+
+def _seed_store(out: Path) -> None:
+    """A results folder other than the default starts from the default's stored points (so a
+    run into a fresh folder resumes instead of measuring everything again)."""
+    dest, src = Path(out) / STORE_NAME, REPORT_DIR / STORE_NAME
+    if not dest.exists() and src.is_file() and dest.resolve() != src.resolve():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        print(f"qsattn validate: {dest} starts from the {sum(1 for _ in src.open())} points "
+              f"stored in {src}", file=sys.stderr)
 
 
 # -- qsattn report ---------------------------------------------------------------------------
@@ -617,9 +645,9 @@ def report_section(ctx) -> str:
         path = REPORT_DIR / SUMMARY_NAME
     if not path.exists():
         return ("No GPU validation results are committed yet (`reports/validation/summary.md` "
-                "does not exist). They need a CUDA GPU; on the device machine run\n\n"
-                f"    {DEVICE_COMMAND}\n\nand copy `$OUT` into `reports/validation/` and "
-                "`configs/hardware/measured/` (README: 'GPU validation run').\n")
+                "does not exist). They need a CUDA GPU: run\n\n"
+                f"    {DEVICE_COMMAND}\n\non a CUDA machine and commit what it writes "
+                "(README: 'GPU runs on any CUDA machine').\n")
     text = path.read_text()
     lines = text.splitlines()
     keep = [ln for ln in lines if ln.startswith(("Regenerate with:", "Generated ", "Measured on",

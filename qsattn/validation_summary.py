@@ -213,6 +213,8 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
             f"{_fmt(nm.get('sim_max_err'), '.3g')} / {_fmt(nm.get('sim_rel_l2'), '.3g')} |")
     if not_run:
         lines += ["", "### Not run", ""] + [f"- {n}" for n in not_run]
+    lines += ["", "Data of these tables: `summary_points.csv` (per point, numerics included), "
+              "`summary_medians.csv`, `summary_ratios.csv`; of the figure: `pred_vs_meas.csv`."]
     if images:
         lines += [""] + [f"![{Path(i).stem}]({Path(i).name})" for i in images]
     return "\n".join(lines) + "\n"
@@ -220,43 +222,128 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
 
 def scatter(rows: Sequence[dict], path: str | Path,
             tiers: Sequence[str] = ("tiled", "calibrated")) -> Path:
-    """PNG: predicted vs measured time, one panel per method and phase, y = x and +-10%
-    bands."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG: predicted vs measured time, one panel per method, prefill on the first row and
+    decode on the second; y = x and a +-10% band; marker per tier (hollow circle = tiled, filled
+    square = calibrated). Style: :mod:`qsattn.plotstyle`; the points go to the CSV beside it."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from qsattn import plotstyle as ps
 
     rows = [r for r in rows if _num(r.get("measured_us"))]
-    methods = sorted({group(r) for r in rows},
-                     key=lambda g: (g.endswith("(decode)"), g)) or ["(no rows)"]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
-    markers = {"roofline": "x", "tiled": "o", "calibrated": "s"}
-    for ax, m in zip(axes[0], methods):
-        sub = [r for r in rows if group(r) == m]
-        vals = [r["measured_us"] for r in sub] + [
-            r["pred_us"][t] for r in sub for t in tiers if _num((r.get("pred_us") or {}).get(t))]
-        lo, hi = (min(vals) / 1.5, max(vals) * 1.5) if vals else (1.0, 10.0)
-        xs = [lo, hi]
-        ax.plot(xs, xs, "k-", lw=1, label="y = x")
-        ax.fill_between(xs, [x * 0.9 for x in xs], [x * 1.1 for x in xs], color="0.85",
-                        label="+-10%")
+    phases = [p for p in ("prefill", "decode") if any(phase(r) == p for r in rows)] or ["prefill"]
+    methods = {p: sorted({r.get("method", "?") for r in rows if phase(r) == p},
+                         key=lambda m: list(ps.facet_by_family([m, *ps.METHOD_COLORS])).index(
+                             ps.family(m))) for p in phases}
+    ncols = max(1, max(len(m) for m in methods.values()))
+    fig, axes = ps.figure(len(phases), ncols, width=min(ps.MAX_WIDTH_IN, 3.0 * ncols + 1.6),
+                          row_height=3.0)
+    marks = {"roofline": ("x", False), "tiled": ("o", False), "calibrated": ("s", True)}
+    data = []
+    for i, ph in enumerate(phases):
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= len(methods[ph]):
+                ax.set_visible(False)
+                continue
+            m = methods[ph][j]
+            c = ps.color(m)
+            sub = [r for r in rows if phase(r) == ph and r.get("method") == m]
+            vals = [r["measured_us"] for r in sub] + [
+                r["pred_us"][t] for r in sub for t in tiers
+                if _num((r.get("pred_us") or {}).get(t))]
+            lo, hi = (min(vals) / 1.5, max(vals) * 1.5) if vals else (1.0, 10.0)
+            xs = [lo, hi]
+            ax.fill_between(xs, [x * 0.9 for x in xs], [x * 1.1 for x in xs], color="0.88",
+                            lw=0)
+            ax.plot(xs, xs, color="0.2", lw=0.9)
+            for t in tiers:
+                pts = [(r["measured_us"], r["pred_us"][t]) for r in sub
+                       if _num((r.get("pred_us") or {}).get(t))]
+                if pts:
+                    mk, filled = marks.get(t, ("o", True))
+                    ax.scatter(*zip(*pts), marker=mk, s=30, linewidths=1.1,
+                               facecolors=c if filled else "none", edgecolors=c, zorder=3)
+                    data += [{"method": m, "phase": ph, "tier": t, "measured_us": x,
+                              "predicted_us": y} for x, y in pts]
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            ps.log_ticks(ax, lo, hi)
+            ax.set_aspect("equal")
+            ax.set_title(f"{m} ({ph})")
+            if i == len(phases) - 1 or j >= len(methods.get(phases[-1], [])):
+                ax.set_xlabel(f"measured ({ps.US})")
+            if j == 0:
+                ax.set_ylabel(f"predicted ({ps.US})")
+    handles = [Line2D([], [], color="0.2", lw=0.9), Patch(color="0.88")]
+    labels = ["y = x", "within ±10%"]
+    for t in tiers:
+        mk, filled = marks.get(t, ("o", True))
+        handles.append(Line2D([], [], ls="", marker=mk, color="0.3",
+                              markerfacecolor="0.3" if filled else "none"))
+        labels.append(f"{t} tier")
+    ps.legend_right(fig, handles, labels)
+    fig.suptitle("Predicted vs measured kernel time", x=0.02, ha="left")
+    return ps.save(fig, path, data)
+
+
+def table_rows(rows: Sequence[dict], tiers: Sequence[str] = ("roofline", "tiled", "calibrated")
+               ) -> dict[str, list[dict]]:
+    """The numbers of the summary's tables: ``points`` (one row per point: times per tier,
+    relative errors, bound, numerics), ``medians`` (per method group and tier) and ``ratios``
+    (speedups vs the baseline, measured and predicted, per tier)."""
+    points = []
+    for r in rows:
+        nm = r.get("numerics") or {}
+        row = {"method": r.get("method"), "phase": phase(r), "shape": r.get("label"),
+               "measured_us": r.get("measured_us")}
         for t in tiers:
-            pts = [(r["measured_us"], r["pred_us"][t]) for r in sub
-                   if _num((r.get("pred_us") or {}).get(t))]
-            if pts:
-                ax.scatter(*zip(*pts), marker=markers.get(t, "o"), label=t,
-                           facecolors="none" if t != "calibrated" else None)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_xlabel("measured (us)")
-        ax.set_ylabel("predicted (us)")
-        ax.set_title(m)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            row[f"{t}_us"] = (r.get("pred_us") or {}).get(t)
+            row[f"{t}_rel_err"] = rel_err(r, t)
+            row[f"{t}_bound"] = (r.get("bound") or {}).get(t)
+        for k in ("heads", "ulp_bound", "within_ulp_pct", "kernel_max_err", "kernel_rel_l2",
+                  "sim_max_err", "sim_rel_l2"):
+            row[f"numerics_{k}"] = nm.get(k)
+        for name, d in (nm.get("ints") or {}).items():
+            row[f"identical_pct_{name}"] = d.get("identical_pct")
+        points.append(row)
+    groups = sorted({group(r) for r in rows if r.get("method")},
+                    key=lambda g: (g.endswith("(decode)"), g))
+    medians = []
+    for m in groups + ["all"]:
+        sub = list(rows) if m == "all" else [r for r in rows if r.get("method") and group(r) == m]
+        medians.append({"group": m, "points": sum(1 for r in sub if _num(r.get("measured_us"))),
+                        **{f"{t}_median_rel_err": median_rel_err(sub, t) for t in tiers}})
+    ratios = [{"tier": t, **s} for t in tiers for s in speedup_ratios(rows, t)]
+    return {"points": points, "medians": medians, "ratios": ratios}
+
+
+def write_tables(rows: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """``summary_<name>.csv`` for each of :func:`table_rows` under ``out_dir``."""
+    from qsattn.plotstyle import write_csv
+    return [write_csv(Path(out_dir) / f"summary_{k}.csv", v) for k, v in table_rows(rows).items()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m qsattn.validation_summary [DIR]``: redraw ``pred_vs_meas.png`` and write the
+    tables' CSVs from the stored results of ``DIR`` (default reports/validation); no GPU, the
+    measurements and predictions are used as stored."""
+    import json
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    d = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "reports" / "validation"
+    store = d / "results.jsonl"
+    if not store.is_file():
+        print(f"no results store at {store}", file=sys.stderr)
+        return 1
+    rows = [json.loads(x) for x in store.read_text().splitlines() if x.strip()]
+    for p in [scatter(rows, d / "pred_vs_meas.png"), *write_tables(rows, d)]:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

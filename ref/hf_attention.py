@@ -3,16 +3,23 @@
 A study selects a method by name, nothing monkey-patched::
 
     backend = SimAttention(load_method("int8_flash"))
-    name = register("int8_flash", backend)          # -> "qsattn_int8_flash"
-    model.config._attn_implementation = name        # every layer now calls backend
+    name = register("int8_flash", backend)          # -> "qsattn_int8_fa"
+    model.set_attn_implementation(name)             # every layer now calls backend
+
+(``qsattn.hf`` is the public helper built on this: registered names for every method, caches
+for ``generate()``.)
 
 :func:`register` puts ``backend`` into ``transformers.AttentionInterface`` and transformers'
 ``sdpa_mask`` into ``AttentionMaskInterface`` under the same name (without the mask entry the
 model would silently build no mask at all). ``sdpa_mask`` gives ``None`` where the mask is plain
 causal and a boolean ``[B, 1, Lq, Lk]`` tensor otherwise; :class:`SimAttention` accepts exactly
-the masks its executors can run -- none, all-visible, or the bottom-right aligned causal pattern
-(``j <= i + Lk - Lq``, which is also what decode with a KV cache produces) -- and raises
-ValueError for anything else (padding, sliding windows), never dropping a mask.
+the masks its executors can run -- none, all-visible, the bottom-right aligned causal pattern
+(``j <= i + Lk - Lq``, which is also what decode with a KV cache produces), and either of those
+with **left padding** (the first ``p_b`` keys of batch row ``b`` hidden from every query) --
+and raises ValueError for anything else (right padding, sliding windows, per-head masks), never
+dropping a mask. A left-padded batch runs one sequence at a time on its unpadded keys and the
+query rows that see at least one of them (rows that see none output 0); a method's "oracle"
+calibration (none given) is then computed per sequence.
 
 The attention function receives post-RoPE ``query [B, Hq, T, D]`` and ``key``/``value``
 ``[B, Hkv, Lk, D]`` (torch, any float dtype, CPU), converts them exactly to float32 numpy, runs
@@ -45,10 +52,22 @@ PREFIX = "qsattn_"
 
 
 def registered_name(name: str) -> str:
-    """``"qsattn_<name>"`` (the ``attn_implementation`` string)."""
+    """``"qsattn_<name>"``, the ``attn_implementation`` string, in a form transformers' public
+    setters accept: transformers treats every name containing ``"flash"`` as a FlashAttention
+    request (and ``"sdpa"``, ``"flex_attention"`` as its own backends), so ``"flash"`` is written
+    ``"fa"`` (``int8_flash`` -> ``qsattn_int8_fa``) and the other two are refused.
+
+    >>> registered_name("int8_flash"), registered_name("qsattn_turbo")
+    ('qsattn_int8_fa', 'qsattn_turbo')
+    """
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"name: expected a non-empty identifier-like str, got {name!r}")
-    return name if name.startswith(PREFIX) else PREFIX + name
+    full = (name if name.startswith(PREFIX) else PREFIX + name).replace("flash", "fa")
+    for reserved in ("sdpa", "flex_attention", "paged"):
+        if reserved in full:
+            raise ValueError(f"name: transformers reserves names containing {reserved!r}, "
+                             f"got {name!r}")
+    return full
 
 
 def check_head_dim(spec: Any, head_dim: int, *, kv_cache: bool = False) -> None:
@@ -74,24 +93,37 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().to("cpu").float().contiguous().numpy()
 
 
-def _mask_kind(mask: Any, Lq: int, Lk: int) -> bool:
-    """Causal flag equivalent to a boolean ``[B, 1|H, Lq, Lk]`` mask, or ValueError."""
+def _mask_kind(mask: Any, Lq: int, Lk: int) -> tuple[bool, np.ndarray | None]:
+    """``(causal, pad)`` equivalent to a boolean ``[B, 1|H, Lq, Lk]`` mask: ``pad`` is None
+    without padding, else int ``[B]``, the leading keys hidden from batch row ``b`` (left
+    padding). ValueError for any other mask."""
     import torch
 
     if mask.dtype != torch.bool:
         raise ValueError(f"attention_mask: expected a boolean mask from sdpa_mask, got "
                          f"{mask.dtype}; register the attention with ref.hf_attention.register")
-    if tuple(mask.shape[-2:]) != (Lq, Lk):
-        raise ValueError(f"attention_mask: expected trailing shape ({Lq}, {Lk}), got "
+    if mask.dim() != 4 or tuple(mask.shape[-2:]) != (Lq, Lk):
+        raise ValueError(f"attention_mask: expected a [B, 1|H, {Lq}, {Lk}] mask, got "
                          f"{tuple(mask.shape)}")
     m = mask.detach().cpu().numpy()
     if m.all():
-        return False
+        return False, None
     causal = np.arange(Lk)[None, :] <= last_visible_key(np.arange(Lq), Lq, Lk)[:, None]
     if (m == causal).all():
-        return True
-    raise ValueError("attention_mask: only no mask, all-visible or bottom-right causal masks are "
-                     "supported (padding or windowed masks are not); run unpadded batches")
+        return True, None
+    if not (m == m[:, :1]).all():
+        raise ValueError("attention_mask: per-head masks are not supported")
+    m = m[:, 0]
+    seen = m.any(axis=1)                                   # [B, Lk]: key visible to some row
+    pad = np.where(seen.any(axis=1), seen.argmax(axis=1), Lk)
+    keys = np.arange(Lk)[None, None, :] >= pad[:, None, None]
+    for is_causal, pattern in ((True, causal[None] & keys), (False, np.broadcast_to(keys, m.shape))):
+        rows = pattern.any(axis=2, keepdims=True)            # rows that see a key must match;
+        if ((m == pattern) | ~rows).all() and not (m & ~rows).any():   # the others see none
+            return is_causal, pad.astype(np.int64)
+    raise ValueError("attention_mask: only no mask, all-visible or bottom-right causal masks, "
+                     "optionally with left padding, are supported (right padding and windowed "
+                     "masks are not); pad on the left (tokenizer.padding_side = 'left')")
 
 
 class SimAttention:
@@ -184,6 +216,29 @@ class SimAttention:
             self.info[layer] = dict(res.info)
         return res.out
 
+    def run_padded(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pad: np.ndarray, *,
+                   causal: bool, sm_scale: float, layer: int | None) -> np.ndarray:
+        """:meth:`run` on a left-padded batch, one sequence at a time: batch row ``b`` on keys
+        ``pad[b]:`` and (causal) the query rows that see one of them; the other rows are 0."""
+        if self.kv_cache:
+            raise ValueError(
+                "attention_mask: left-padded batches cannot run a method's KV-cache mode: its "
+                "cache blocks are aligned at each sequence's first token, and padding would "
+                "enter them; run the sequences one at a time (or unpadded, equal lengths)")
+        B, Hq, Lq, _ = q.shape
+        Lk = k.shape[2]
+        out = np.zeros((B, Hq, Lq, v.shape[-1]), np.float32)
+        for b in range(B):
+            p = int(pad[b])
+            r0 = max(0, p - (Lk - Lq)) if causal else 0
+            if p >= Lk or r0 >= Lq:
+                continue
+            out[b:b + 1, :, r0:] = self.run(
+                np.ascontiguousarray(q[b:b + 1, :, r0:]), np.ascontiguousarray(k[b:b + 1, :, p:]),
+                np.ascontiguousarray(v[b:b + 1, :, p:]), causal=causal, sm_scale=sm_scale,
+                layer=layer)
+        return out
+
     def __call__(self, module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                  scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
         import torch
@@ -196,25 +251,30 @@ class SimAttention:
             raise ValueError(f"query/key/value: expected 4-D [B, H, T, D] tensors, got "
                              f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
         Lq, Lk = query.shape[2], key.shape[2]
+        pad = None
         if attention_mask is None:
             causal = bool(getattr(module, "is_causal", True))
         else:
-            causal = _mask_kind(attention_mask, Lq, Lk)
+            causal, pad = _mask_kind(attention_mask, Lq, Lk)
         D = query.shape[-1]
         sm_scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(D)
         layer = getattr(module, "layer_idx", None)
         q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
         if layer is not None and layer in self.capture_layers:
             self.captured[layer] = {"q": q.copy(), "k": k.copy(), "v": v.copy()}
-        out = self.run(q, k, v, causal=causal, sm_scale=sm_scale, layer=layer)
+        if pad is None:
+            out = self.run(q, k, v, causal=causal, sm_scale=sm_scale, layer=layer)
+        else:
+            out = self.run_padded(q, k, v, pad, causal=causal, sm_scale=sm_scale, layer=layer)
         self.calls += 1
         o = torch.from_numpy(np.ascontiguousarray(out)).to(device=query.device, dtype=query.dtype)
         return o.transpose(1, 2).contiguous(), None
 
 
 def register(name: str, backend: Callable) -> str:
-    """Register ``backend`` (and transformers' ``sdpa_mask``) as ``"qsattn_<name>"``; returns
-    that name for ``model.config._attn_implementation``. Re-registering a name replaces it."""
+    """Register ``backend`` (and transformers' ``sdpa_mask``) as :func:`registered_name`
+    ``(name)``; returns that name for ``model.set_attn_implementation`` or
+    ``from_pretrained(attn_implementation=...)``. Re-registering a name replaces it."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

@@ -19,7 +19,10 @@ from .schema import ConfigError, build, load_yaml, meta
 from .spec import config_dir
 
 __all__ = ["Arch", "arch", "archs", "arch_of_capability", "kernel_data", "prefill_launch",
-           "DATA_FILES"]
+           "DATA_FILES", "TENSOR_DTYPES", "missing_kernel_data"]
+
+# Tensor-core operand dtypes the cost model knows (a Hardware has a tc_<dtype> rate for each).
+TENSOR_DTYPES = ("fp16", "bf16", "tf32", "int8", "int4", "fp8")
 
 # file -> how to (re)generate it
 DATA_FILES = {
@@ -40,6 +43,16 @@ class Arch:
     sm: int = field(metadata=meta("compile target sm_XX", min=70, max=200))
     capabilities: tuple[str, ...] = field(metadata=meta("CUDA compute capabilities, 'major.minor'"))
     async_mma: bool = field(metadata=meta("warpgroup MMA reads shared-memory operands itself"))
+    tensor_dtypes: tuple[str, ...] = field(metadata=meta(
+        "operand dtypes its tensor cores multiply (hardware tc_<dtype> rates); of "
+        "fp16, bf16, tf32, int8, int4, fp8"))
+
+    def __post_init__(self):
+        bad = [d for d in self.tensor_dtypes if d not in TENSOR_DTYPES]
+        if bad or not self.tensor_dtypes:
+            raise ConfigError(str(config_dir() / "kernels" / "archs.yaml"),
+                              f"{self.name}.tensor_dtypes", f"a non-empty subset of {TENSOR_DTYPES}",
+                              list(self.tensor_dtypes))
 
     @property
     def target(self) -> str:
@@ -108,6 +121,19 @@ def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
                               f"a launch with keys {sorted(_LAUNCH_KEYS)}", launch)
     fits = [d for d in table if d <= head_dim]
     return dict(table[max(fits) if fits else min(table)])
+
+
+def missing_kernel_data(arch_name: str) -> dict[str, str]:
+    """``{file: how to generate it}`` for each per-architecture data file that is absent (empty
+    when the architecture is complete); the cost model's tiled tiers and the launchers need all
+    three."""
+    a = arch(arch_name)
+    out = {}
+    for name, how in DATA_FILES.items():
+        path = config_dir() / "kernels" / a.name / f"{name}.yaml"
+        if not path.is_file():
+            out[str(path)] = how.format(arch=a.name)
+    return out
 
 
 def data_path(arch_name: str, name: str) -> Path:

@@ -4,6 +4,10 @@
 >>> p = predict("int8_flash", Shape(4, 32, 32, 8192, 8192, 64), "a100_80gb_sxm")
 >>> sorted(p.tensor_ops)
 ['int8']
+>>> round(speedup("int8_flash", Shape(4, 32, 32, 8192, 8192, 64), "a100_80gb_sxm").value, 2)
+0.93
+
+``phase`` is inferred from the shape when not given: ``q_len == 1`` is a decode step.
 
 Tiers: ``roofline`` (pure), ``tiled`` (tile/wave/occupancy/overlap model, default) and
 ``calibrated`` (tiled on ``configs/hardware/measured/<name>.yaml``). See ``model`` for the
@@ -11,8 +15,10 @@ overlap model, ``kernels``/``methods`` for what is counted, ``hardware`` for the
 """
 from .hardware import (Hardware, Quantity, UnsupportedOnHardware, apply_measured,
                        available_hardware, load_hardware)
-from .model import TIERS, Prediction, overlap, predict
+from .model import PHASES, TIERS, Prediction, infer_phase, overlap, predict
 from .shape import Shape
+from .speedup import Speedup, speedup
 
-__all__ = ["predict", "Prediction", "Shape", "load_hardware", "Hardware", "Quantity",
-           "UnsupportedOnHardware", "apply_measured", "available_hardware", "overlap", "TIERS"]
+__all__ = ["predict", "speedup", "Speedup", "Prediction", "Shape", "infer_phase", "load_hardware",
+           "Hardware", "Quantity", "UnsupportedOnHardware", "apply_measured",
+           "available_hardware", "overlap", "TIERS", "PHASES"]

@@ -153,6 +153,12 @@ class Hardware:
                 raise ConfigError("", f"smem_conflict_{d1}.value",
                                   f">= smem_conflict_{d0} ({v0:g} clk): a higher bank-conflict "
                                   f"degree is never cheaper", v1)
+        has = known[self.arch].tensor_dtypes
+        for d in ("fp16", "bf16", "tf32", "int8", "int4", "fp8"):
+            if getattr(self, f"tc_{d}") is not None and d not in has:
+                raise ConfigError("", f"tc_{d}", f"null: {self.arch} tensor cores have no "
+                                  f"{d.upper()} (configs/kernels/archs.yaml lists {list(has)})",
+                                  getattr(self, f"tc_{d}").value)
 
     # -- derived -----------------------------------------------------------------------------
     def v(self, name: str) -> float:
@@ -248,11 +254,38 @@ def load_hardware(name_or_path: "str | os.PathLike | Hardware") -> Hardware:
 _CACHE: dict = {}
 
 
+FILL = "FILL"   # marks a field `qsattn hardware new` left for the user to fill
+
+
+def unfilled(data: dict) -> list[str]:
+    """Fields of a hardware mapping still marked :data:`FILL` (a value, a source or a string
+    field starting with it), in file order."""
+    out = []
+    for key, v in data.items():
+        if isinstance(v, str) and v.strip().startswith(FILL):
+            out.append(key)
+        elif isinstance(v, dict) and any(isinstance(x, str) and x.strip().startswith(FILL)
+                                         for x in (v.get("value"), v.get("source"))):
+            out.append(key)
+    return out
+
+
 def _load(path: Path) -> Hardware:
     data = schema.load_yaml(path)
+    todo = unfilled(data)
+    if todo:
+        raise ConfigError(str(path), ", ".join(todo),
+                          "this GPU's value and its source (datasheet/whitepaper table, or the "
+                          "measuring command) in place of each FILL marker",
+                          f"{len(todo)} field(s) still marked {FILL}")
     data.setdefault("name", path.stem)
     _check_units(data, str(path))
-    return schema.build(Hardware, data, where=str(path))
+    try:
+        return schema.build(Hardware, data, where=str(path))
+    except ConfigError as e:   # cross-field checks of __post_init__ know no file: name it
+        if e.where:
+            raise
+        raise ConfigError(str(path), e.field, e.expected, e.got) from None
 
 
 def measured_path(hw: Hardware) -> Path:

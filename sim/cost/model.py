@@ -305,11 +305,33 @@ def _roofline_time(r: _Rates, lau: Launch):
     return chip[bound], bound, {bound: chip[bound]}
 
 
-def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str | None = None,
+def infer_phase(shape: Shape, phase: str | None = None) -> str:
+    """The phase a shape is priced as: ``phase`` checked against the shape, or (None) inferred
+    from it -- ``"decode"`` when ``q_len == 1`` (one new token per sequence over ``kv_len``
+    cached keys), else ``"prefill"``. ``"decode"`` with ``q_len != 1`` is refused (the decode
+    kernels take one query row); ``"prefill"`` of a single token stays allowed when asked for.
+
+    >>> infer_phase(Shape(8, 32, 8, 1, 4096, 128)), infer_phase(Shape(1, 8, 8, 64, 64, 64))
+    ('decode', 'prefill')
+    """
+    if phase is None:
+        return "decode" if shape.q_len == 1 else "prefill"
+    if phase not in PHASES:
+        raise ValueError(f"phase: expected one of {PHASES} or None (inferred from q_len), "
+                         f"got {phase!r}")
+    if phase == "decode" and shape.q_len != 1:
+        raise ValueError(f"phase: 'decode' prices one query row per sequence (shape.q_len == 1),"
+                         f" got q_len={shape.q_len}; use phase='prefill' or q_len=1")
+    return phase
+
+
+def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: str | None = None,
             tier: str = "tiled", clock: str = "boost", launch: dict | None = None) -> Prediction:
     """Predict one attention call.
 
     ``spec``: a MethodSpec, spec name or path; ``hardware``: a Hardware or its name/path;
+    ``phase``: ``"prefill"``, ``"decode"`` or None to infer it from the shape
+    (:func:`infer_phase`: ``q_len == 1`` is a decode step);
     ``kernel``: None for the method's default (``COST_PATHS.get(method).kernels`` lists the
     choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | pipeline |
     calibrated; ``clock``:
@@ -324,8 +346,7 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
     spec = resolve_spec(spec)
     if not isinstance(shape, Shape):
         raise TypeError(f"shape: expected a sim.cost.Shape, got {type(shape).__name__}")
-    if phase not in PHASES:
-        raise ValueError(f"phase: expected one of {PHASES}, got {phase!r}")
+    phase = infer_phase(shape, phase)
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
     if launch is not None:

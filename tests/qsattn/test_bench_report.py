@@ -64,9 +64,11 @@ def test_run_saves_json_markdown_and_plots_with_provenance(tmp_path, monkeypatch
             for n in ("prefill", "decode")}
     monkeypatch.setattr(bench, "_run_bench", lambda cfg, args, log: real["prefill"])
     monkeypatch.setattr(bench, "_run_decode_bench", lambda cfg, args, log: real["decode"])
-    args = argparse.Namespace(config=bench.DEFAULT_CONFIG, out=tmp_path, skip="host")
+    args = argparse.Namespace(config=bench.DEFAULT_CONFIG, out=tmp_path, skip="host",
+                              format="csv", no_progress=True)
     assert bench.run(args) == 0
-    for name in ("prefill.json", "prefill.md", "prefill_sweep_noncausal.png",
-                 "prefill_sweep_causal.png", "decode.json", "decode.md", "decode_sweep.png"):
+    for name in ("prefill.json", "prefill.md", "prefill.csv", "prefill_sweep_noncausal.png",
+                 "prefill_sweep_noncausal.csv", "prefill_sweep_causal.png", "decode.json",
+                 "decode.md", "decode.csv", "decode_sweep.png", "decode_sweep.csv"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "decode.json").read_text())["provenance"]["gpu"] == "FakeGPU"

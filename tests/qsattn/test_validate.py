@@ -320,7 +320,6 @@ def test_run_decode_point_end_to_end_through_the_interpreter(method):
 def test_repredict_rewrites_predictions_not_measurements(tmp_path):
     """--repredict (no GPU): every stored row gets the current model's predictions, the old ones
     move to pred_us_at_measurement, measured times and numerics are untouched."""
-    import argparse
     import json
 
     from qsattn import validate as V
@@ -338,8 +337,9 @@ def test_repredict_rewrites_predictions_not_measurements(tmp_path):
                         label="p", shape_key="p"))
     store.add("d", dict(base, method="turbo", phase="decode", shape=dshape,
                         label="d", shape_key="d"))
-    args = argparse.Namespace(repredict=True, dir=tmp_path)
-    assert V.run(args) == 0
+    from qsattn import cli
+    assert cli.main(["validate", "--repredict", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "summary_points.csv").is_file() and (tmp_path / "pred_vs_meas.csv").is_file()
     text = (tmp_path / V.SUMMARY_NAME).read_text()
     assert "re-made at git" in text
     for r in (dict(base, method="int8_flash", phase="prefill", shape=shape),

@@ -85,9 +85,11 @@ def test_decode_with_cache_matches_full_forward(tiny):
     model, x, base = tiny
     name = register("t_cache", SimAttention(reference="exact"))
     model.config._attn_implementation = name
+    import inspect
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         pre = model(x[:, :25], use_cache=True)
-        dec = model(x[:, 25:], past_key_values=pre.past_key_values, use_cache=True)
+        dec = model(x[:, 25:], use_cache=True, **{key: pre[key]})
     err = (torch.cat([pre.logits, dec.logits], 1) - base).abs().max().item()
     assert err < 1e-4
 
@@ -132,12 +134,38 @@ def test_bad_arguments_and_masks(tiny):
         SimAttention("int8_flash", kv_cache=True)
     with pytest.raises(ValueError, match="calibration"):
         SimAttention("fp16_flash", calibration={})
-    # padding is a mask the executors cannot run: refused, never silently dropped
-    model.config._attn_implementation = register("t_pad", SimAttention(reference="exact"))
+    # right padding is a mask the executors cannot run: refused, never silently dropped
+    model.set_attn_implementation(register("t_pad", SimAttention(reference="exact")))
+    am = torch.ones(2, 37, dtype=torch.long)
+    am[0, -5:] = 0
+    with pytest.raises(ValueError, match="left padding"), torch.no_grad():
+        model(x, attention_mask=am)
+    # so is a KV-cache mode on a left-padded batch (padding would enter its blocks)
+    model.set_attn_implementation(register("t_pad_kv", SimAttention("turbo", kv_cache=True)))
     am = torch.ones(2, 37, dtype=torch.long)
     am[0, :5] = 0
-    with pytest.raises(ValueError, match="attention_mask"), torch.no_grad():
+    with pytest.raises(ValueError, match="left-padded"), torch.no_grad():
         model(x, attention_mask=am)
+
+
+@pytest.mark.parametrize("method", ["exact", "int8_flash"])
+def test_left_padded_batch_equals_each_sequence_alone(tiny, method):
+    """Row 0 padded by 5 on the left gives, at its real tokens, the logits of its 32 tokens run
+    alone (positions from the mask); row 1 (no padding) those of a plain run; pad rows are
+    finite."""
+    model, x, _ = tiny
+    be = SimAttention(reference="exact") if method == "exact" else SimAttention(method)
+    model.set_attn_implementation(register("t_left_" + method, be))
+    am = torch.ones(2, 37, dtype=torch.long)
+    am[0, :5] = 0
+    pos = (am.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        both = model(x, attention_mask=am, position_ids=pos).logits
+        alone0 = model(x[:1, 5:]).logits
+        alone1 = model(x[1:]).logits
+    assert torch.isfinite(both).all()
+    torch.testing.assert_close(both[0, 5:], alone0[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[1], alone1[0], rtol=0, atol=1e-5)
 
 
 def test_check_head_dim():
