@@ -87,6 +87,9 @@ class DecodeNumerics:
 @dataclass(frozen=True)
 class Timing:
     cold_l2: bool = field(default=True, metadata=meta("rotate inputs so L2 never holds them"))
+    repeat: bool = field(default=False, metadata=meta(
+        "time each point a second time after its numerics (seconds later, a fresh graph and "
+        "fresh inputs): the run-to-run noise the summary reports next to the targets"))
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,12 @@ class ValidateConfig:
     decode_numerics: DecodeNumerics = field(default_factory=DecodeNumerics,
                                             metadata=meta("decode numerics"))
     timing: Timing = field(default_factory=Timing, metadata=meta("timing"))
+    peers: tuple[str, ...] = field(default=(), metadata=meta(
+        "foreign kernels (configs/kernels/foreign/<name>.yaml) timed and predicted at the "
+        "prefill shapes, without numerics: e.g. sage_v1 (SageAttention 1.0.6's sageattn)"))
+    held_out: bool = field(default=False, metadata=meta(
+        "the sweep's shapes, launches and kernels were not used to choose the cost model's "
+        "structure or parameters: the summary's targets are computed on these rows"))
 
     def __post_init__(self):
         if not self.prefill_methods or not self.shapes:

@@ -58,7 +58,7 @@ REPORT_DIR = provenance.REPORTS / "validation"
 STORE_NAME = "results.jsonl"
 SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
-TIERS = ("roofline", "tiled", "calibrated")
+TIERS = ("roofline", "tiled", "pipeline", "calibrated")
 SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal")
 DECODE_SHAPE_KEYS = ("batch", "q_heads", "kv_heads", "kv_len", "head_dim")
 
@@ -164,7 +164,7 @@ def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> dict
             "host_us": host_time(fn, make())}
 
 
-def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
+def predictions(spec, s: dict, hardware: str, tiers=TIERS) -> tuple[dict, dict, dict]:
     """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier."""
     from sim.arch import prefill_launch
     from sim.cost import Shape, load_hardware, predict
@@ -174,7 +174,7 @@ def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
     # hardware's architecture, which gpu.prefill.default_launch reads on the device
     launch = prefill_launch(load_hardware(hardware).arch, spec.method, s["head_dim"])
     pred, bound, errors = {}, {}, {}
-    for tier in TIERS:
+    for tier in tiers:
         try:
             p = predict(spec, shape, hardware, phase="prefill", tier=tier, launch=launch)
         except (FileNotFoundError, ValueError) as e:
@@ -184,7 +184,95 @@ def predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict]:
     return pred, bound, errors
 
 
-def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
+def _telemetry():
+    """SM clock, memory clock, power and temperature sampled around a timing (an empty summary
+    where neither NVML nor nvidia-smi is available)."""
+    from gpu.telemetry import Telemetry
+    return Telemetry(required=False)
+
+
+# Foreign kernels the sweep can time as peers: name -> call on fp16 [B, H, L, D] q, k, v. Their
+# kernels are described for the cost model in configs/kernels/foreign/<name>.yaml.
+def _sage_call(q, k, v, causal):
+    from sageattention import sageattn
+    return sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
+
+
+PEERS = {"sage_v1": ("fp16_flash", _sage_call,
+                     "SageAttention 1.0.6 sageattn (the whole call: K smoothing, Q/K "
+                     "quantization, attention)")}
+
+
+def run_peer_point(name: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> dict:
+    """A foreign kernel at a prefill shape: its public call timed like ours (cold L2, GPU time;
+    twice with ``timing.repeat``) and predicted at every tier (the counted tiers price its own
+    kernels from their SASS, sim.cost.foreign). No numerics: qsattn has no simulator of it."""
+    import torch
+
+    from gpu.bench import host_time, time_gpu
+    if name not in PEERS:
+        raise ValueError(f"peers: expected names from {sorted(PEERS)}, got {name!r}")
+    method, call, what = PEERS[name]
+    dtype = getattr(torch, cfg["dtype"])
+    g = torch.Generator(device="cuda").manual_seed(int(cfg["seed"]))
+    q = torch.randn(s["batch"], s["q_heads"], s["q_len"], s["head_dim"], device="cuda",
+                    dtype=dtype, generator=g)
+    k = torch.randn(s["batch"], s["kv_heads"], s["kv_len"], s["head_dim"], device="cuda",
+                    dtype=dtype, generator=g)
+    v = torch.randn_like(k)
+    k[..., :2] *= 4.0
+
+    def make():
+        return q.clone(), k.clone(), v.clone()
+
+    def fn(q_, k_, v_):
+        return call(q_, k_, v_, s["causal"])
+
+    fn(*make())                                  # compiles; checks the call once
+    with _telemetry() as tel:
+        t = time_gpu(fn, make, cold_l2=bool(cfg["timing"]["cold_l2"]))
+    row = {"method": name, "phase": "prefill", "shape": s, "label": shape_label(s),
+           "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
+           "hardware": hardware, "device": torch.cuda.get_device_name(), "peer": what,
+           "numerics": None, "numerics_skipped": "peer kernel: qsattn has no simulator of it",
+           "measured_us": t.ms * 1e3,
+           "timing": {"min_us": t.min_ms * 1e3, "max_us": t.max_ms * 1e3, "spread": t.spread,
+                      "mode": t.mode, "sets": t.sets, "host_us": host_time(fn, make())},
+           "telemetry": tel.summary()}
+    if cfg["timing"].get("repeat"):
+        row["timing"]["repeat_us"] = time_gpu(fn, make, cold_l2=bool(cfg["timing"]["cold_l2"])
+                                              ).ms * 1e3
+    pred, bound, errs, analytical = peer_predictions(name, s, hardware, tiers)
+    if analytical:
+        row["pred_analytical"] = analytical
+    row["pred_us"], row["bound"] = pred, bound
+    if errs:
+        row["pred_errors"] = errs
+    row["git"] = provenance.git_revision()
+    row["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return row
+
+
+def peer_predictions(name: str, s: dict, hardware: str, tiers=TIERS):
+    """({tier: us}, {tier: bound}, {tier: error}, {tier: [[launch, why], ...]}) of a peer at a
+    prefill shape: the analytical launches are the ones no counted kernel prices."""
+    from sim.cost import Shape, predict
+    method = PEERS[name][0]
+    shape = Shape(**{k_: s[k_] for k_ in SHAPE_KEYS})
+    pred, bound, errs, analytical = {}, {}, {}, {}
+    for tier in tiers:
+        try:
+            p = predict(method, shape, hardware, phase="prefill", kernel=name, tier=tier)
+        except (FileNotFoundError, ValueError) as e:
+            errs[tier] = str(e)
+            continue
+        pred[tier], bound[tier] = p.time * 1e6, p.bound
+        if p.analytical:
+            analytical[tier] = [list(x) for x in p.analytical]
+    return pred, bound, errs, analytical
+
+
+def run_point(method: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> dict:
     import torch
 
     import gpu
@@ -201,6 +289,14 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
     row = {"method": method, "phase": "prefill", "shape": s, "label": shape_label(s),
            "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
            "hardware": hardware, "device": torch.cuda.get_device_name()}
+    def timed():
+        return time_kernel(method, spec, q, k, v, s["causal"], bool(cfg["timing"]["cold_l2"]))
+
+    with _telemetry() as tel:
+        t = timed()
+    row["measured_us"] = t.pop("us")
+    row["timing"] = t
+    row["telemetry"] = tel.summary()
     hq, hkv = sim_heads(s, int(cfg["numerics"]["max_heads"]), int(cfg["numerics"]["max_elements"]))
     if hq:
         row["numerics"] = numerics(method, spec, q, k, v, s["causal"], hq, hkv,
@@ -209,10 +305,9 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str) -> dict:
         row["numerics"] = None
         row["numerics_skipped"] = (f"Lq x Lk = {s['q_len'] * s['kv_len']} above "
                                    f"numerics.max_elements for one head")
-    t = time_kernel(method, spec, q, k, v, s["causal"], bool(cfg["timing"]["cold_l2"]))
-    row["measured_us"] = t.pop("us")
-    row["timing"] = t
-    row["pred_us"], row["bound"], errs = predictions(spec, s, hardware)
+    if cfg["timing"].get("repeat"):
+        row["timing"]["repeat_us"] = timed()["us"]
+    row["pred_us"], row["bound"], errs = predictions(spec, s, hardware, tiers)
     if errs:
         row["pred_errors"] = errs
     row["git"] = provenance.git_revision()
@@ -364,7 +459,8 @@ class _CacheBytes:
         return 1
 
 
-def decode_predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict, dict]:
+def decode_predictions(spec, s: dict, hardware: str,
+                       tiers=TIERS) -> tuple[dict, dict, dict, dict]:
     """({tier: us}, {tier: bound}, {tier: error}, {tier: [[launch, CTAs], ...]}) from
     ``sim.cost.predict(phase="decode")``; the model picks its own split-K (decode takes no
     ``launch``), shown as the CTAs of each launch."""
@@ -372,7 +468,7 @@ def decode_predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict, 
 
     shape = Shape(**decode_shape(s))
     pred, bound, errors, launches = {}, {}, {}, {}
-    for tier in TIERS:
+    for tier in tiers:
         try:
             p = predict(spec, shape, hardware, phase="decode", tier=tier)
         except (FileNotFoundError, ValueError) as e:
@@ -384,7 +480,7 @@ def decode_predictions(spec, s: dict, hardware: str) -> tuple[dict, dict, dict, 
 
 
 def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
-                     device: str = "cuda") -> dict:
+                     device: str = "cuda", tiers=TIERS) -> dict:
     """One decode row (same schema as :func:`run_point`'s, ``phase: "decode"``): numerics on
     batch 0, the first query heads and the first ``max_context`` tokens; timing of the full
     shape (CUDA only: on the CPU, i.e. under the Triton interpreter, ``measured_us`` is None and
@@ -431,14 +527,19 @@ def run_decode_point(method: str, s: dict, cfg: dict, hardware: str, *,
         # computed here
         cal = _decode_calibration(spec, q, k, v) \
             if gpu.KERNEL_PATHS.get(spec.method).cache_needs_calibration else None
-        t = time_decode(method, spec, q, k, v, cal, bool(cfg["timing"]["cold_l2"]))
+        with _telemetry() as tel:
+            t = time_decode(method, spec, q, k, v, cal, bool(cfg["timing"]["cold_l2"]))
         row["measured_us"] = t.pop("us")
         row["timing"] = t
+        row["telemetry"] = tel.summary()
+        if cfg["timing"].get("repeat"):
+            row["timing"]["repeat_us"] = time_decode(method, spec, q, k, v, cal,
+                                                     bool(cfg["timing"]["cold_l2"]))["us"]
     else:
         row["measured_us"] = None
         row["timing_skipped"] = "no CUDA timing on the CPU (Triton interpreter)"
-    row["pred_us"], row["bound"], errs, row["pred_launches"] = decode_predictions(spec, s,
-                                                                                  hardware)
+    row["pred_us"], row["bound"], errs, row["pred_launches"] = decode_predictions(
+        spec, s, hardware, tiers)
     if errs:
         row["pred_errors"] = errs
     row["git"] = provenance.git_revision()
@@ -489,6 +590,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no new point after this many seconds (the rest resume later)")
+    p.add_argument("--predict-tiers", default=",".join(TIERS),
+                   help="cost-model tiers to predict at measurement time (default all: "
+                        f"{','.join(TIERS)}); a GPU run can leave the counted tiers to "
+                        "--repredict on any CPU, under the same frozen model digest")
     p.add_argument("--repredict", action="store_true",
                    help="no GPU needed: re-predict the stored rows with the current cost model "
                         "and rewrite the summary (measurements are kept as they are)")
@@ -523,7 +628,13 @@ def repredicted(row: dict) -> dict:
     from gpu import resolve as resolve_spec
 
     out = dict(row, pred_us_at_measurement=row.get("pred_us"))
-    if row.get("phase") == "decode":
+    if row.get("peer"):
+        out["pred_us"], out["bound"], errs, analytical = peer_predictions(
+            row["method"], row["shape"], row["hardware"])
+        out.pop("pred_analytical", None)
+        if analytical:
+            out["pred_analytical"] = analytical
+    elif row.get("phase") == "decode":
         spec = _decode_spec(row["method"], row["dtype"])
         s = {k: row["shape"][k] for k in ("batch", "q_heads", "kv_heads", "kv_len", "head_dim")}
         out["pred_us"], out["bound"], errs, out["pred_launches"] = decode_predictions(
@@ -539,7 +650,13 @@ def repredicted(row: dict) -> dict:
 
 def _repredict_summary(args: argparse.Namespace) -> int:
     store = ResultStore(args.out / STORE_NAME)
-    rows = [repredicted(r) for r in store.rows()]
+    digests: dict = {}
+    rows = []
+    for r in store.rows():
+        h = r.get("hardware")
+        if h not in digests:
+            digests[h] = model_state(h)
+        rows.append(dict(repredicted(r), pred_model_digest=digests[h]))
     if not rows:
         raise ValueError(f"--repredict: no stored rows in {store.path}")
     note = (f"predictions re-made at git {provenance.git_revision()} with the current cost model "
@@ -575,7 +692,12 @@ def run(args: argparse.Namespace) -> int:
     command = provenance.command_line()
     not_run = []
     points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]
+    points += [(p, "peer", s) for p in cfg.get("peers", ()) for s in cfg["shapes"]]
     points += decode_points(cfg, not_run)
+    digest = model_state(hw)
+    tiers = _tiers(args.predict_tiers)
+    print(f"qsattn validate: cost model frozen at digest {digest} (sim.cost.calibrated."
+          f"model_digest: its sources, latencies and every hardware value it reads)", flush=True)
     print(f"qsattn validate: {len(points)} points on {torch.cuda.get_device_name()} ({hw}); "
           f"store {store.path} has {len(store)} rows", flush=True)
     for line in not_run:
@@ -595,7 +717,11 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            row = run_decode_point(m, s, cfg, hw) if decode else run_point(m, s, cfg, hw)
+            row = run_decode_point(m, s, cfg, hw, tiers=tiers) if decode else \
+                run_peer_point(m, s, cfg, hw, tiers) if phase == "peer" else \
+                run_point(m, s, cfg, hw, tiers)
+            row["model_digest"] = row["pred_model_digest"] = digest
+            row["held_out"] = bool(cfg.get("held_out"))
         except Exception as e:   # one failing point is recorded, the sweep goes on
             why = _root_cause(e)
             print(f"{tag}: FAILED {why}", flush=True)
@@ -624,6 +750,28 @@ def run(args: argparse.Namespace) -> int:
                 shutil.copy2(f, args.copy_to / f.name)
         print(f"copied results to {args.copy_to}", file=sys.stderr)
     return 0
+
+
+def _tiers(text: str) -> tuple:
+    got = tuple(t.strip() for t in str(text).split(",") if t.strip())
+    bad = [t for t in got if t not in TIERS]
+    if bad or not got:
+        raise ValueError(f"--predict-tiers: expected a comma list of {list(TIERS)}, got {text!r}")
+    return got
+
+
+def model_state(hardware: str) -> str:
+    """The cost model's digest on ``hardware`` (its measured overlay applied when one exists):
+    computed once before a sweep measures anything, stored in every row it makes."""
+    from sim.cost import load_hardware
+    from sim.cost.calibrated import model_digest
+    from sim.cost.hardware import apply_measured
+    hw = load_hardware(hardware)
+    try:
+        hw = apply_measured(hw)
+    except FileNotFoundError:
+        pass
+    return model_digest(hw)
 
 
 def _seed_store(out: Path) -> None:

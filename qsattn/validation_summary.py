@@ -38,6 +38,11 @@ from typing import Iterable, Sequence
 BASELINE = "fp16_flash"
 TARGET_TIME = 0.10
 TARGET_RATIO = 0.10
+# the cost model's held-out targets (issue 16): median and p90 of |pred - meas| / meas and the
+# median speedup-ratio error, at the calibrated tier, on rows of a held-out sweep
+HELD_OUT_MEDIAN = 0.07
+HELD_OUT_P90 = 0.15
+HELD_OUT_RATIO = 0.07
 
 
 def phase(row: dict) -> str:
@@ -105,6 +110,149 @@ def outliers(rows: Iterable[dict], tier: str = "calibrated",
     return sorted(out, key=lambda o: -o["err"])
 
 
+def quantile(xs: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated quantile (numpy's default) of ``xs``; None when empty.
+
+    >>> quantile([1.0, 2.0, 3.0, 4.0], 0.9)
+    3.7
+    """
+    xs = sorted(xs)
+    if not xs:
+        return None
+    pos = (len(xs) - 1) * q
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    return round(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo), 12)
+
+
+def noise(row: dict) -> float | None:
+    """Run-to-run noise of one row: ``|t1 - t2| / t1`` of its two independent timings
+    (``timing.repeat``), None without a repeat."""
+    t1, t2 = row.get("measured_us"), (row.get("timing") or {}).get("repeat_us")
+    if not (_num(t1) and _num(t2)) or t1 <= 0:
+        return None
+    return abs(t2 - t1) / t1
+
+
+def noise_floor(rows: Iterable[dict]) -> tuple[float | None, float | None, int]:
+    """(median, p90, count) of the rows' run-to-run noise."""
+    xs = [x for x in (noise(r) for r in rows) if x is not None]
+    return (statistics.median(xs) if xs else None), quantile(xs, 0.9), len(xs)
+
+
+def held_out(rows: Iterable[dict]) -> list[dict]:
+    return [r for r in rows if r.get("held_out")]
+
+
+def _verdict(x, target, floor) -> str:
+    if x is None:
+        return "n/a"
+    if x > target:
+        return f"{x:.1%} (misses <= {target:.0%})"
+    if floor is not None and floor > target:
+        return (f"{x:.1%} (cannot be called met: the measured noise floor {floor:.1%} is above "
+                f"the {target:.0%} target)")
+    return f"{x:.1%} (meets <= {target:.0%})"
+
+
+def held_out_targets(rows: Sequence[dict], tier: str = "calibrated") -> list[str]:
+    """Markdown lines of the held-out targets at ``tier`` (empty without held-out rows)."""
+    ho = held_out(rows)
+    if not ho:
+        return []
+    errs = [e for e in (rel_err(r, tier) for r in ho) if e is not None]
+    med = statistics.median(errs) if errs else None
+    p90 = quantile(errs, 0.9)
+    ratio = median_ratio_err(ho, tier)
+    nf_med, nf_p90, n_nf = noise_floor(ho)
+    digests = sorted({r.get("model_digest") for r in ho if r.get("model_digest")})
+    pdig = sorted({r.get("pred_model_digest") or r.get("model_digest") for r in ho
+                   if r.get("pred_model_digest") or r.get("model_digest")})
+    lines = [f"### Cost model on held-out points ({len(ho)} rows, {tier} tier)", "",
+             f"- Model digest frozen before measurement: {', '.join(digests) or 'not recorded'}"
+             f"; predictions made with: {', '.join(pdig) or 'not recorded'}"
+             + ("" if digests == pdig else " (DIFFERENT: the model changed after the run)"),
+             f"- Run-to-run noise floor (|t1 - t2| / t1 of two independent timings per point): "
+             f"median {_fmt(nf_med)}, p90 {_fmt(nf_p90)} over {n_nf} points",
+             f"- Median |pred - meas| / meas: {_verdict(med, HELD_OUT_MEDIAN, nf_med)}",
+             f"- p90 |pred - meas| / meas: {_verdict(p90, HELD_OUT_P90, nf_p90)}",
+             f"- Median speedup-ratio error vs {BASELINE}: "
+             f"{_verdict(ratio, HELD_OUT_RATIO, nf_med)}", ""]
+    lines += decomposition(ho, tier)
+    return lines
+
+
+def decomposition(rows: Sequence[dict], tier: str = "calibrated") -> list[str]:
+    """Markdown: where the residual lies, as shares of sum |ln(pred / meas)| by method and phase
+    and by the unit the prediction says bounds the point, with the signed mean (bias)."""
+    terms = []
+    for r in rows:
+        meas, pred = r.get("measured_us"), (r.get("pred_us") or {}).get(tier)
+        if _num(meas) and _num(pred) and meas > 0 and pred > 0:
+            terms.append((group(r), (r.get("bound") or {}).get(tier, "?"),
+                          math.log(pred / meas)))
+    total = sum(abs(t[2]) for t in terms)
+    if not terms or total == 0:
+        return []
+    out = ["Residual by source: share of sum |ln(pred / meas)| and mean ln(pred / meas) "
+           "(negative: predicted faster than measured).", "",
+           "| group | points | share | mean ln(pred/meas) |", "|---|---|---|---|"]
+    for key_i, title in ((0, "method"), (1, "bound")):
+        acc: dict = {}
+        for t in terms:
+            acc.setdefault(t[key_i], []).append(t[2])
+        for k, v in sorted(acc.items(), key=lambda kv: -sum(abs(x) for x in kv[1])):
+            out.append(f"| {title}: {k} | {len(v)} | {sum(abs(x) for x in v) / total:.0%} | "
+                       f"{statistics.mean(v):+.3f} |")
+    return out + [""]
+
+
+def telemetry_line(rows: Iterable[dict]) -> str | None:
+    """The SM clock and power seen while timing (medians over points of each point's median)."""
+    clk, pw, lo, hi = [], [], [], []
+    for r in rows:
+        t = r.get("telemetry") or {}
+        c, p = t.get("clocks.sm") or {}, t.get("power.draw") or {}
+        if _num(c.get("median")):
+            clk.append(c["median"])
+            lo.append(c.get("min", c["median"]))
+            hi.append(c.get("max", c["median"]))
+        if _num(p.get("median")):
+            pw.append(p["median"])
+    if not clk:
+        return None
+    return (f"- SM clock while timing: median {statistics.median(clk):.0f} MHz (range "
+            f"{min(lo):.0f}-{max(hi):.0f} MHz over {len(clk)} points)"
+            + (f"; power median {statistics.median(pw):.0f} W" if pw else ""))
+
+
+def parameter_table(hardware: str) -> list[str]:
+    """Markdown: every parameter of the counted tiers on ``hardware`` and where it comes from
+    (sim.cost.calibrated.parameter_sources); nothing is fitted to attention timings."""
+    from sim.cost import load_hardware
+    from sim.cost.calibrated import parameter_sources
+    from sim.cost.hardware import apply_measured
+    hw = load_hardware(hardware)
+    try:
+        hw = apply_measured(hw)
+    except FileNotFoundError:
+        pass
+    ps = parameter_sources(hw)
+    kinds = {}
+    for p_ in ps:
+        kinds.setdefault(p_["kind"], []).append(p_["name"])
+    lines = [f"### Parameters of the counted tiers on {hardware}", "",
+             "From the datasheet (sourced values of the hardware description), the "
+             "microbenchmarks of `qsattn calibrate` (measured), or estimates (sourced, marked "
+             "ESTIMATE); instruction streams, dependencies, registers, shared memory and loop "
+             "structure come from each kernel's own compile. None is fitted to attention "
+             "timings.", ""]
+    for k in ("measured", "datasheet", "estimate"):
+        if k in kinds:
+            lines.append(f"- {k} ({len(kinds[k])}): " + ", ".join(kinds[k]))
+    return lines + [""]
+
+
 def exp_free_identical(rows: Iterable[dict]) -> tuple[int, int, list[str]]:
     """(identical, total, failures) over every exp-free integer intermediate of every row."""
     ok = tot = 0
@@ -142,11 +290,22 @@ def _target(x, target):
     return f"{x:.1%} ({'meets' if x <= target else 'misses'} <= {target:.0%})"
 
 
-def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled", "calibrated"),
+def markdown(rows: Sequence[dict], *,
+             tiers: Sequence[str] = ("roofline", "tiled", "pipeline", "calibrated"),
              not_run: Sequence[str] = (), images: Sequence[str] = ()) -> str:
     """The body of ``reports/validation/summary.md`` (without the provenance header)."""
     rows = list(rows)
-    lines = ["### Targets (shown, not asserted)", ""]
+    lines = held_out_targets(rows)
+    tl = telemetry_line(rows)
+    if tl:
+        lines += [tl, ""]
+    hws = sorted({r.get("hardware") for r in held_out(rows) if r.get("hardware")})
+    for h in hws:
+        try:
+            lines += parameter_table(h)
+        except (ValueError, FileNotFoundError) as e:
+            lines += [f"(parameters of {h}: {e})", ""]
+    lines += ["### Targets (shown, not asserted)", ""]
     lines.append(f"- Median |pred - meas| / meas at the calibrated tier: "
                  f"{_target(median_rel_err(rows, 'calibrated'), TARGET_TIME)}")
     lines.append(f"- Median speedup-ratio error vs {BASELINE} at the calibrated tier: "
@@ -185,14 +344,15 @@ def markdown(rows: Sequence[dict], *, tiers: Sequence[str] = ("roofline", "tiled
     else:
         lines.append("none")
     lines += ["", "### Per point", "",
-              "| method | shape | measured us | roofline | tiled | calibrated | bound (cal.) |",
-              "|---|---|---|---|---|---|---|"]
+              "Noise: |t1 - t2| / t1 of the point's two independent timings (`timing.repeat`).",
+              "",
+              "| method | shape | measured us | noise | " + " | ".join(tiers)
+              + " | bound (cal.) |", "|---|---|---|---|" + "---|" * len(tiers) + "---|"]
     for r in rows:
         p = r.get("pred_us") or {}
         lines.append(f"| {r.get('method')} | {r.get('label')} | "
-                     f"{_fmt(r.get('measured_us'), '.1f')} | "
-                     + " | ".join(_fmt(p.get(t), '.1f') for t in ("roofline", "tiled",
-                                                                  "calibrated"))
+                     f"{_fmt(r.get('measured_us'), '.1f')} | {_fmt(noise(r))} | "
+                     + " | ".join(_fmt(p.get(t), '.1f') for t in tiers)
                      + f" | {(r.get('bound') or {}).get('calibrated', '?')} |")
     lines += ["", "### Numerics: kernel vs simulator on the same inputs", "",
               "Integer columns: % of elements identical (exp-free ones marked *). Errors vs "

@@ -218,9 +218,9 @@ def test_markdown_and_scatter_with_decode_rows(tmp_path):
     text = vs.markdown(rows, not_run=["decode turbo: not run: reason"])
     print(text)
     # per (method, phase) rows: prefill 5%, decode 30%, double_sparse 0%
-    assert "| fp16_flash | 1 | n/a | n/a | 5.0% |" in text
-    assert "| fp16_flash (decode) | 1 | n/a | n/a | 30.0% |" in text
-    assert "| double_sparse (decode) | 1 | n/a | n/a | 0.0% |" in text
+    assert "| fp16_flash | 1 | n/a | n/a | n/a | 5.0% |" in text
+    assert "| fp16_flash (decode) | 1 | n/a | n/a | n/a | 30.0% |" in text
+    assert "| double_sparse (decode) | 1 | n/a | n/a | n/a | 0.0% |" in text
     assert "indices* 100.000% (+2 near-tie rows, 1 identical)" in text
     assert "(<= 2 ulp + 0.000244)" in text and "8; context 1024" in text
     assert "Exp-free integer intermediates identical to the simulator: 1/1 (100%)" in text
@@ -350,3 +350,34 @@ def test_repredict_rewrites_predictions_not_measurements(tmp_path):
     # the store itself is not rewritten
     rows = [json.loads(x) for x in (tmp_path / V.STORE_NAME).read_text().splitlines() if x.strip()]
     assert all("pred_us_at_measurement" not in json.dumps(x) for x in rows)
+
+
+def test_held_out_targets_noise_floor_and_decomposition():
+    def row(method, label, meas, pred, repeat, held=True, bound="pipeline"):
+        return {"method": method, "phase": "prefill", "label": label, "shape_key": label,
+                "measured_us": meas, "pred_us": {"calibrated": pred},
+                "bound": {"calibrated": bound}, "timing": {"repeat_us": repeat},
+                "held_out": held, "model_digest": "abc", "hardware": "h100_sxm"}
+    rows = [row("fp16_flash", "A", 100.0, 103.0, 101.0),
+            row("int8_flash", "A", 80.0, 76.0, 80.5),
+            row("fp16_flash", "B", 200.0, 210.0, 199.0),
+            row("int8_flash", "B", 150.0, 120.0, 150.0, bound="hbm"),
+            row("turbo", "A", 90.0, 10.0, 90.0, held=False)]      # development row: left out
+    lines = vs.held_out_targets(rows)
+    text = "\n".join(lines)
+    print(text)
+    assert "4 rows" in text and "abc" in text and "DIFFERENT" not in text
+    # errors 3%, 5%, 5%, 20%: median 5% meets 7%; p90 15.5% misses 15%
+    assert "Median |pred - meas| / meas: 5.0% (meets <= 7%)" in text
+    assert "p90 |pred - meas| / meas: 15.5% (misses <= 15%)" in text
+    # the residual's largest share is int8_flash's 20% point, predicted fast (negative mean)
+    assert "| method: int8_flash | 2 |" in text and "| bound: hbm | 1 |" in text
+    # a noise floor above a target means the target cannot be called met
+    noisy = [dict(r, timing={"repeat_us": r["measured_us"] * 1.2}) for r in rows[:3]]
+    t2 = "\n".join(vs.held_out_targets(noisy))
+    assert "cannot be called met" in t2
+    assert vs.noise_floor(rows)[0] == pytest.approx(0.005)      # of 1%, 0.625%, 0.5%, 0, 0
+    # predictions re-made by another model: said
+    moved = [dict(r, pred_model_digest="def") for r in rows[:2]]
+    assert "DIFFERENT" in "\n".join(vs.held_out_targets(moved))
+    assert vs.held_out_targets([rows[-1]]) == []
