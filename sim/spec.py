@@ -298,8 +298,7 @@ class MethodSpec:
 
     def replace(self, **overrides) -> "MethodSpec":
         """A new validated spec with ``overrides`` (dotted or ``__`` keys, or nested dicts)."""
-        data = schema.merge(self.to_dict(), overrides)
-        return schema.build(MethodSpec, data, where=f"spec {self.name!r} + overrides")
+        return _build(schema.merge(self.to_dict(), overrides), f"spec {self.name!r} + overrides")
 
     @property
     def integer(self) -> bool:
@@ -343,12 +342,25 @@ def resolve_spec(spec: "MethodSpec | str | os.PathLike", method: str | None = No
     return s
 
 
+def _build(data: dict, where: str) -> MethodSpec:
+    """``schema.build`` of a MethodSpec, after refusing sections the method does not read (an
+    override ``p.levels`` on fp16_flash names the section ``p``, not a missing ``p.bits``)."""
+    method = data.get("method")
+    if isinstance(method, str) and method in SIMULATORS:
+        used = SIMULATORS.get(method).sections
+        for sec in SECTIONS:
+            if data.get(sec) is not None and sec not in used:
+                raise ConfigError(where, sec, f"no '{sec}' section: method {method!r} reads "
+                                  f"{sorted(used)} besides tiling and softmax", data[sec])
+    return schema.build(MethodSpec, data, where=where)
+
+
 @functools.lru_cache(maxsize=64)
 def _load_cached(path: str, mtime_ns: int, size: int) -> MethodSpec:
     p = Path(path)
     data = schema.load_yaml(p)
     data.setdefault("name", p.stem)
-    return schema.build(MethodSpec, data, where=str(p))
+    return _build(data, str(p))
 
 
 def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> MethodSpec:
@@ -373,7 +385,7 @@ def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> 
     data = schema.load_yaml(path)
     data.setdefault("name", path.stem)
     data = schema.merge(data, overrides)
-    return schema.build(MethodSpec, data, where=f"{path} + overrides")
+    return _build(data, f"{path} + overrides")
 
 
 def available_methods() -> list[str]:

@@ -46,12 +46,15 @@ class Quantity:
     kind: Literal["spec", "measured"] = field(metadata=meta("spec sheet value or measured"))
 
 
-def _q(doc: str, unit: str):
-    return field(metadata=meta(doc, unit=unit))
+def _q(doc: str, unit: str, *, divides: bool = True, count: bool = False):
+    """A quantity field. ``divides``: the cost model divides by it, so it must be > 0 (a rate
+    of 0 is a missing unit: write ``null`` where the field allows it); ``count``: a whole
+    number (SMs, registers, threads, blocks)."""
+    return field(metadata=dict(meta(doc, unit=unit), divides=divides, count=count))
 
 
 def _opt(doc: str, unit: str):
-    return field(default=None, metadata=meta(doc, unit=unit))
+    return field(default=None, metadata=dict(meta(doc, unit=unit), divides=True, count=False))
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Hardware:
     name: str = field(metadata=meta("hardware id (file stem)"))
     description: str = field(metadata=meta("one line"))
     arch: str = field(metadata=meta("SM generation: an architecture of configs/kernels/archs.yaml"))
-    sm_count: Quantity = _q("streaming multiprocessors", "SM")
+    sm_count: Quantity = _q("streaming multiprocessors", "SM", count=True)
     boost_clock: Quantity = _q("clock the datasheet peaks use", "MHz")
     sustained_clock: Quantity = _q("base clock (lower bound of the sustained clock)", "MHz")
     tc_fp16: Quantity = _q("dense FP16 tensor-core rate", "flop/clk/SM")
@@ -77,18 +80,19 @@ class Hardware:
     issue: Quantity = _q("warp instructions issued per clock (schedulers)", "warp_inst/clk/SM")
     hbm_bandwidth: Quantity = _q("DRAM bandwidth", "GB/s")
     hbm_size: Quantity = _q("DRAM capacity", "GB")
-    l2_size: Quantity = _q("L2 capacity", "MB")
+    l2_size: Quantity = _q("L2 capacity (0: none)", "MB", divides=False)
     l2_bandwidth: Quantity = _q("L2 read bandwidth", "GB/s")
     smem_per_sm: Quantity = _q("shared memory per SM", "KB")
     smem_per_block: Quantity = _q("max shared memory per CTA", "KB")
     smem_bandwidth: Quantity = _q("shared memory bandwidth", "B/clk/SM")
-    registers_per_sm: Quantity = _q("32-bit registers per SM", "reg")
-    max_regs_per_thread: Quantity = _q("register limit per thread", "reg")
-    max_threads_per_sm: Quantity = _q("resident threads per SM", "thread")
-    max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block")
-    launch_overhead: Quantity = _q("per-kernel launch overhead", "us")
-    l2_latency: Quantity = _q("idle load-to-use latency of an L2 hit", "clk")
-    hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns")
+    registers_per_sm: Quantity = _q("32-bit registers per SM", "reg", count=True)
+    max_regs_per_thread: Quantity = _q("register limit per thread", "reg", count=True)
+    max_threads_per_sm: Quantity = _q("resident threads per SM", "thread", count=True)
+    max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block", count=True)
+    launch_overhead: Quantity = _q("per-kernel launch overhead", "us", divides=False)
+    l2_latency: Quantity = _q("idle load-to-use latency of an L2 hit", "clk", divides=False)
+    hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns",
+                               divides=False)
     tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
     tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
 
@@ -97,6 +101,18 @@ class Hardware:
         if self.arch not in known:
             raise ConfigError("", "arch", f"one of {sorted(known)} (configs/kernels/archs.yaml)",
                               self.arch)
+        # values the model divides by are > 0, counts are whole: zero, NaN (refused by the
+        # schema) or 132.5 SMs never reach the arithmetic
+        for f in dataclasses.fields(self):
+            q = getattr(self, f.name)
+            if not isinstance(q, Quantity):
+                continue
+            if f.metadata.get("divides") and not q.value > 0:
+                raise ConfigError("", f"{f.name}.value", f"a value > 0 {q.unit} (the cost model "
+                                  f"divides by it)" + ("; write null for a unit the GPU lacks"
+                                                       if f.default is None else ""), q.value)
+            if f.metadata.get("count") and q.value != int(q.value):
+                raise ConfigError("", f"{f.name}.value", f"a whole number of {q.unit}", q.value)
 
     # -- derived -----------------------------------------------------------------------------
     def v(self, name: str) -> float:
@@ -213,4 +229,7 @@ def apply_measured(hw: Hardware, path: "str | os.PathLike | None" = None) -> Har
         if q.kind != "measured":
             raise ConfigError(where, f"{key}.kind", "'measured' in a measured overlay", q.kind)
         updates[key] = q
-    return dataclasses.replace(hw, **updates)
+    try:
+        return dataclasses.replace(hw, **updates)
+    except ConfigError as e:   # the Hardware checks know the field, not the overlay file
+        raise ConfigError(where, e.field, e.expected, e.got) from None

@@ -43,6 +43,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..arch import arch
+from ..checks import check_launch
+from ..methods import SIMULATORS
 from ..spec import resolve_spec
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
 from .kernels import UNIT_OF, Launch, load_latency_clk
@@ -301,8 +303,12 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
     ``kernel``: None for the method's default (``COST_PATHS.get(method).kernels`` lists the
     choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | calibrated; ``clock``:
     boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
-    "num_warps", "num_stages"}`` (any subset; the kernels' default is sim.cost.launch.prefill_launch),
-    default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
+    "num_warps", "num_stages"}`` (any subset, checked by ``sim.checks.check_launch`` as the
+    kernels check it; the kernels' default is sim.arch.prefill_launch), default
+    ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages. A decode prices the
+    kernels' default launch (``launch`` is refused there) for one query row per sequence
+    (``shape.q_len == 1``, as ``gpu.decode`` runs). The method's problem checks
+    (``SimMethod.check_problem``, e.g. double_sparse's token budget) apply as in the simulator.
 
     >>> p = predict("fp16_flash", Shape(4, 32, 32, 4096, 4096, 64), "a100_80gb_sxm")
     >>> p.bound, round(p.time * 1e3, 2) > 0
@@ -315,8 +321,18 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
         raise ValueError(f"phase: expected one of {PHASES}, got {phase!r}")
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
-    if launch is not None:
-        _check_launch(launch)
+    if phase == "decode":
+        if shape.q_len != 1:
+            raise ValueError(f"shape.q_len: a decode step prices one query row per sequence "
+                             f"(the decode kernels take q_len 1), got q_len={shape.q_len}; "
+                             f"price several new rows as phase='prefill'")
+        if launch is not None:
+            raise ValueError(f"launch: the cost model prices the decode kernels' default "
+                             f"launch; expected None for phase='decode', got {launch!r}")
+    launch = _check_launch(launch) if launch is not None else None
+    check = SIMULATORS.get(spec.method).check_problem
+    if check is not None:
+        check(spec, q_len=shape.q_len, kv_len=shape.kv_len, head_dim=shape.head_dim)
     hw = load_hardware(hardware)
     if tier == "calibrated":
         hw = _calibrated(hw)
@@ -360,21 +376,12 @@ def predict(spec, shape: Shape, hardware, *, phase: str = "prefill", kernel: str
                       smem, tc, ins, useful, bd, tuple(info))
 
 
-_LAUNCH_KEYS = ("block_m", "num_warps", "num_stages")
-
-
-def _check_launch(launch) -> None:
-    if not isinstance(launch, dict):
-        raise TypeError(f"launch: expected a dict with keys from {_LAUNCH_KEYS}, "
-                        f"got {type(launch).__name__}")
-    for k, v in launch.items():
-        if k not in _LAUNCH_KEYS:
-            raise ValueError(f"launch: expected keys from {_LAUNCH_KEYS}, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"launch[{k!r}]: expected a positive integer, got {v!r}")
-    if "num_warps" in launch and launch["num_warps"] % 4:
-        raise ValueError(f"launch['num_warps']: expected a multiple of 4 (warpgroups), "
-                         f"got {launch['num_warps']}")
+def _check_launch(launch) -> dict:
+    """The kernels' own launch rules (``sim.checks.check_launch``, which ``gpu`` applies too);
+    ``pipe`` (a kernel variant) changes no count the model prices."""
+    out = check_launch(launch, "prefill")
+    out.pop("pipe", None)
+    return out
 
 
 _CAL: dict = {}
