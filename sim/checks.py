@@ -72,6 +72,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 # Scores must stay this far below float32's maximum (products of scales and partial sums
 # before the final score are up to ~2^16 larger than the score bound of check_sm_scale).
 SCORE_LIMIT = F32_MAX * 2.0 ** -16
+F64_SCORE_LIMIT = float(np.finfo(np.float64).max) * 2.0 ** -16
 LOG2E = 1.4426950408889634
 
 
@@ -299,7 +300,7 @@ def resolve_layout(q: Any, k: Any, v: Any, tensor_layout: Any = "HND",
             if layout == "NHD":
                 raise ValueError(f"{e} (shapes read as [B, H, L, D] from tensor_layout='NHD')") \
                     from None
-            raise
+            raise e from None
         raise ValueError(f"{e}; under tensor_layout={layout!r} these shapes are inconsistent, "
                          f"but they read consistently as {other!r}: pass "
                          f"tensor_layout={other!r} if that is their layout") from None
@@ -311,7 +312,8 @@ def from_hnd(out: Any, tensor_layout: str) -> Any:
     return out if tensor_layout == "HND" else _swap(out)
 
 
-def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None) -> float:
+def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
+                   arithmetic: str = "fp32") -> float:
     """Return the softmax scale as a float: ``1/sqrt(D)`` for None, else a positive finite real
     whose scores stay meaningful.
 
@@ -322,6 +324,8 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None) -> float:
     :data:`SCORE_LIMIT` (float32's maximum with 2^16 of headroom): its softmax would overflow to
     Inf/NaN and the output would be meaningless (all zeros in the kernels). Scales below that
     bound give the exact attention of the scaled scores (a one-hot row as the scale grows).
+    ``arithmetic="fp64"`` (``ref.attention``): the same score bound in float64's range, no
+    ``qk_scale``.
 
     >>> check_sm_scale(None, 64)
     0.125
@@ -336,20 +340,24 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None) -> float:
         s = math.inf
     if not (math.isfinite(s) and s > 0.0):
         raise ValueError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
-    if s * LOG2E > F32_MAX:
+    if arithmetic not in ("fp32", "fp64"):
+        raise ValueError(f"arithmetic: expected 'fp32' or 'fp64', got {arithmetic!r}")
+    if arithmetic == "fp32" and s * LOG2E > F32_MAX:
         raise ValueError(f"sm_scale: qk_scale = sm_scale * log2(e) must be finite in float32, "
                          f"expected sm_scale <= {F32_MAX / LOG2E:.4g}, got {s!r}")
     if absmax is not None:
         qa, ka = float(absmax[0]), float(absmax[1])
-        bound = s * LOG2E * D * qa * ka
-        if bound > SCORE_LIMIT:
-            most = SCORE_LIMIT / (LOG2E * D * qa * ka)
+        limit = SCORE_LIMIT if arithmetic == "fp32" else F64_SCORE_LIMIT
+        with np.errstate(over="ignore"):
+            bound = s * LOG2E * D * qa * ka
+        if bound > limit:
+            most = limit / (LOG2E * D * qa * ka)
             raise ValueError(
                 f"sm_scale: scores can reach sm_scale * log2(e) * D * max|q| * max|k| = "
-                f"{bound:.4g}, beyond {SCORE_LIMIT:.4g} (float32's range less 2^16 of "
-                f"headroom): the softmax would overflow and the result be meaningless; expected "
-                f"sm_scale <= {most:.4g} for these inputs (max|q| = {qa:.4g}, max|k| = "
-                f"{ka:.4g}, D = {D}), got {s!r}")
+                f"{bound:.4g}, beyond {limit:.4g} ({'float32' if arithmetic == 'fp32' else 'float64'}"
+                f"'s range less 2^16 of headroom): the softmax would overflow and the result be "
+                f"meaningless; expected sm_scale <= {most:.4g} for these inputs (max|q| = "
+                f"{qa:.4g}, max|k| = {ka:.4g}, D = {D}), got {s!r}")
     return s
 
 
