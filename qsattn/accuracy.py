@@ -33,12 +33,21 @@ from pathlib import Path
 import numpy as np
 
 from qsattn import provenance
+from sim.schema import ConfigError
 from sim.spec import config_dir
-from qsattn.store import ResultStore, point_id
+from qsattn.store import NUMBER, ResultStore, point_id
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "accuracy_synthetic.yaml"
 METRICS = ("rel_l2", "max_abs", "mean_rel", "cosine", "kl", "recall", "cache_ratio",
            "label_overhead", "seconds")
+# A stored row as the report reads it (metrics may be null: NaN is stored as null).
+ROW_SCHEMA = {"method": str, "input": str, "causal": bool, "L": int, "seed": int,
+              **dict.fromkeys(METRICS, NUMBER)}
+# Work a study may ask for without --allow-large, in attention scores (B * Hq * Lq * Lk, each
+# simulated once and computed once more by the float64 reference): the default study is
+# ~4e8 in all (about 5 minutes on 2 cores), its largest point 4e6.
+POINT_SCORES = 1 << 30
+TOTAL_SCORES = 1 << 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,9 +85,13 @@ class Study:
                             yield v, kind, causal, L, seed
 
 
-def load_study(path: str | Path, quick: bool = False) -> Study:
+def load_study(path: str | Path, quick: bool = False, *, allow_large: bool = False) -> Study:
     """The study of a config (schema: :class:`qsattn.configs.AccuracyConfig`), with its
-    ``quick`` subset (lengths, causal values, input kinds) when ``quick``."""
+    ``quick`` subset (lengths, causal values, input kinds) when ``quick``.
+
+    Its work is bounded before anything runs (:func:`check_study_size`): a study beyond
+    :data:`POINT_SCORES` / :data:`TOTAL_SCORES` needs ``allow_large``; one whose selecting
+    methods would need a trace larger than the simulator holds is refused outright."""
     from qsattn.configs import AccuracyConfig, load_experiment
     path = Path(path)
     d = load_experiment(path, AccuracyConfig, quick_rule="keep")
@@ -97,8 +110,31 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
             v.load()                   # fail early on a bad spec or override
         except ValueError as e:
             raise ValueError(f"{path}: methods.{v.name}: {e}") from None
-    return Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
-                 dict(d["claim"]), path)
+    study = Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
+                  dict(d["claim"]), path)
+    check_study_size(study, allow_large=allow_large)
+    return study
+
+
+def check_study_size(study: Study, *, allow_large: bool = False) -> None:
+    """The study's work, estimated before any point runs (see :func:`load_study`)."""
+    from qsattn.configs import check_work
+    from sim.engine import TRACE_LIMIT
+    from sim.methods import SIMULATORS
+    sh = study.shape
+    per_len = {L: sh["batch"] * sh["q_heads"] * L * L for L in study.lengths}
+    where = str(study.path)
+    sparse = [v.name for v in study.variants if SIMULATORS.get(v.load().method).selects_keys]
+    if sparse and max(per_len.values()) > TRACE_LIMIT:
+        L = max(study.lengths)
+        raise ConfigError(where, "lengths", f"B*Hq*L^2 <= {TRACE_LIMIT} for the selecting "
+                          f"methods {sparse} (their recall needs the simulator's trace)",
+                          f"{per_len[L]} at L = {L}")
+    points = len(study.variants) * len(study.inputs) * len(study.causal) * len(study.seeds)
+    check_work(where, "lengths", largest=max(per_len.values()),
+               total=points * sum(per_len.values()), point_limit=POINT_SCORES,
+               total_limit=TOTAL_SCORES, unit="attention scores (B*Hq*L^2)",
+               allow_large=allow_large)
 
 
 def make_inputs(kind: str, spec: dict, shape: dict, L: int, seed: int):
@@ -197,7 +233,8 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
     store problems found on open, points computed now)."""
     from tqdm import tqdm
 
-    store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine")
+    store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine",
+                        required=ROW_SCHEMA)
     if store.problems:
         for n, why in store.problems:
             print(f"qsattn accuracy: {store.path}: line {n} set aside ({why}); recomputing it")
@@ -224,8 +261,13 @@ def _fmt(x, spec=".2e") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _num(x) -> float:
+    """A stored metric as a float: NaN for null (how the store writes NaN)."""
+    return float("nan") if x is None else float(x)
+
+
 def _mean(rows, key):
-    vals = [r[key] for r in rows if not math.isnan(r[key])]
+    vals = [_num(r[key]) for r in rows if not math.isnan(_num(r[key]))]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -259,13 +301,13 @@ def _table(study: Study, rows: list[dict], L: int, causal: bool) -> str:
         if not rs:
             continue
         per = [_fmt(_mean([r for r in rs if r["input"] == k], "rel_l2")) for k in kinds]
-        cos = min(r["cosine"] for r in rs)
+        cos = min(_num(r["cosine"]) for r in rs)
         cache = _mean(rs, "cache_ratio")
         lo = _mean(rs, "label_overhead")
         cache_s = _fmt(cache, ".2f") if not math.isnan(cache) else (
             f"+{lo * 100:.1f}% labels" if not math.isnan(lo) else "–")
         lines.append(f"| `{v.name}` | " + " | ".join(per)
-                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(max(r['max_abs'] for r in rs))}"
+                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(max(_num(r['max_abs']) for r in rs))}"
                      + f" | {cos:.6f} | {_fmt(_mean(rs, 'kl'))} | {_fmt(_mean(rs, 'recall'), '.3f')}"
                      + f" | {cache_s} |")
     return "\n".join(lines)
@@ -367,6 +409,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the config's quick subset (< 1 minute)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-large", action="store_true",
+                   help="run a study larger than the work bound (hours of CPU, GBs of memory)")
 
 
 def _command(config: Path, out: Path, quick: bool) -> str:
@@ -378,8 +422,9 @@ def _command(config: Path, out: Path, quick: bool) -> str:
     return cmd + (" --quick" if quick else "")
 
 
-def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool) -> str:
-    study = load_study(config, quick=quick)
+def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool,
+            allow_large: bool = False) -> str:
+    study = load_study(config, quick=quick, allow_large=allow_large)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
@@ -396,7 +441,7 @@ def default_out(quick: bool) -> Path:
 def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else default_out(args.quick)
     summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, allow_large=args.allow_large)
     print(summary)
     print(f"wrote {Path(out) / 'README.md'}")
     return 0

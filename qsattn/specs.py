@@ -20,7 +20,14 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--set: expected FIELD=VALUE with a field name, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set: {key}: expected a YAML value, got {value!r} "
+                             f"({str(e).splitlines()[0]})") from None
     return out
 
 

@@ -51,6 +51,9 @@ from qsattn import validation_summary as vs
 DEFAULT_CONFIG = config_dir() / "experiments" / "validate_h100.yaml"
 REPORT_DIR = provenance.REPORTS / "validation"
 STORE_NAME = "results.jsonl"
+# A stored row as the summary and --repredict read it.
+ROW_SCHEMA = {"method": str, "shape": dict, "dtype": str, "hardware": str,
+              "measured_us": (int, float, type(None)), "pred_us": (dict, type(None))}
 SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
 TIERS = ("roofline", "tiled", "calibrated")
@@ -514,7 +517,7 @@ def repredicted(row: dict) -> dict:
 
 
 def _repredict_summary(args: argparse.Namespace) -> int:
-    store = ResultStore(args.dir / STORE_NAME)
+    store = ResultStore(args.dir / STORE_NAME, required=ROW_SCHEMA)
     rows = [repredicted(r) for r in store.rows()]
     if not rows:
         raise ValueError(f"--repredict: no stored rows in {store.path}")
@@ -539,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     hw = args.hardware or (cfg["hardware"] if cfg["hardware"] != "auto"
                            else hardware_for_device(torch.cuda.get_device_name()))
-    store = ResultStore(args.dir / STORE_NAME, rerun=args.rerun)
+    store = ResultStore(args.dir / STORE_NAME, rerun=args.rerun, required=ROW_SCHEMA)
     command = provenance.command_line()
     not_run = []
     points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]

@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -46,11 +47,14 @@ class ConfigError(ValueError):
     The message is ``"<file>: field '<dotted.field>': expected <what>, got <value>"`` (the file
     part absent when the data came from code, ``top level`` for the file as a whole)."""
 
-    def __init__(self, where: str, field: str, expected: str, got: Any):
+    def __init__(self, where: str, field: str, expected: str, got: Any, *,
+                 detail: str | None = None):
         self.where, self.field, self.expected, self.got = where, field, expected, got
+        self.detail = detail
         loc = f"{where}: " if where else ""
         fld = f"field '{field}'" if field else "top level"
-        super().__init__(f"{loc}{fld}: expected {expected}, got {_show(got)}")
+        what = detail if detail is not None else f"expected {expected}, got {_show(got)}"
+        super().__init__(f"{loc}{fld}: {what}")
 
 
 def _show(value: Any, limit: int = 200) -> str:
@@ -280,9 +284,19 @@ def build(cls: type, data: Any, *, where: str = "", path: str = "") -> Any:
             raise
         # a check inside the dataclass knows the field, not the file or the enclosing section
         field_path = ".".join(p for p in (path, e.field) if p)
-        raise ConfigError(where, field_path, e.expected, e.got) from None
+        raise ConfigError(where, field_path, e.expected, e.got, detail=e.detail) from None
     except (ValueError, TypeError) as e:
+        # a cross-field check whose message starts with the field it is about ("q_heads: ...",
+        # "prefill_methods[1]: ...") names that field; others name the section
+        m = _FIELD_MESSAGE.match(str(e))
+        if m:
+            field_path = ".".join(p for p in (path, m[1]) if p)
+            raise ConfigError(where, field_path, "", None, detail=m[2]) from None
         raise ConfigError(where, path or cls.__name__, "consistent fields", str(e)) from None
+
+
+_FIELD_MESSAGE = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)*): (.+)$",
+                            re.S)
 
 
 def to_dict(obj: Any) -> Any:
