@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from qsattn import bench_plots, provenance
+from qsattn import bench_plots, provenance, store
 from sim.spec import config_dir
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "bench_h100.yaml"
@@ -595,7 +595,7 @@ def run(args: argparse.Namespace) -> int:
         """<name>.json, <name>.md and the sweep plot, with provenance, under --out."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        (args.out / f"{name}.json").write_text(store.dumps(result, indent=1, default=str))
         (args.out / f"{name}.md").write_text(markdown(result, command))
         written = [args.out / f"{name}.json", args.out / f"{name}.md",
                    *plot(result, args.out / f"{name}_sweep.png")]

@@ -33,7 +33,7 @@ import numpy as np
 
 from qsattn import provenance
 from sim.spec import config_dir
-from qsattn.store import NUMBER, ResultStore, by_kind, point_id
+from qsattn.store import NUMBER, ResultStore, by_kind, dumps, point_id
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "model_smollm2.yaml"
 EXECUTORS = ("sim", "gpu")
@@ -692,7 +692,7 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
                "layer_error_mean": {k: float(e.mean()) for k, e in errs.items()},
                "capture": cap_path.name, "seconds": total_s, "config": cfg["_path"],
                "load_seconds": st.load_s}
-    (st.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (st.out / "summary.json").write_text(dumps(summary, indent=1))   # strict: null, never NaN
     return summary
 
 
