@@ -106,8 +106,17 @@ class ValidateConfig:
     timing: Timing = field(default_factory=Timing, metadata=meta("timing"))
 
     def __post_init__(self):
+        import gpu
         if not self.prefill_methods or not self.shapes:
             raise ValueError("prefill_methods, shapes: expected non-empty lists")
+        for name, methods, known in (("prefill_methods", self.prefill_methods,
+                                      gpu.prefill_methods()),
+                                     ("decode_methods", self.decode_methods,
+                                      gpu.decode_methods())):
+            for i, m in enumerate(methods):
+                if m not in known:
+                    raise ValueError(f"{name}[{i}]: expected a method with a kernel "
+                                     f"({', '.join(known)}), got {m!r}")
         for m in self.prefill_methods:
             if m not in self.numerics.ulp_bound:
                 raise ValueError(f"numerics.ulp_bound.{m}: expected a number of ULPs for every "

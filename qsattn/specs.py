@@ -5,6 +5,7 @@ import argparse
 
 import yaml
 
+from sim import schema
 from sim.spec import available_methods, load_method
 
 
@@ -24,10 +25,9 @@ def parse_overrides(items: list[str]) -> dict:
         if not key:
             raise ValueError(f"--set: expected FIELD=VALUE with a field name, got {item!r}")
         try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set: {key}: expected a YAML value, got {value!r} "
-                             f"({str(e).splitlines()[0]})") from None
+            out[key] = schema.parse_value(value)    # the configs' YAML: only true/false are bools
+        except ValueError as e:
+            raise ValueError(f"--set: {key}: {e}") from None
     return out
 
 

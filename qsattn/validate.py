@@ -533,13 +533,16 @@ def _repredict_summary(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.repredict:
         return _repredict_summary(args)
+    cfg = load_config(args.config)          # a bad config is reported on any machine
+    if args.hardware is not None:
+        from sim.cost.hardware import load_hardware
+        load_hardware(args.hardware)
     if not cuda_available():
         print(no_gpu_message("validate"), file=sys.stderr)
         return NO_GPU_EXIT
     import torch
 
     t_start = time.perf_counter()
-    cfg = load_config(args.config)
     hw = args.hardware or (cfg["hardware"] if cfg["hardware"] != "auto"
                            else hardware_for_device(torch.cuda.get_device_name()))
     store = ResultStore(args.dir / STORE_NAME, rerun=args.rerun, required=ROW_SCHEMA)

@@ -331,13 +331,14 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
     0.125
     """
     if sm_scale is None:
-        return 1.0 / math.sqrt(D)
-    if isinstance(sm_scale, (bool, np.bool_)) or not isinstance(sm_scale, numbers.Real):
+        s = 1.0 / math.sqrt(D)
+    elif isinstance(sm_scale, (bool, np.bool_)) or not isinstance(sm_scale, numbers.Real):
         raise TypeError(f"sm_scale: expected a real number or None, got {type(sm_scale).__name__}")
-    try:
-        s = float(sm_scale)
-    except OverflowError:   # an int beyond the float range
-        s = math.inf
+    else:
+        try:
+            s = float(sm_scale)
+        except OverflowError:   # an int beyond the float range
+            s = math.inf
     if not (math.isfinite(s) and s > 0.0):
         raise ValueError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
     if arithmetic not in ("fp32", "fp64"):
@@ -352,8 +353,11 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
             bound = s * LOG2E * D * qa * ka
         if bound > limit:
             most = limit / (LOG2E * D * qa * ka)
+            # the default scale: the inputs' magnitudes are what the caller chose
+            who = "q, k: with the default sm_scale = 1/sqrt(D)," if sm_scale is None else \
+                "sm_scale:"
             raise ValueError(
-                f"sm_scale: scores can reach sm_scale * log2(e) * D * max|q| * max|k| = "
+                f"{who} scores can reach sm_scale * log2(e) * D * max|q| * max|k| = "
                 f"{bound:.4g}, beyond {limit:.4g} ({'float32' if arithmetic == 'fp32' else 'float64'}"
                 f"'s range less 2^16 of headroom): the softmax would overflow and the result be "
                 f"meaningless; expected sm_scale <= {most:.4g} for these inputs (max|q| = "

@@ -86,6 +86,30 @@ MAX_DEPTH = 64               # nesting of mappings and lists
 INT64_MAX = (1 << 63) - 1
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only ``true``/``false`` (any case) are
+    booleans; ``yes``, ``no``, ``on``, ``off`` stay strings, so a schema bool refuses them
+    instead of reading ``no`` as false (or a quoted ``'no'`` as true)."""
+
+
+StrictLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                   re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value as :func:`load_yaml` reads values (a ``--set FIELD=VALUE`` override);
+    ValueError naming what could not be parsed."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ValueError(f"expected a YAML value, got {_show(text)} "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping through the safe loader.
 
@@ -111,12 +135,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(where, "", "a readable YAML file", e.strerror or str(e)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(where, "", "valid YAML", str(e).splitlines()[0]) from None
     except RecursionError:
         raise ConfigError(where, "", f"nesting at most {MAX_DEPTH} levels deep",
                           "deeper nesting") from None
+    except ValueError as e:   # a value the safe loader cannot build (a 5000-digit integer)
+        raise ConfigError(where, "", "valid YAML values", str(e).splitlines()[0]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -321,7 +347,8 @@ def merge(base: Mapping, overrides: Mapping) -> dict:
             if child is None:
                 child = {}
             if not isinstance(child, Mapping):
-                raise ConfigError("overrides", key, "a mapping to descend into", child)
+                raise ConfigError("overrides", ".".join(parts), "a mapping to descend into",
+                                  child)
             node[part] = child = dict(child)  # copy on descent: never mutate ``base``
             node = child
         leaf = parts[-1]

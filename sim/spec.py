@@ -298,7 +298,8 @@ class MethodSpec:
 
     def replace(self, **overrides) -> "MethodSpec":
         """A new validated spec with ``overrides`` (dotted or ``__`` keys, or nested dicts)."""
-        return _build(schema.merge(self.to_dict(), overrides), f"spec {self.name!r} + overrides")
+        where = f"spec {self.name!r} + overrides"
+        return _build(_merge(self.to_dict(), overrides, where), where)
 
     @property
     def integer(self) -> bool:
@@ -340,6 +341,14 @@ def resolve_spec(spec: "MethodSpec | str | os.PathLike", method: str | None = No
         raise ValueError(f"{arg}: method {method!r} was asked for, but spec {s.name!r} describes "
                          f"{s.method!r}")
     return s
+
+
+def _merge(data: dict, overrides: dict, where: str) -> dict:
+    """``schema.merge`` with its errors located in ``where`` (the spec the overrides apply to)."""
+    try:
+        return schema.merge(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(where, e.field, e.expected, e.got, detail=e.detail) from None
 
 
 def _build(data: dict, where: str) -> MethodSpec:
@@ -384,8 +393,8 @@ def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> 
         return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
     data = schema.load_yaml(path)
     data.setdefault("name", path.stem)
-    data = schema.merge(data, overrides)
-    return _build(data, f"{path} + overrides")
+    where = f"{path} + overrides"
+    return _build(_merge(data, overrides, where), where)
 
 
 def available_methods() -> list[str]:
