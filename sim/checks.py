@@ -352,16 +352,17 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
         with np.errstate(over="ignore"):
             bound = s * LOG2E * D * qa * ka
         if bound > limit:
-            most = limit / (LOG2E * D * qa * ka)
-            # the default scale: the inputs' magnitudes are what the caller chose
-            who = "q, k: with the default sm_scale = 1/sqrt(D)," if sm_scale is None else \
-                "sm_scale:"
-            raise ValueError(
-                f"{who} scores can reach sm_scale * log2(e) * D * max|q| * max|k| = "
-                f"{bound:.4g}, beyond {limit:.4g} ({'float32' if arithmetic == 'fp32' else 'float64'}"
-                f"'s range less 2^16 of headroom): the softmax would overflow and the result be "
-                f"meaningless; expected sm_scale <= {most:.4g} for these inputs (max|q| = "
-                f"{qa:.4g}, max|k| = {ka:.4g}, D = {D}), got {s!r}")
+            what = (f"scores can reach sm_scale * log2(e) * D * max|q| * max|k| = {bound:.4g} "
+                    f"(sm_scale = {s:.4g}, D = {D}, max|q| = {qa:.4g}, max|k| = {ka:.4g}), "
+                    f"beyond {limit:.4g} ({'float32' if arithmetic == 'fp32' else 'float64'}'s "
+                    f"range less 2^16 of headroom): the softmax would overflow and the result "
+                    f"be meaningless")
+            if sm_scale is None or not math.isfinite(qa * ka * D):
+                # the default scale, or inputs too large for any scale: the inputs are at fault
+                raise ValueError(f"q, k: {what}; expected max|q| * max|k| <= "
+                                 f"{limit / (s * LOG2E * D):.4g}")
+            raise ValueError(f"sm_scale: {what}; expected sm_scale <= "
+                             f"{limit / (LOG2E * D * qa * ka):.4g} for these inputs, got {s!r}")
     return s
 
 

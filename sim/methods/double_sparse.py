@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,14 +149,21 @@ class Calibration:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"path: no calibration file at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "sums" not in z or "meta" not in z:
-                raise ValueError(f"path: {path} is not a double_sparse calibration (keys {list(z)})")
-            meta = json.loads(str(z["meta"]))
-            sums = z["sums"].astype(np.float64)
-        if meta.get("kind") != "double_sparse.channels":
-            raise ValueError(f"path: {path} holds {meta.get('kind')!r}, not double_sparse.channels")
-        return cls(meta["metric"], sums, int(meta["count"]), meta["source"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files") or "sums" not in z or "meta" not in z:
+                    raise ValueError(f"keys {list(getattr(z, 'files', []))}")
+                meta = json.loads(str(z["meta"]))
+                sums = np.asarray(z["sums"]).astype(np.float64)
+            if not isinstance(meta, dict) or meta.get("kind") != "double_sparse.channels":
+                raise ValueError(f"it holds {meta.get('kind') if isinstance(meta, dict) else meta!r}")
+            metric, count, source = meta["metric"], meta["count"], meta["source"]
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            # np.load / json / a missing field: the file is not a calibration this code wrote
+            raise ValueError(f"path: {path} is not a double_sparse calibration ({e})") from None
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ValueError(f"path: {path} is not a double_sparse calibration (count {count!r})")
+        return cls(metric, sums, count, str(source))
 
 
 def calibrate(q, k, metric: str = "qk", *, source: str = "oracle") -> Calibration:

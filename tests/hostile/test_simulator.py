@@ -250,3 +250,41 @@ def test_return_lse(hostile, method):
 
     hostile.correct(lambda: simulate(q, k, v, method, causal=True, return_lse=True), check,
                     case=method)
+
+
+def test_turbo_cache_names_the_caller_arguments(hostile):
+    """The simulator's turbo cache names k_new / v_new (not q, k) and refuses before changing."""
+    from sim.methods.turbo import TurboCache
+    spec = load_method("turbo")
+    _, k, v = _qkv(Lk=70)
+    cache = TurboCache.from_prefill(k, v, spec)
+    for kn, vn, name in ((np.full((1, 2, 1, 16), np.nan, np.float32), k[:, :, :1], "k_new"),
+                         (k[:, :, :1], np.full((1, 2, 1, 16), np.inf, np.float32), "v_new"),
+                         (k[:, :, :1], k[:, :, :2], "v_new"), (k[:, :1, :1], k[:, :1, :1], "k_new"),
+                         (k[:, :, :1].tolist(), k[:, :, :1], "k_new")):
+        hostile.error(lambda: cache.append(kn, vn), name, start=True)
+    hostile.correct(lambda: cache.length, lambda n: n == 70)
+    hostile.error(lambda: TurboCache.from_prefill(k, v[:, :, :3], spec), "v", start=True)
+
+
+@pytest.mark.parametrize("calibration", (3, "nope.json", np.ones(2)), ids=("int", "path", "array"))
+def test_turbo_calibration(hostile, calibration):
+    hostile.error(lambda: simulate(Q, K, V, "turbo", kv_cache=True, calibration=calibration),
+                  ("calibration", "path"), exc=(ValueError, TypeError, FileNotFoundError))
+
+
+@pytest.mark.parametrize("content", (b"not a file", b"PK\x03\x04junk", b'{"kind": 3}',
+                                     b'{"kind": "turbo.head_priority"}',
+                                     b'{"kind": "turbo.head_priority", "priority": ["a"], '
+                                     b'"source": "x"}', b"\xff\xfe"),
+                         ids=("text", "zip", "kind", "no priority", "bad priority", "bytes"))
+@pytest.mark.parametrize("kind", ("double_sparse", "turbo"))
+def test_damaged_calibration_files(hostile, tmp_path, content, kind):
+    from sim.methods.double_sparse import Calibration
+    from sim.methods.turbo import HeadPriority
+    path = tmp_path / ("cal.npz" if kind == "double_sparse" else "cal.json")
+    path.write_bytes(content)
+    load = Calibration.load if kind == "double_sparse" else HeadPriority.load
+    hostile.error(lambda: load(path), "path", start=True)
+    kw = {"kv_cache": True} if kind == "turbo" else {}
+    hostile.error(lambda: simulate(Q, K, V, kind, calibration=path, **kw), "path", start=True)

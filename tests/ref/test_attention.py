@@ -149,7 +149,7 @@ def test_stable_for_large_scores():
 
 def test_score_overflow_raises():
     q, k, v = make_qkv(1, 1, 1, 3, 3, 4, 4)
-    with pytest.raises(ValueError, match="scores overflow float64"):
+    with pytest.raises(ValueError, match="^q, k: scores can reach .*float64's range"):
         ref.attention(q * 1e160, k * 1e160, v)
 
 
