@@ -51,9 +51,7 @@ from qsattn import validation_summary as vs
 DEFAULT_CONFIG = config_dir() / "experiments" / "validate_h100.yaml"
 REPORT_DIR = provenance.REPORTS / "validation"
 STORE_NAME = "results.jsonl"
-# A stored row as the summary and --repredict read it.
-ROW_SCHEMA = {"method": str, "shape": dict, "dtype": str, "hardware": str,
-              "measured_us": (int, float, type(None)), "pred_us": (dict, type(None))}
+ROW_SCHEMA = vs.ROW_SCHEMA     # a stored row as the summary and --repredict read it
 SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
 TIERS = ("roofline", "tiled", "calibrated")

@@ -38,6 +38,10 @@ from typing import Iterable, Sequence
 BASELINE = "fp16_flash"
 TARGET_TIME = 0.10
 TARGET_RATIO = 0.10
+# A stored row of ``qsattn validate`` as the summary, ``--repredict`` and qsattn.costcheck read
+# it (qsattn.store.ResultStore's ``required``).
+ROW_SCHEMA = {"method": str, "shape": dict, "dtype": str, "hardware": str,
+              "measured_us": (int, float, type(None)), "pred_us": (dict, type(None))}
 
 
 def phase(row: dict) -> str:

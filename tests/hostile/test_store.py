@@ -139,3 +139,20 @@ def test_point_id(hostile):
     hostile.error(lambda: point_id(), "parts", start=True)
     hostile.error(lambda: point_id(a=object()), "parts", start=True)
     hostile.correct(lambda: point_id(b=1, a=[1, "x"]), lambda p: p == point_id(a=[1, "x"], b=1))
+
+
+@pytest.mark.parametrize("which,text", [
+    ("bench", "not json"), ("bench", '{"rows": []}'), ("bench", '{"config": {"prefill": {}}}'),
+    ("bench", '{"config": {"prefill": {"batch": 1, "heads": 2, "kv_heads": 1, "head_dim": 64}},'
+              ' "rows": [{"name": "tune x", "tune": true, "L": 64, "causal": false}]}'),
+    ("validation", '{"id": "a", "method": "fp16_flash"}'), ("validation", "[]"),
+    ("probe", '{"rows": [{"name": "int8_flash attn-only bm", "kind": "ours"}]}'),
+])
+def test_stored_measurements_read_by_the_roofline(hostile, tmp_path, which, text):
+    """The measured files qsattn roofline compares against: a damaged one is a ValueError
+    naming it, not a KeyError from inside the reader."""
+    from qsattn import costcheck
+    path = tmp_path / f"{which}.json"
+    path.write_text(text + "\n")
+    kw = {"bench": None, "validation": None, which: path}
+    hostile.error(lambda: costcheck.points(**kw), str(path), exc=ValueError)
