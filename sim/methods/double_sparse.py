@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_bool, check_qkv, check_sm_scale, last_visible_key
+from ..checks import as_numpy, check_bool, check_qkv, check_sm_scale, last_visible_key
 from ..engine import SimResult, lse_of, online_softmax, qk_scale_of
 from ..numerics.quantize import dequantize, quantize
 from ..operands import check_representable
@@ -173,7 +173,8 @@ def calibrate(q, k, metric: str = "qk", *, source: str = "oracle") -> Calibratio
     """
     if metric not in CHANNEL_METRICS:
         raise ValueError(f"metric: expected one of {CHANNEL_METRICS}, got {metric!r}")
-    B, Hq, Hkv, Lq, Lk, D, _, G = check_qkv(q, k, k)
+    q, k = as_numpy(q, "q"), as_numpy(k, "k")
+    B, Hq, Hkv, Lq, Lk, D, _, G = check_qkv(q, k, k, names=("q", "k", "k"))
     qa = np.abs(np.asarray(q, dtype=np.float64)).reshape(B, Hkv, G, Lq, D)
     ka = np.abs(np.asarray(k, dtype=np.float64))
     if metric == "q":
