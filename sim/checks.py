@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
@@ -144,10 +145,9 @@ def _absmax(x: Any) -> tuple[float, int]:
     only when the extremes are not finite."""
     if isinstance(x, np.ndarray):
         lo, hi = float(x.min()), float(x.max())
-    else:
-        mn, mx = x.aminmax()
-        lo, hi = (float(t) for t in np.asarray(
-            __import__("torch").stack([mn, mx]).float().cpu().numpy()))
+    else:   # a torch tensor: torch is loaded (sim never imports it), one host transfer
+        torch = sys.modules["torch"]
+        lo, hi = torch.stack(x.aminmax()).float().cpu().tolist()
     if math.isfinite(lo) and math.isfinite(hi):
         return max(-lo, hi), 0
     if isinstance(x, np.ndarray):

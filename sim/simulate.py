@@ -129,4 +129,7 @@ def simulate(q: Any, k: Any, v: Any, spec: "MethodSpec | str", causal: bool | No
     res.out = from_hnd(res.out, tensor_layout)
     if not return_lse:
         res.lse = None
+    elif res.lse is None:   # a registry entry that declares lse_modes must fill it
+        raise RuntimeError(f"sim.methods.{spec.method}: lse_modes includes {mode!r} but its run "
+                           f"returned no lse")
     return res
