@@ -306,8 +306,9 @@ def _table(study: Study, rows: list[dict], L: int, causal: bool) -> str:
         lo = _mean(rs, "label_overhead")
         cache_s = _fmt(cache, ".2f") if not math.isnan(cache) else (
             f"+{lo * 100:.1f}% labels" if not math.isnan(lo) else "–")
+        worst = max(_num(r["max_abs"]) for r in rs)
         lines.append(f"| `{v.name}` | " + " | ".join(per)
-                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(max(_num(r['max_abs']) for r in rs))}"
+                     + f" | {_fmt(_mean(rs, 'mean_rel'))} | {_fmt(worst)}"
                      + f" | {cos:.6f} | {_fmt(_mean(rs, 'kl'))} | {_fmt(_mean(rs, 'recall'), '.3f')}"
                      + f" | {cache_s} |")
     return "\n".join(lines)

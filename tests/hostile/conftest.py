@@ -96,7 +96,8 @@ class Hostile:
         try:
             got = fn()
         except ERRORS as e:
-            return self.error(lambda: _raise(e), names, case=case)
+            err = e
+            return self.error(lambda: _raise(err), names, case=case)
         except Exception as e:
             self._count("failure")
             raise HostileFailure(f"{case}: leaked {type(e).__name__}: {e}") from e

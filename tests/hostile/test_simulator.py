@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import ref
 from sim import load_method, simulate
-from sim.checks import SCORE_LIMIT
 from sim.methods.double_sparse import calibrate
 
 METHODS = ("fp16_flash", "fp8_flash", "int8_flash", "turbo", "double_sparse")
