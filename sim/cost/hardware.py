@@ -47,14 +47,15 @@ class Quantity:
 
 
 def _q(doc: str, unit: str, *, divides: bool = True, count: bool = False):
-    """A quantity field. ``divides``: the cost model divides by it, so it must be > 0 (a rate
-    of 0 is a missing unit: write ``null`` where the field allows it); ``count``: a whole
-    number (SMs, registers, threads, blocks)."""
-    return field(metadata=dict(meta(doc, unit=unit), divides=divides, count=count))
+    """A quantity field. ``divides``: the cost model divides by it, so its value must be
+    ``> 0`` (``meta(gt=0)``, applied to the quantity's value; a rate of 0 is a missing unit:
+    write ``null`` where the field allows it); ``count``: a whole number (SMs, registers,
+    threads, blocks)."""
+    return field(metadata=dict(meta(doc, unit=unit, gt=0 if divides else None), count=count))
 
 
 def _opt(doc: str, unit: str):
-    return field(default=None, metadata=dict(meta(doc, unit=unit), divides=True, count=False))
+    return field(default=None, metadata=dict(meta(doc, unit=unit, gt=0), count=False))
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,12 @@ class Hardware:
             q = getattr(self, f.name)
             if not isinstance(q, Quantity):
                 continue
-            if f.metadata.get("divides") and not q.value > 0:
-                raise ConfigError("", f"{f.name}.value", f"a value > 0 {q.unit} (the cost model "
-                                  f"divides by it)" + ("; write null for a unit the GPU lacks"
-                                                       if f.default is None else ""), q.value)
+            gt = f.metadata.get("gt")
+            if gt is not None and not q.value > gt:
+                raise ConfigError("", f"{f.name}.value", f"a value > {gt} {q.unit} (the cost "
+                                  f"model divides by it)" + ("; write null for a unit the GPU "
+                                                             "lacks" if f.default is None else ""),
+                                  q.value)
             if f.metadata.get("count") and q.value != int(q.value):
                 raise ConfigError("", f"{f.name}.value", f"a whole number of {q.unit}", q.value)
 

@@ -321,3 +321,19 @@ def test_numpy_values_in_overrides(hostile):
     hostile.correct(lambda: load_method("int8_flash", tiling__block_n=np.int64(32),
                                         p__saturate=np.bool_(True)),
                     lambda s: s.tiling.block_n == 32 and s.p.saturate is True)
+
+
+def test_schema_exclusive_bound(hostile):
+    """``meta(gt=0)``: a value that divides refuses 0 (and NaN, which fails every comparison)."""
+    from dataclasses import dataclass, field
+
+    from sim.schema import build, meta
+
+    @dataclass(frozen=True)
+    class Rate:
+        per_s: float = field(metadata=meta("a rate the model divides by", gt=0))
+
+    for bad in (0, 0.0, -1.0, math.nan, "1"):
+        hostile.error(lambda: build(Rate, {"per_s": bad}, where="rate.yaml"), "per_s",
+                      exc=ConfigError, case=repr(bad))
+    hostile.correct(lambda: build(Rate, {"per_s": 1e-300}), lambda r: r.per_s == 1e-300)
