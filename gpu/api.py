@@ -22,10 +22,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.checks import check_sm_scale
+from sim.checks import (check_launch, check_sm_scale, from_hnd, resolve_causal,
+                        resolve_layout)
+from sim.methods import SIMULATORS
 from sim.spec import MethodSpec, load_method, resolve_spec
 
-from .common import check_inputs
+from .common import check_inputs, torch_module
 from .decoding import DecodeCache, check_query
 from .methods import KERNEL_PATHS, decode_methods, prefill_methods
 
@@ -67,50 +69,64 @@ def resolve(method: str, spec: "MethodSpec | str | os.PathLike | None", dtype: A
     return s
 
 
-def _bool(x: Any, name: str) -> bool:
-    import numpy as np
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
-    return bool(x)
-
-
-def _prefill(q, k, v, method, causal, sm_scale, spec, launch, trace, check_finite=True):
+def _prefill(q, k, v, method, causal, is_causal, sm_scale, spec, launch, trace, tensor_layout,
+             check_finite=True):
     path_dtypes = KERNEL_PATHS.get(method).prefill_dtypes if method in KERNEL_PATHS else None
-    shp = check_inputs(q, k, v, check_finite, dtypes=path_dtypes or ("float16", "bfloat16"))
-    causal = _bool(causal, "causal")
-    sm = check_sm_scale(sm_scale, shp.D)
+    q, k, v = resolve_layout(q, k, v, tensor_layout)
+    # the forward and the quantization kernels take every stride: only the last dim is packed
+    shp = check_inputs(q, k, v, check_finite, dtypes=path_dtypes or ("float16", "bfloat16"),
+                       contiguous="last")
+    causal = resolve_causal(causal, is_causal)
+    sm = check_sm_scale(sm_scale, shp.D, shp.absmax)
+    launch = check_launch(launch, "prefill") or None
     s = resolve(method, spec, q.dtype)
-    return s, KERNEL_PATHS.get(s.method).prefill(q, k, v, s, causal=causal, sm_scale=sm,
-                                                 launch=launch, trace=trace)
+    res = KERNEL_PATHS.get(s.method).prefill(q, k, v, s, causal=causal, sm_scale=sm,
+                                             launch=launch, trace=trace)
+    if trace:
+        out, tr = res
+        return s, (from_hnd(out, tensor_layout), tr)
+    return s, from_hnd(res, tensor_layout)
 
 
-def attention(q, k, v, method: str = "int8_flash", causal: bool = False,
+def attention(q, k, v, method: str = "int8_flash", causal: bool | None = None,
               sm_scale: float | None = None, spec: MethodSpec | str | None = None,
-              launch: dict | None = None):
+              launch: dict | None = None, *, is_causal: bool | None = None,
+              tensor_layout: str = "HND"):
     """Prefill attention ``softmax(q k^T * sm_scale) v`` by ``method``'s kernels.
 
-    ``q`` ``[B, Hq, Lq, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]``: contiguous CUDA tensors (CPU under
-    ``TRITON_INTERPRET=1``), one dtype, float16 or bfloat16, D in (64, 128), Hq % Hkv == 0,
-    finite. ``causal`` aligns bottom-right (row i sees keys j <= i + Lk - Lq; rows that see
-    nothing output 0). ``sm_scale`` defaults to 1/sqrt(D). ``spec``: a MethodSpec, spec name or
-    path (default: the shipped spec of ``method``; fp16_flash follows bf16 inputs). ``launch``
-    overrides the default program config. Integer methods run their Q/K/V quantization kernels
-    first. Returns ``[B, Hq, Lq, D]`` in q's dtype.
+    ``q`` ``[B, Hq, Lq, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]``: CUDA tensors (CPU under
+    ``TRITON_INTERPRET=1``) whose last dimension is contiguous (the other strides are free),
+    one dtype, float16 or bfloat16, D in (64, 128), Hq % Hkv == 0, finite.
+    ``tensor_layout``: "HND" (default) or "NHD" (``[B, L, H, D]``, FlashAttention's layout; the
+    output then comes back ``[B, Lq, Hq, D]``, a transposed view of the kernel's output).
+    ``causal`` (alias ``is_causal``) aligns bottom-right (row i sees keys j <= i + Lk - Lq;
+    rows that see nothing output 0). ``sm_scale`` defaults to 1/sqrt(D); a scale whose scores
+    would overflow float32 is refused (``sim.checks.check_sm_scale``). ``spec``: a MethodSpec,
+    spec name or path (default: the shipped spec of ``method``; fp16_flash follows bf16
+    inputs). ``launch`` overrides the default program config (``sim.checks.check_launch``:
+    ``block_m`` a power of two in [16, 256], ``num_warps`` 4, 8 or 16, ``num_stages`` in
+    [1, 8], ``pipe``). Integer methods run their Q/K/V quantization kernels first. Returns
+    ``[B, Hq, Lq, D]`` in q's dtype. The kernels keep no row log-sum-exp: there is no
+    ``return_lse`` here (``sim.simulate`` and ``ref.attention`` have it).
 
     >>> out = gpu.attention(q, k, v, method="turbo", causal=True)      # doctest: +SKIP
     """
-    return _prefill(q, k, v, method, causal, sm_scale, spec, launch, False)[1]
+    return _prefill(q, k, v, method, causal, is_causal, sm_scale, spec, launch, False,
+                    tensor_layout)[1]
 
 
-def attention_trace(q, k, v, method: str = "int8_flash", causal: bool = False,
+def attention_trace(q, k, v, method: str = "int8_flash", causal: bool | None = None,
                     sm_scale: float | None = None, spec: MethodSpec | str | None = None,
-                    launch: dict | None = None) -> KernelResult:
+                    launch: dict | None = None, *, is_causal: bool | None = None,
+                    tensor_layout: str = "HND") -> KernelResult:
     """:func:`attention` plus its intermediates under the simulator's names: integer methods
     ``q_codes``, ``k_codes``, ``v_codes`` (``[B, H, L, D]``), ``q_scale``, ``k_scale``,
     ``v_scale`` (float32 ``[B, H, n_groups]``), ``s_int`` (int32) and ``p_codes`` (int8)
     ``[B, Hq, Lq, Lk]``, ``o_int`` (int32 ``[B, Hq, n_key_tiles, Lq, D]``); float methods ``s``
-    and ``p`` (f32). Entries of key tiles a row's program skips (causal) are 0."""
-    s, (out, tr) = _prefill(q, k, v, method, causal, sm_scale, spec, launch, True)
+    and ``p`` (f32). Entries of key tiles a row's program skips (causal) are 0. The trace keeps
+    the ``[B, H, L, ...]`` layout whatever ``tensor_layout``; ``out`` follows it."""
+    s, (out, tr) = _prefill(q, k, v, method, causal, is_causal, sm_scale, spec, launch, True,
+                            tensor_layout)
     return KernelResult(out, tr, s)
 
 
@@ -131,11 +147,30 @@ def build_cache(k, v, method: str = "turbo", spec: MethodSpec | str | None = Non
     return path.cache(k, v, s, calibration)
 
 
+def _k_absmax(cache) -> float | None:
+    """An upper bound of ``max|k|`` over the cache: the cache's own (``k_absmax``) where it
+    keeps one, else the largest finite value of an fp16 cache (its K entries were finite fp16),
+    else None (bf16: no useful bound without reading the cache)."""
+    got = getattr(cache, "k_absmax", None)
+    if got is not None:
+        return float(got() if callable(got) else got)
+    torch = torch_module()
+    return 65504.0 if cache.dtype == torch.float16 else None
+
+
 def _decode(q, cache, sm_scale, launch, trace, check_finite=True):
     if not isinstance(cache, DecodeCache):
         raise TypeError(f"cache: expected a cache from gpu.build_cache, got {type(cache).__name__}")
     check_query(q, cache, check_finite)
-    sm = check_sm_scale(sm_scale, cache.D)
+    launch = check_launch(launch, "decode") or None
+    ka = _k_absmax(cache)
+    qa = float(q.abs().amax()) if ka is not None else None
+    sm = check_sm_scale(sm_scale, cache.D, None if ka is None else (qa, ka))
+    # the problem checks the simulator and the cost model apply (double_sparse: the token
+    # budget against the cached keys), so the three executors refuse the same calls
+    check = SIMULATORS.get(cache.spec.method).check_problem
+    if check is not None:
+        check(cache.spec, q_len=1, kv_len=cache.length, head_dim=cache.D)
     return KERNEL_PATHS.get(cache.spec.method).decode(q, cache, sm, launch, trace)
 
 
@@ -143,9 +178,13 @@ def decode(q, cache, sm_scale: float | None = None, launch: dict | None = None):
     """One decode step: ``softmax(q k^T * sm_scale) v`` over every token of ``cache``.
 
     ``q`` ``[B, Hq, 1, D]``: contiguous, the cache's dtype and device, finite, ``Hq`` a multiple
-    of the cache's ``Hkv``. ``sm_scale`` defaults to ``1/sqrt(D)``. ``launch`` overrides the
-    launch configuration (:func:`gpu.decoding.default_decode_launch`; numerics do not depend on
-    it except for f32 rounding). Returns ``[B, Hq, 1, D]``.
+    of the cache's ``Hkv``. ``sm_scale`` defaults to ``1/sqrt(D)`` (refused where the scores
+    would overflow float32). ``launch`` overrides the launch configuration
+    (:func:`gpu.decoding.default_decode_launch`; keys and values checked by
+    ``sim.checks.check_launch``: ``splits``, ``per_sm``, ``num_warps``, ``num_stages``,
+    ``grouped``, ``fold``; numerics do not depend on it except for f32 rounding). The
+    method's problem checks apply as in the simulator (double_sparse: an explicit token budget
+    above the cached keys is refused). Returns ``[B, Hq, 1, D]``.
 
     >>> out = gpu.decode(q, gpu.build_cache(k, v, method="turbo"))     # doctest: +SKIP
     """

@@ -65,17 +65,25 @@ def cdiv(a: int, b: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # input checks
 # ---------------------------------------------------------------------------------------------
-def check_tensors(named: dict[str, Any]) -> None:
-    """Each value a torch tensor, contiguous, on CUDA (or CPU under the interpreter), all on
-    one device. Messages name the argument."""
+def check_tensors(named: dict[str, Any], contiguous: str = "all") -> None:
+    """Each value a torch tensor, on CUDA (or CPU under the interpreter), all on one device;
+    ``contiguous="all"``: packed, ``"last"``: the last dimension packed (stride 1), the others
+    free (kernels that take every stride: the prefill forward and the quantization kernels).
+    Messages name the argument."""
     torch = torch_module()
+    if contiguous not in ("all", "last"):
+        raise ValueError(f"contiguous: expected 'all' or 'last', got {contiguous!r}")
     dev = None
     for name, x in named.items():
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if not x.is_contiguous():
+        if contiguous == "all" and not x.is_contiguous():
             raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(x.stride())} "
                              f"for shape {tuple(x.shape)} (call .contiguous())")
+        if contiguous == "last" and x.ndim and x.stride(-1) != 1 and x.shape[-1] != 1:
+            raise ValueError(f"{name}: expected the last dimension contiguous (stride 1), got "
+                             f"strides {tuple(x.stride())} for shape {tuple(x.shape)} (call "
+                             f".contiguous())")
         if x.device.type != "cuda" and not interpreting():
             raise ValueError(f"{name}: expected a CUDA tensor, got device {x.device} (CPU tensors "
                              f"run only under TRITON_INTERPRET=1, the Triton interpreter)")
@@ -86,12 +94,12 @@ def check_tensors(named: dict[str, Any]) -> None:
 
 
 def check_inputs(q, k, v, check_finite: bool, dtypes=("float16", "bfloat16"),
-                 names=("q", "k", "v")):
-    """Device/contiguity checks, then ``sim.checks.check_qkv``, then the kernels' own limits
-    (head dim, Dv == D). ``names`` are the user's argument names (``("q", "k_new", "v_new")``);
-    ``q is k`` checks K/V alone."""
+                 names=("q", "k", "v"), contiguous: str = "all"):
+    """Device/contiguity checks (``contiguous``: see :func:`check_tensors`), then
+    ``sim.checks.check_qkv``, then the kernels' own limits (head dim, Dv == D). ``names`` are
+    the user's argument names (``("q", "k_new", "v_new")``); ``q is k`` checks K/V alone."""
     nq, nk, nv = names
-    check_tensors({nq: q, nk: k, nv: v} if q is not k else {nk: k, nv: v})
+    check_tensors({nq: q, nk: k, nv: v} if q is not k else {nk: k, nv: v}, contiguous)
     shp = check_qkv(q, k, v, check_finite=check_finite, allow_dtypes=set(dtypes),
                     require_same_dtype=True, names=names)
     if shp.D not in HEAD_DIMS:
@@ -164,7 +172,7 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     torch = torch_module()
     quant = kernels("quant")
     if check:
-        check_tensors({name: x})
+        check_tensors({name: x}, "last")     # the kernels take every stride of x
     if x.ndim != 4 or x.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"{name}: expected [B, H, L, D] with D in {HEAD_DIMS}, got "
                          f"{tuple(x.shape)}")

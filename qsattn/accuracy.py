@@ -34,12 +34,21 @@ from pathlib import Path
 import numpy as np
 
 from qsattn import provenance
+from sim.schema import ConfigError
 from sim.spec import config_dir
-from qsattn.store import ResultStore, point_id
+from qsattn.store import NUMBER, ResultStore, point_id
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "accuracy_synthetic.yaml"
 METRICS = ("rel_l2", "max_abs", "mean_rel", "cosine", "kl", "recall", "cache_ratio",
            "label_overhead", "seconds")
+# A stored row as the report reads it (metrics may be null: NaN is stored as null).
+ROW_SCHEMA = {"method": str, "input": str, "causal": bool, "L": int, "seed": int,
+              **dict.fromkeys(METRICS, NUMBER)}
+# Work a study may ask for without --allow-large, in attention scores (B * Hq * Lq * Lk, each
+# simulated once and computed once more by the float64 reference): the default study is
+# ~4e8 in all (about 5 minutes on 2 cores), its largest point 4e6.
+POINT_SCORES = 1 << 30
+TOTAL_SCORES = 1 << 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,9 +86,13 @@ class Study:
                             yield v, kind, causal, L, seed
 
 
-def load_study(path: str | Path, quick: bool = False) -> Study:
+def load_study(path: str | Path, quick: bool = False, *, allow_large: bool = False) -> Study:
     """The study of a config (schema: :class:`qsattn.configs.AccuracyConfig`), with its
-    ``quick`` subset (lengths, causal values, input kinds) when ``quick``."""
+    ``quick`` subset (lengths, causal values, input kinds) when ``quick``.
+
+    Its work is bounded before anything runs (:func:`check_study_size`): a study beyond
+    :data:`POINT_SCORES` / :data:`TOTAL_SCORES` needs ``allow_large``; one whose selecting
+    methods would need a trace larger than the simulator holds is refused outright."""
     from qsattn.configs import AccuracyConfig, load_experiment
     path = Path(path)
     d = load_experiment(path, AccuracyConfig, quick_rule="keep")
@@ -98,8 +111,31 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
             v.load()                   # fail early on a bad spec or override
         except ValueError as e:
             raise ValueError(f"{path}: methods.{v.name}: {e}") from None
-    return Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
-                 dict(d["claim"]), path)
+    study = Study(dict(d["shape"]), lengths, list(d["seeds"]), causal, inputs, variants,
+                  dict(d["claim"]), path)
+    check_study_size(study, allow_large=allow_large)
+    return study
+
+
+def check_study_size(study: Study, *, allow_large: bool = False) -> None:
+    """The study's work, estimated before any point runs (see :func:`load_study`)."""
+    from qsattn.configs import check_work
+    from sim.engine import TRACE_LIMIT
+    from sim.methods import SIMULATORS
+    sh = study.shape
+    per_len = {L: sh["batch"] * sh["q_heads"] * L * L for L in study.lengths}
+    where = str(study.path)
+    sparse = [v.name for v in study.variants if SIMULATORS.get(v.load().method).selects_keys]
+    if sparse and max(per_len.values()) > TRACE_LIMIT:
+        L = max(study.lengths)
+        raise ConfigError(where, "lengths", f"B*Hq*L^2 <= {TRACE_LIMIT} for the selecting "
+                          f"methods {sparse} (their recall needs the simulator's trace)",
+                          f"{per_len[L]} at L = {L}")
+    points = len(study.variants) * len(study.inputs) * len(study.causal) * len(study.seeds)
+    check_work(where, "lengths", largest=max(per_len.values()),
+               total=points * sum(per_len.values()), point_limit=POINT_SCORES,
+               total_limit=TOTAL_SCORES, unit="attention scores (B*Hq*L^2)",
+               allow_large=allow_large)
 
 
 def make_inputs(kind: str, spec: dict, shape: dict, L: int, seed: int):
@@ -198,7 +234,8 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
     store problems found on open, points computed now)."""
     from tqdm import tqdm
 
-    store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine")
+    store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine",
+                        required=ROW_SCHEMA)
     if store.problems:
         for n, why in store.problems:
             print(f"qsattn accuracy: {store.path}: line {n} set aside ({why}); recomputing it")
@@ -226,8 +263,13 @@ def _fmt(x, spec=".2e") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _num(x) -> float:
+    """A stored metric as a float: NaN for null (how the store writes NaN)."""
+    return float("nan") if x is None else float(x)
+
+
 def _mean(rows, key):
-    vals = [r[key] for r in rows if not math.isnan(r[key])]
+    vals = [_num(r[key]) for r in rows if not math.isnan(_num(r[key]))]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -263,8 +305,8 @@ def table_rows(study: Study, rows: list[dict], L: int, causal: bool) -> list[dic
                "causal": causal}
         for k in study.inputs:
             row[f"rel_l2_{k}"] = _mean([r for r in rs if r["input"] == k], "rel_l2")
-        row.update(mean_rel=_mean(rs, "mean_rel"), max_abs=max(r["max_abs"] for r in rs),
-                   cosine_min=min(r["cosine"] for r in rs), kl=_mean(rs, "kl"),
+        row.update(mean_rel=_mean(rs, "mean_rel"), max_abs=max(_num(r["max_abs"]) for r in rs),
+                   cosine_min=min(_num(r["cosine"]) for r in rs), kl=_mean(rs, "kl"),
                    recall=_mean(rs, "recall"), cache_ratio=_mean(rs, "cache_ratio"),
                    label_overhead=_mean(rs, "label_overhead"))
         out.append(row)
@@ -417,6 +459,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
     cliopts.add_common(p, out_help="output directory (default: reports/accuracy, "
                                    "reports/accuracy/quick with --quick)")
+    p.add_argument("--allow-large", action="store_true",
+                   help="run a study larger than the work bound (hours of CPU, GBs of memory)")
 
 
 def _command(config: Path, out: Path, quick: bool) -> str:
@@ -429,10 +473,10 @@ def _command(config: Path, out: Path, quick: bool) -> str:
 
 
 def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool,
-            tables: list | None = None) -> str:
+            tables: list | None = None, allow_large: bool = False) -> str:
     """Run (resume) the study and write its report; returns the summary markdown. ``tables``
     (a list) receives the summary tables' rows (:func:`table_rows`, every length and mask)."""
-    study = load_study(config, quick=quick)
+    study = load_study(config, quick=quick, allow_large=allow_large)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
@@ -456,7 +500,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else default_out(args.quick)
     tables: list = []
     summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
-                      progress=not args.no_progress, tables=tables)
+                      progress=not args.no_progress, tables=tables,
+                      allow_large=args.allow_large)
     cliopts.emit(cliopts.render(tables, args.format, markdown=summary))
     print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0

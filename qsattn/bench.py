@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from qsattn import bench_plots, provenance
+from qsattn import bench_plots, provenance, store
 from sim.spec import config_dir
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "bench_h100.yaml"
@@ -613,10 +613,8 @@ def run(args: argparse.Namespace) -> int:
         revision it came from."""
         result["provenance"] = {**prov, "time_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                   time.gmtime())}
-        from qsattn.cliopts import strict_json
         _stamp_rows(result, prov)
-        (out / f"{name}.json").write_text(json.dumps(strict_json(result), indent=1,
-                                                     default=str))
+        (out / f"{name}.json").write_text(store.dumps(result, indent=1, default=str))
         (out / f"{name}.md").write_text(markdown(result, command))
         written = [out / f"{name}.json", out / f"{name}.md",
                    bench_plots.rows_csv(result, out / f"{name}.csv"),

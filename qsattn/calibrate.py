@@ -195,6 +195,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.hardware is not None:           # a bad id or file is reported on any machine
+        from sim.cost.hardware import load_hardware
+        load_hardware(args.hardware)
     if not cuda_available():
         print(no_gpu_message("calibrate"), file=sys.stderr)
         return NO_GPU_EXIT

@@ -51,14 +51,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        # Bad input from the user: one clear line, not a traceback.
-        print(f"qsattn {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:
+        # Bad input from the user (an argument, a config, a data file, a path that cannot be
+        # read or written): one clear line naming it, exit code 2, not a traceback. Other
+        # exceptions are internal errors and keep their traceback.
+        print(f"qsattn {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"qsattn {args.command}: error: out of memory: the arguments or config ask for "
+              f"more than this machine holds; use smaller sizes", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qsattn {args.command}: interrupted; finished work is kept and a rerun resumes",
               file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line (an OSError with its path)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

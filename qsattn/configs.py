@@ -18,7 +18,8 @@ from typing import Any, Literal
 from sim import schema
 from sim.schema import ConfigError, meta
 
-__all__ = ["load_experiment", "AccuracyConfig", "BenchConfig", "ModelConfig", "ValidateConfig"]
+__all__ = ["load_experiment", "check_work", "AccuracyConfig", "BenchConfig", "ModelConfig",
+           "ValidateConfig"]
 
 Dtype = Literal["float16", "bfloat16"]
 
@@ -114,8 +115,17 @@ class ValidateConfig:
         "structure or parameters: the summary's targets are computed on these rows"))
 
     def __post_init__(self):
+        import gpu
         if not self.prefill_methods or not self.shapes:
             raise ValueError("prefill_methods, shapes: expected non-empty lists")
+        for name, methods, known in (("prefill_methods", self.prefill_methods,
+                                      gpu.prefill_methods()),
+                                     ("decode_methods", self.decode_methods,
+                                      gpu.decode_methods())):
+            for i, m in enumerate(methods):
+                if m not in known:
+                    raise ValueError(f"{name}[{i}]: expected a method with a kernel "
+                                     f"({', '.join(known)}), got {m!r}")
         for m in self.prefill_methods:
             if m not in self.numerics.ulp_bound:
                 raise ValueError(f"numerics.ulp_bound.{m}: expected a number of ULPs for every "
@@ -352,6 +362,24 @@ class ModelConfig:
         bad = [v for v in self.needle.variants if v not in known]
         if bad:
             raise ValueError(f"needle.variants: unknown variant ids {bad}")
+
+
+# ---------------------------------------------------------------------------------------------
+# work bounds
+# ---------------------------------------------------------------------------------------------
+def check_work(where: str, field: str, *, largest: float, total: float, point_limit: float,
+               total_limit: float, unit: str, allow_large: bool, flag: str = "--allow-large"
+               ) -> None:
+    """Refuse, before any work starts, a config whose estimated work exceeds what its command
+    runs in reasonable time and memory: ``largest`` (one point) above ``point_limit`` or
+    ``total`` above ``total_limit``, both counted in ``unit``. ``allow_large`` (the command's
+    ``flag``) lets it proceed. ConfigError naming the file and the field that sizes the work."""
+    if allow_large:
+        return
+    if largest > point_limit or total > total_limit:
+        raise ConfigError(where, field, f"at most {point_limit:.3g} {unit} per point and "
+                          f"{total_limit:.3g} in all (pass {flag} to run more)",
+                          f"{largest:.3g} in the largest point, {total:.3g} in all")
 
 
 # ---------------------------------------------------------------------------------------------

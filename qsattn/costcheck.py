@@ -31,6 +31,8 @@ import statistics
 from pathlib import Path
 
 from qsattn import provenance
+from qsattn.store import ResultStore
+from qsattn.validation_summary import ROW_SCHEMA
 from sim.arch import prefill_launch
 from sim.cost import Shape, load_hardware, predict
 from sim.spec import load_method
@@ -46,6 +48,17 @@ PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
 _PROBE_VARIANTS = {"int8_flash": ("int8_flash", {}),               # probe row name -> spec
                    "turbo exp2": ("turbo", {"softmax__exp": "exp2"})}
 HOST_MS = 1.0          # bench rows below this are host-inclusive (module doc)
+
+
+def _read(path: Path, parse, what: str) -> list[dict]:
+    """``parse(path)`` of a stored measurement file; a file that is not what it should be is a
+    ValueError naming it (one line in the CLI), never a KeyError from deep inside."""
+    try:
+        return parse(path)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a valid {what} ({type(e).__name__}: {e})") from None
 
 
 def _bench_points(path: Path) -> list[dict]:
@@ -84,10 +97,7 @@ def _bench_points(path: Path) -> list[dict]:
 
 def _validation_points(path: Path) -> list[dict]:
     out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for r in ResultStore(path, required=ROW_SCHEMA).rows():     # read only: bad rows raise
         if r.get("phase") != "prefill" or r.get("measured_us") is None:
             continue
         s = r["shape"]
@@ -125,11 +135,11 @@ def points(bench: Path | None = BENCH, validation: Path | None = VALIDATION,
     {tier: (pred - meas) / meas} and ``bound`` {tier: unit}. A None path is skipped."""
     pts = []
     if bench is not None and Path(bench).exists():
-        pts += _bench_points(Path(bench))
+        pts += _read(Path(bench), _bench_points, "qsattn bench result")
     if validation is not None and Path(validation).exists():
-        pts += _validation_points(Path(validation))
+        pts += _read(Path(validation), _validation_points, "qsattn validate store")
     if probe is not None:
-        pts += _probe_points(Path(probe))
+        pts += _read(Path(probe), _probe_points, "prefill probe result")
     specs: dict = {}
     for p in pts:
         key = (p["method"], tuple(sorted(p["over"].items())))
@@ -203,10 +213,7 @@ def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
     launch."""
     out, specs = [], {}
     arch = load_hardware(hardware).arch
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for r in ResultStore(path, required=ROW_SCHEMA).rows():     # read only: bad rows raise
         if r.get("measured_us") is None:
             continue
         sh = r["shape"]

@@ -34,7 +34,7 @@ import numpy as np
 from qsattn import provenance
 from qsattn.cliopts import strict_json
 from sim.spec import config_dir
-from qsattn.store import ResultStore, point_id
+from qsattn.store import NUMBER, ResultStore, by_kind, dumps, point_id
 
 DEFAULT_CONFIG = config_dir() / "experiments" / "model_smollm2.yaml"
 EXECUTORS = ("sim", "gpu")
@@ -45,12 +45,39 @@ __all__ = ["add_arguments", "run", "report_section", "load_config", "Variant", "
 # --------------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------------
-def load_config(path: str | Path | None = None, *, quick: bool = False) -> dict:
+# Work a config may ask for without --allow-large, in simulated (query, key) pairs per layer and
+# head (x 270 for SmolLM2's 30 layers x 9 heads, ~0.5 us per score): the default study is ~1e7
+# (~30 minutes on 2 cores), its largest window 256^2.
+POINT_PAIRS = 1 << 26
+TOTAL_PAIRS = 1 << 27
+
+# The stored rows by kind, as the report reads them.
+ROW_SCHEMA = {
+    "passthrough": {"start": int, "length": int, "nll": NUMBER, "tokens": int, "seconds": NUMBER},
+    "ppl": {"variant": str, "start": int, "length": int, "nll": NUMBER, "tokens": int,
+            "seconds": NUMBER},
+    "needle": {"variant": str, "length": int, "trial": int, "correct": bool},
+    "layer_error": {"variant": str, "layers": list, "rel_err": list},
+}
+
+
+def load_config(path: str | Path | None = None, *, quick: bool = False,
+                allow_large: bool = False) -> dict:
     """The experiment config (schema: :class:`qsattn.configs.ModelConfig`), with its ``quick:``
-    overrides applied when ``quick``."""
-    from qsattn.configs import ModelConfig, load_experiment
+    overrides applied when ``quick``. Its simulated work is bounded before the model loads
+    (:data:`POINT_PAIRS`, :data:`TOTAL_PAIRS`; ``allow_large`` lifts the bound)."""
+    from qsattn.configs import ModelConfig, check_work, load_experiment
     p = Path(path) if path is not None else DEFAULT_CONFIG
     cfg = load_experiment(p, ModelConfig, quick=quick)
+    columns = len(cfg["variants"]) + len(cfg["references"])
+    ev, le, nd = cfg["evaluation"], cfg["layer_error"], cfg["needle"]
+    decode = [L * nd["decode_tail"] for L in nd["lengths"]]
+    check_work(str(p), "evaluation.window", largest=max(ev["window"] ** 2, le["window"] ** 2,
+                                                         *decode),
+               total=columns * (ev["windows"] * ev["window"] ** 2 + le["window"] ** 2)
+               + len(nd["variants"]) * nd["trials"] * sum(decode),
+               point_limit=POINT_PAIRS, total_limit=TOTAL_PAIRS,
+               unit="simulated (query, key) pairs per layer and head", allow_large=allow_large)
     cfg["_path"] = str(p)
     cfg["_quick"] = quick
     return cfg
@@ -154,7 +181,8 @@ class Study:
         self._check_slices()
         torch.set_grad_enabled(False)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.store = ResultStore(self.out / "results.jsonl", rerun=rerun, on_corrupt="quarantine")
+        self.store = ResultStore(self.out / "results.jsonl", rerun=rerun, on_corrupt="quarantine",
+                                 required=by_kind(ROW_SCHEMA))
         self.calibrations: dict[str, dict[int, Any]] = {}
 
     # -- input checks --------------------------------------------------------------------
@@ -720,7 +748,7 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
                "layer_error_mean": {k: float(e.mean()) for k, e in errs.items()},
                "capture": cap_path.name, "seconds": total_s, "config": cfg["_path"],
                "load_seconds": st.load_s}
-    (st.out / "summary.json").write_text(json.dumps(strict_json(summary), indent=1))
+    (st.out / "summary.json").write_text(dumps(summary, indent=1))   # strict: null, never NaN
     write_tables(st.out, summary)
     return summary
 
@@ -736,13 +764,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from qsattn import cliopts
     cliopts.add_common(p, out_help="output directory (default: reports/model, reports/model/"
                                    "quick with --quick)")
+    p.add_argument("--allow-large", action="store_true",
+                   help="run a config larger than the work bound (hours of CPU)")
     p.add_argument("--executor", choices=EXECUTORS, default="sim",
                    help="sim: bit-accurate CPU simulator (default); gpu: the Triton kernels for "
                         "methods that have one (CUDA, or TRITON_INTERPRET=1), simulator for the rest")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, quick=args.quick)
+    cfg = load_config(args.config, quick=args.quick, allow_large=args.allow_large)
     sub = "gpu" if args.executor == "gpu" else ""
     out = args.out or (provenance.REPORTS / "model" / sub / ("quick" if args.quick else ""))
     s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
@@ -758,13 +788,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_summary(path: Path) -> dict:
+    """A stored ``summary.json`` with the fields :func:`report_section` reads; ValueError naming
+    the file when it is not one (a damaged file is reported, never a traceback)."""
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); rerun `qsattn model` to rewrite "
+                         f"it") from None
+    need = {"quick": bool, "passthrough": dict, "perplexity": dict, "kv_bytes": dict,
+            "needle": dict}
+    bad = [k for k, t in need.items() if not isinstance(s, dict) or not isinstance(s.get(k), t)]
+    if bad:
+        raise ValueError(f"{path}: not a model summary (fields {bad} missing or of the wrong "
+                         f"type); rerun `qsattn model` to rewrite it")
+    return s
+
+
 def report_section(ctx) -> str:
     """Reuses a finished default run under ``<out>/model`` when there is one; otherwise runs
     the ``--quick`` study into ``<out>/model/quick`` (resumable, ~3 minutes)."""
     full = Path(ctx.out) / "model"
     summ = full / "summary.json"
     if not ctx.quick and summ.is_file() and not ctx.rerun:
-        s = json.loads(summ.read_text())
+        s = _stored_summary(summ)
         where = full
         redraw(full)    # figure and table CSVs in the current style, from the stored results
     else:

@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             try:
                 body = importlib.import_module(module).report_section(ctx)
-            except Exception:  # a failing section is shown, never hidden
+            except (ValueError, TypeError, OSError) as e:  # bad input or data: one line
+                failed.append(key)
+                body = f"**This section failed:** {e}\n"
+            except Exception:  # an internal error: shown with its traceback, never hidden
                 failed.append(key)
                 body = "**This section failed:**\n\n```\n" + traceback.format_exc() + "```\n"
         dt = time.perf_counter() - t0

@@ -16,6 +16,7 @@ from pathlib import Path
 from qsattn import provenance
 from sim import schema
 from sim.cost import Shape, load_hardware, mixes, predict
+from sim.cost.hardware import UnsupportedOnHardware
 from sim.cost.methods import COST_PATHS
 from sim.schema import meta
 from sim.spec import config_dir, load_method
@@ -57,6 +58,34 @@ class RooflineConfig:
     decode: DecodeSweep = field(metadata=meta("decode sweep"))
     breakdown_length: int = field(metadata=meta("length of the stacked bars", min=1))
 
+    def __post_init__(self):
+        from sim.cost.model import TIERS
+        if self.tier not in TIERS:
+            raise ValueError(f"tier: expected one of {TIERS}, got {self.tier!r}")
+        if self.clock not in ("boost", "sustained"):
+            raise ValueError(f"clock: expected 'boost' or 'sustained', got {self.clock!r}")
+        for phase, entries in (("prefill", self.prefill_methods),
+                               ("decode", self.decode_methods)):
+            for i, e in enumerate(entries):
+                check_entry(e, phase, f"{phase}_methods[{i}]")
+
+
+def check_entry(e: str, phase: str, field_name: str) -> None:
+    """``spec`` or ``spec:kernel`` names a spec and a kernel its method has for ``phase``: an
+    unknown kernel is an error, never an "n/a" cell (which means the GPU lacks the dtype)."""
+    name, _, kernel = e.partition(":")
+    try:
+        spec = load_method(name)
+    except ValueError as err:
+        raise ValueError(f"{field_name}: {err}") from None
+    kernels = COST_PATHS.get(spec.method).kernels.get(phase, ())
+    if not kernels:
+        raise ValueError(f"{field_name}: method {spec.method!r} has no {phase} kernel in the "
+                         f"cost model, got {e!r}")
+    if kernel and kernel not in kernels:
+        raise ValueError(f"{field_name}: expected a {phase} kernel of {spec.method!r} "
+                         f"({', '.join(kernels)}), got {kernel!r} in {e!r}")
+
 
 def load_config(path) -> RooflineConfig:
     return schema.build(RooflineConfig, schema.load_yaml(path), where=str(path))
@@ -91,9 +120,11 @@ def _pred(entry, shape, hw, phase, cfg):
 
 
 def _try(entry, shape, hw, phase, cfg):
+    """The prediction, or (None, why) when the GPU lacks a unit the kernel needs (FP8 on
+    Ampere): "n/a" in the tables means exactly that. Every other error propagates."""
     try:
         return _pred(entry, shape, hw, phase, cfg), None
-    except ValueError as e:   # a method the GPU cannot run (FP8 on Ampere): shown, not hidden
+    except UnsupportedOnHardware as e:
         return None, str(e).split(";")[0]
 
 

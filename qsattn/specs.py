@@ -5,6 +5,7 @@ import argparse
 
 import yaml
 
+from sim import schema
 from sim.spec import available_methods, load_method
 
 
@@ -22,7 +23,13 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--set: expected FIELD=VALUE with a field name, got {item!r}")
+        try:
+            out[key] = schema.parse_value(value)    # the configs' YAML: only true/false are bools
+        except ValueError as e:
+            raise ValueError(f"--set: {key}: {e}") from None
     return out
 
 

@@ -56,6 +56,7 @@ _install_counter()
 DEFAULT_CONFIG = config_dir() / "experiments" / "validate_h100.yaml"
 REPORT_DIR = provenance.REPORTS / "validation"
 STORE_NAME = "results.jsonl"
+ROW_SCHEMA = vs.ROW_SCHEMA     # a stored row as the summary and --repredict read it
 SUMMARY_NAME = "summary.md"
 FIGURE_NAME = "pred_vs_meas.png"
 TIERS = ("roofline", "tiled", "pipeline", "calibrated")
@@ -649,7 +650,7 @@ def repredicted(row: dict) -> dict:
 
 
 def _repredict_summary(args: argparse.Namespace) -> int:
-    store = ResultStore(args.out / STORE_NAME)
+    store = ResultStore(args.out / STORE_NAME, required=ROW_SCHEMA)
     digests: dict = {}
     rows = []
     for r in store.rows():
@@ -678,17 +679,20 @@ def _print_summary(rows: list[dict], summary: Path, fmt: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repredict:
         return _repredict_summary(args)
+    cfg = load_config(args.config)          # a bad config is reported on any machine
+    if args.hardware is not None:
+        from sim.cost.hardware import load_hardware
+        load_hardware(args.hardware)
     if not cuda_available():
         print(no_gpu_message("validate"), file=sys.stderr)
         return NO_GPU_EXIT
     import torch
 
     t_start = time.perf_counter()
-    cfg = load_config(args.config)
     hw = args.hardware or (cfg["hardware"] if cfg["hardware"] != "auto"
                            else hardware_for_device(torch.cuda.get_device_name()))
     _seed_store(args.out)
-    store = ResultStore(args.out / STORE_NAME, rerun=args.rerun)
+    store = ResultStore(args.out / STORE_NAME, rerun=args.rerun, required=ROW_SCHEMA)
     command = provenance.command_line()
     not_run = []
     points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]

@@ -43,6 +43,10 @@ TARGET_RATIO = 0.10
 HELD_OUT_MEDIAN = 0.07
 HELD_OUT_P90 = 0.15
 HELD_OUT_RATIO = 0.07
+# A stored row of ``qsattn validate`` as the summary, ``--repredict`` and qsattn.costcheck read
+# it (qsattn.store.ResultStore's ``required``).
+ROW_SCHEMA = {"method": str, "shape": dict, "dtype": str, "hardware": str,
+              "measured_us": (int, float, type(None)), "pred_us": (dict, type(None))}
 
 
 def phase(row: dict) -> str:

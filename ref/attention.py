@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.checks import check_qkv, check_sm_scale, last_visible_key
+from sim.checks import (check_bool, check_qkv, check_sm_scale, from_hnd, last_visible_key,
+                        resolve_causal, resolve_layout)
 
 __all__ = ["attention"]
 
@@ -45,9 +46,11 @@ def attention(
     k: Any,
     v: Any,
     *,
-    causal: bool = False,
+    causal: bool | None = None,
     sm_scale: float | None = None,
     return_lse: bool = False,
+    is_causal: bool | None = None,
+    tensor_layout: str = "HND",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Exact softmax attention computed in float64.
 
@@ -55,17 +58,22 @@ def attention(
         q: ``[B, Hq, Lq, D]``; k: ``[B, Hkv, Lk, D]``; v: ``[B, Hkv, Lk, Dv]``. Any float dtype,
             numpy or torch (converted exactly to float64). ``Hq`` must be a multiple of ``Hkv``;
             query head ``h`` uses kv head ``h // (Hq // Hkv)``. ``Dv`` may differ from ``D``.
-        causal: bottom-right aligned causal mask (row ``i`` sees keys ``j <= i + Lk - Lq``).
-        sm_scale: score scale, default ``1/sqrt(D)``; positive and finite.
+        causal: bottom-right aligned causal mask (row ``i`` sees keys ``j <= i + Lk - Lq``);
+            default False. ``is_causal``: an alias (give either, or equal values).
+        sm_scale: score scale, default ``1/sqrt(D)``; positive, finite, and small enough that
+            the scores stay within float64 (``check_sm_scale(..., arithmetic="fp64")``).
         return_lse: also return the float64 natural-log-sum-exp of the scaled scores per row,
-            ``[B, Hq, Lq]`` (``-inf`` for rows that see no key).
+            ``[B, Hq, Lq]`` (``-inf`` for rows that see no key), whatever the layout.
+        tensor_layout: "HND" (``[B, H, L, D]``, default) or "NHD" (``[B, L, H, D]``) for the
+            inputs and ``out`` (a view); see :func:`sim.checks.resolve_layout`.
 
     Returns:
         float64 ``[B, Hq, Lq, Dv]`` (zeros for rows that see no key), or ``(out, lse)``.
 
     Raises:
-        TypeError/ValueError from :func:`sim.checks.check_qkv` and ``check_sm_scale``;
-        ValueError if a score overflows float64 (inputs around 1e154 and beyond).
+        TypeError/ValueError from :func:`sim.checks.check_qkv`, ``resolve_layout``,
+        ``resolve_causal`` and ``check_sm_scale`` (scores beyond float64's range), naming the
+        argument.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -74,12 +82,11 @@ def attention(
     >>> out.shape, out.dtype, lse.shape
     ((1, 4, 3, 16), dtype('float64'), (1, 4, 3))
     """
+    q, k, v = resolve_layout(q, k, v, tensor_layout)
     shp = check_qkv(q, k, v)
-    scale = check_sm_scale(sm_scale, shp.D)
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    scale = check_sm_scale(sm_scale, shp.D, shp.absmax, arithmetic="fp64")
+    causal = resolve_causal(causal, is_causal)
+    return_lse = check_bool(return_lse, "return_lse")
     q, k, v = _as_numpy(q), _as_numpy(k), _as_numpy(v)
     B, Hq, Hkv, Lq, Lk, D, Dv, group = shp
 
@@ -98,6 +105,7 @@ def attention(
             for r0 in range(0, rows_total, block):
                 r1 = min(r0 + block, rows_total)
                 _block(qg[r0:r1], k[b, g], v[b, g], scale, causal, r0, Lq, og[r0:r1], lg[r0:r1])
+    out = from_hnd(out, tensor_layout)
     return (out, lse) if return_lse else out
 
 
@@ -121,7 +129,8 @@ def _block(qb, kg, vg, scale, causal, r0, Lq, out_b, lse_b) -> None:
     m = s.max(axis=1)
     seen = m != -np.inf  # rows with at least one visible key (NaN counts as seen: raises below)
     if not np.isfinite(m[seen]).all():
-        raise ValueError("attention scores overflow float64; q and k magnitudes are too large")
+        raise ValueError("q, k: attention scores overflow float64; q and k magnitudes are too "
+                         "large for sm_scale")
     m[~seen] = 0.0  # exp(-inf - 0) = 0: empty rows produce l = 0, handled below
     s -= m[:, None]
     np.exp(s, out=s)

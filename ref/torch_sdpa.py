@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.checks import check_qkv, check_sm_scale, visible_key_count
+from sim.checks import (check_qkv, check_sm_scale, from_hnd, resolve_causal, resolve_layout,
+                        visible_key_count)
 
 __all__ = ["sdpa", "SDPA_DTYPES"]
 
@@ -41,9 +42,11 @@ def sdpa(
     k: Any,
     v: Any,
     *,
-    causal: bool = False,
+    causal: bool | None = None,
     sm_scale: float | None = None,
     dtype: str = "fp32",
+    is_causal: bool | None = None,
+    tensor_layout: str = "HND",
 ) -> Any:
     """Attention by ``torch.nn.functional.scaled_dot_product_attention`` in ``dtype``.
 
@@ -52,9 +55,14 @@ def sdpa(
             ``[B, Hkv, Lk, Dv]``), numpy arrays or torch tensors of any float dtype. Each is
             rounded to ``dtype`` with ``Tensor.to``. numpy inputs run on the CPU; torch inputs run
             on ``q``'s device.
-        causal: bottom-right aligned causal mask, as in :func:`ref.attention`.
-        sm_scale: default ``1/sqrt(D)``.
-        dtype: compute dtype, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        causal: bottom-right aligned causal mask, as in :func:`ref.attention` (default False;
+            ``is_causal`` is an alias).
+        sm_scale: default ``1/sqrt(D)``; refused when the scores would overflow float32
+            (:func:`sim.checks.check_sm_scale`).
+        dtype: compute dtype, ``"fp32"``, ``"fp16"`` or ``"bf16"``. Inputs beyond its range
+            (``|x| > 65504`` for fp16) are refused: they would round to Inf.
+        tensor_layout: "HND" (``[B, H, L, D]``, default) or "NHD" (``[B, L, H, D]``) for the
+            inputs and the output (a view).
 
     Returns:
         ``[B, Hq, Lq, Dv]`` float32 (an exact widening of the ``dtype`` result): a numpy array if
@@ -71,11 +79,16 @@ def sdpa(
     import torch
     import torch.nn.functional as F
 
+    q, k, v = resolve_layout(q, k, v, tensor_layout)
     shp = check_qkv(q, k, v)
-    scale = check_sm_scale(sm_scale, shp.D)
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    scale = check_sm_scale(sm_scale, shp.D, shp.absmax)
+    causal = resolve_causal(causal, is_causal)
     tdt = _torch_dtype(torch, dtype)
+    top = float(torch.finfo(tdt).max)
+    for name, a in zip("qkv", shp.absmax):
+        if a > top:
+            raise ValueError(f"{name}: values up to {a:.4g} are beyond the {dtype} range "
+                             f"(max {top:.6g}) and would round to Inf; expected |x| <= {top:.6g}")
 
     torch_in = isinstance(q, torch.Tensor)
     device = q.device if torch_in else torch.device("cpu")
@@ -105,4 +118,5 @@ def sdpa(
     if causal and shp.Lq > shp.Lk:
         empty = torch.from_numpy(visible_key_count(np.arange(shp.Lq), shp.Lq, shp.Lk) == 0)
         out[:, :, empty.to(device)] = 0.0
+    out = from_hnd(out, tensor_layout)
     return out if torch_in else out.cpu().numpy()

@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import check_launch
 from .schema import ConfigError, build, load_yaml, meta
 from .spec import config_dir
 
@@ -119,6 +120,10 @@ def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
         if not isinstance(d, int) or not isinstance(launch, dict) or set(launch) != _LAUNCH_KEYS:
             raise ConfigError(where, f"prefill.{key}.{d}",
                               f"a launch with keys {sorted(_LAUNCH_KEYS)}", launch)
+        try:    # the values by the rule every launcher applies to a caller's launch
+            check_launch(launch, "prefill")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(where, f"prefill.{key}.{d}", "a valid launch", str(e)) from None
     fits = [d for d in table if d <= head_dim]
     return dict(table[max(fits) if fits else min(table)])
 

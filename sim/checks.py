@@ -2,9 +2,22 @@
 
 ``sim``, ``ref`` and the ``gpu`` launchers all call :func:`check_qkv` on their inputs, and all
 derive the causal mask from :func:`causal_offset` / :func:`last_visible_key`, so the three
-executors agree on shapes, GQA head mapping and which keys a query row sees.
+executors agree on shapes, GQA head mapping and which keys a query row sees. One checker per
+argument concept, used by every executor so that they accept and refuse the same values:
 
-Layout: ``q`` is ``[B, Hq, Lq, D]``, ``k`` is ``[B, Hkv, Lk, D]``, ``v`` is ``[B, Hkv, Lk, Dv]``.
+- :func:`check_qkv` (tensors: type, ndim, dtype, empty sizes, shapes, GQA, NaN/Inf),
+- :func:`resolve_layout` / :func:`from_hnd` (``tensor_layout`` "HND" or "NHD"),
+- :func:`resolve_causal` (``causal`` and its alias ``is_causal``; numpy bools are bools),
+- :func:`check_bool` (every other flag),
+- :func:`check_sm_scale` (positive, finite, and not so large that the scores overflow float32),
+- :func:`check_launch` (a kernel launch dict: known keys, positive integers, powers of two).
+
+Every error is a TypeError or ValueError whose message starts with the caller's argument name.
+
+Layout: ``q`` is ``[B, Hq, Lq, D]``, ``k`` is ``[B, Hkv, Lk, D]``, ``v`` is ``[B, Hkv, Lk, Dv]``
+("HND": heads before tokens, the default). ``tensor_layout="NHD"`` declares ``[B, L, H, D]``
+inputs (FlashAttention's layout); the executors read them as transposed views and return their
+outputs in the declared layout.
 
 GQA head mapping: ``Hq`` is a multiple of ``Hkv``; with ``group = Hq // Hkv`` query head ``h``
 reads kv head ``h // group`` (consecutive query heads share a kv head: the convention of
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
@@ -37,18 +51,33 @@ import numpy as np
 
 __all__ = [
     "QKVShape",
+    "LAYOUTS",
     "check_qkv",
+    "as_numpy",
+    "check_bool",
+    "resolve_causal",
+    "resolve_layout",
+    "from_hnd",
     "check_sm_scale",
+    "check_launch",
+    "PREFILL_LAUNCH",
+    "DECODE_LAUNCH",
     "causal_offset",
     "last_visible_key",
     "visible_key_count",
     "causal_mask",
 ]
 
+LAYOUTS = ("HND", "NHD")
+F32_MAX = float(np.finfo(np.float32).max)
+# Scores must stay this far below float32's maximum (products of scales and partial sums
+# before the final score are up to ~2^16 larger than the score bound of check_sm_scale).
+SCORE_LIMIT = F32_MAX * 2.0 ** -16
+F64_SCORE_LIMIT = float(np.finfo(np.float64).max) * 2.0 ** -16
+LOG2E = 1.4426950408889634
 
-class QKVShape(NamedTuple):
-    """Sizes of a validated attention problem. ``group = Hq // Hkv`` query heads per kv head."""
 
+class _Sizes(NamedTuple):
     B: int
     Hq: int
     Hkv: int
@@ -57,6 +86,16 @@ class QKVShape(NamedTuple):
     D: int
     Dv: int
     group: int
+
+
+class QKVShape(_Sizes):
+    """Sizes of a validated attention problem. ``group = Hq // Hkv`` query heads per kv head.
+
+    Unpacks as the 8 sizes. ``absmax``: ``(max|q|, max|k|, max|v|)`` as floats when the check
+    read the values (``check_finite=True``), else None: :func:`check_sm_scale` bounds the scores
+    with it."""
+
+    absmax: tuple[float, float, float] | None = None
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -100,13 +139,22 @@ def _check_nonempty(shape: tuple[int, ...], name: str, seq: str) -> None:
             raise ValueError(f"{name}: zero-size dimension {label} = 0 in shape {shape}; expected >= 1")
 
 
-def _count_nonfinite(x: Any) -> int:
-    """Number of NaN/Inf entries, 0 when all are finite. One vectorised pass on the fast path."""
+def _absmax(x: Any) -> tuple[float, int]:
+    """``(max |x|, number of NaN/Inf entries)``. The fast path is one min and one max
+    reduction (no temporary array; one host sync for a torch tensor); the entries are counted
+    only when the extremes are not finite."""
+    if isinstance(x, np.ndarray):
+        lo, hi = float(x.min()), float(x.max())
+    else:   # a torch tensor: torch is loaded (sim never imports it), one host transfer
+        torch = sys.modules["torch"]
+        lo, hi = torch.stack(x.aminmax()).float().cpu().tolist()
+    if math.isfinite(lo) and math.isfinite(hi):
+        return max(-lo, hi), 0
     if isinstance(x, np.ndarray):
         fin = np.isfinite(x)
-        return 0 if fin.all() else int(fin.size - np.count_nonzero(fin))
+        return math.inf, int(fin.size - np.count_nonzero(fin))
     fin = x.isfinite()
-    return 0 if bool(fin.all()) else int(fin.numel() - int(fin.sum()))
+    return math.inf, int(fin.numel() - int(fin.sum()))
 
 
 def check_qkv(
@@ -157,28 +205,218 @@ def check_qkv(
         raise ValueError(f"{nk}: head dim D={Dk} differs from {nq}'s D={D}; expected equal")
     if Hq % Hkv != 0:
         raise ValueError(f"{nq}: heads Hq ({Hq}) must be a multiple of {nk}'s Hkv ({Hkv})")
+    shp = QKVShape(B, Hq, Hkv, Lq, Lk, D, vs[3], Hq // Hkv)
     if check_finite:
+        amax = []
         for name, x in ((nq, q), (nk, k), (nv, v)):
-            bad = _count_nonfinite(x)
+            a, bad = _absmax(x)
             if bad:
                 raise ValueError(f"{name} has {bad} non-finite value(s) (NaN/Inf); expected all finite")
-    return QKVShape(B, Hq, Hkv, Lq, Lk, D, vs[3], Hq // Hkv)
+            amax.append(a)
+        shp.absmax = tuple(amax)
+    return shp
 
 
-def check_sm_scale(sm_scale: Any, D: int) -> float:
-    """Return the softmax scale as a float: ``1/sqrt(D)`` for None, else a positive finite real.
+def as_numpy(x: Any, name: str) -> Any:
+    """numpy arrays pass through; a torch tensor (any device) becomes a numpy array of its dtype
+    (bfloat16, which numpy lacks, exactly as float32); anything else is returned unchanged for
+    :func:`check_qkv` to refuse with the argument's name. Never imports torch."""
+    if isinstance(x, np.ndarray) or not _is_torch_tensor(x):
+        return x
+    t = x.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        t = t.float()               # every bfloat16 is a float32
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError) as e:   # dtypes numpy cannot hold
+        raise TypeError(f"{name}: expected a float tensor numpy can hold, got "
+                        f"{_dtype_name(x.dtype)} ({e})") from None
+
+
+def check_bool(x: Any, name: str) -> bool:
+    """``x`` as a bool: Python and numpy bools only (``1``, ``"yes"`` and tensors are refused,
+    so that every executor reads a flag the same way).
+
+    >>> check_bool(np.bool_(True), "causal")
+    True
+    """
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def resolve_causal(causal: Any, is_causal: Any = None) -> bool:
+    """The causal flag from ``causal`` and its alias ``is_causal`` (torch SDPA's name): either
+    may be given (None = not given); both given must agree. Default False.
+
+    >>> resolve_causal(None, True), resolve_causal(True, None), resolve_causal(None, None)
+    (True, True, False)
+    """
+    c = None if causal is None else check_bool(causal, "causal")
+    ic = None if is_causal is None else check_bool(is_causal, "is_causal")
+    if c is not None and ic is not None and c != ic:
+        raise ValueError(f"is_causal: an alias of causal, expected the same value or only one of "
+                         f"them, got causal={c} and is_causal={ic}")
+    return bool(c if c is not None else ic)
+
+
+def _check_layout_name(tensor_layout: Any) -> str:
+    if not isinstance(tensor_layout, str) or tensor_layout not in LAYOUTS:
+        raise ValueError(f"tensor_layout: expected one of {LAYOUTS} (HND: [B, H, L, D], NHD: "
+                         f"[B, L, H, D]), got {tensor_layout!r}")
+    return tensor_layout
+
+
+def _swap(x: Any) -> Any:
+    """The H and L axes of a 4-D array or tensor exchanged (a view)."""
+    return x.swapaxes(1, 2) if isinstance(x, np.ndarray) else x.transpose(1, 2)
+
+
+def resolve_layout(q: Any, k: Any, v: Any, tensor_layout: Any = "HND",
+                   names: tuple[str, str, str] = ("q", "k", "v")) -> tuple[Any, Any, Any]:
+    """``q, k, v`` as ``[B, H, L, D]`` views for the declared ``tensor_layout``.
+
+    The shapes must be consistent under the declared layout (:func:`check_qkv`'s shape rules).
+    When they are not, but are under the other layout, the error says so instead of guessing:
+    shapes are never silently re-read. Shapes consistent under both layouts cannot be told apart
+    from their sizes and are read as declared.
+
+    >>> q = np.zeros((1, 5, 8, 16)); kv = np.zeros((1, 7, 2, 16))   # [B, L, H, D]
+    >>> [x.shape for x in resolve_layout(q, kv, kv, "NHD")]
+    [(1, 8, 5, 16), (1, 2, 7, 16), (1, 2, 7, 16)]
+    """
+    layout = _check_layout_name(tensor_layout)
+    for name, x in zip(names, (q, k, v)):
+        _check_array(x, name, None)     # type and ndim first: a layout needs 4-D arrays
+    declared = (q, k, v) if layout == "HND" else tuple(_swap(x) for x in (q, k, v))
+    try:
+        check_qkv(*declared, check_finite=False, names=names)
+    except ValueError as e:
+        other = "NHD" if layout == "HND" else "HND"
+        alt = tuple(_swap(x) for x in declared)
+        try:
+            check_qkv(*alt, check_finite=False, names=names)
+        except ValueError:
+            if layout == "NHD":
+                raise ValueError(f"{e} (shapes read as [B, H, L, D] from tensor_layout='NHD')") \
+                    from None
+            raise e from None
+        raise ValueError(f"{e}; under tensor_layout={layout!r} these shapes are inconsistent, "
+                         f"but they read consistently as {other!r}: pass "
+                         f"tensor_layout={other!r} if that is their layout") from None
+    return declared
+
+
+def from_hnd(out: Any, tensor_layout: str) -> Any:
+    """An executor's ``[B, H, L, D]`` result in the declared layout (a view for "NHD")."""
+    return out if tensor_layout == "HND" else _swap(out)
+
+
+def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
+                   arithmetic: str = "fp32") -> float:
+    """Return the softmax scale as a float: ``1/sqrt(D)`` for None, else a positive finite real
+    whose scores stay meaningful.
+
+    Every executor multiplies the scores by ``qk_scale = f32(sm_scale * log2(e))`` and runs the
+    softmax in float32, so a scale for which ``qk_scale`` overflows is refused; with ``absmax``
+    (``(max|q|, max|k|, ...)`` of the inputs, :attr:`QKVShape.absmax`) so is one for which the
+    largest possible score ``sm_scale * log2(e) * D * max|q| * max|k|`` exceeds
+    :data:`SCORE_LIMIT` (float32's maximum with 2^16 of headroom): its softmax would overflow to
+    Inf/NaN and the output would be meaningless (all zeros in the kernels). Scales below that
+    bound give the exact attention of the scaled scores (a one-hot row as the scale grows).
+    ``arithmetic="fp64"`` (``ref.attention``): the same score bound in float64's range, no
+    ``qk_scale``.
 
     >>> check_sm_scale(None, 64)
     0.125
     """
     if sm_scale is None:
-        return 1.0 / math.sqrt(D)
-    if isinstance(sm_scale, (bool, np.bool_)) or not isinstance(sm_scale, numbers.Real):
-        raise TypeError(f"sm_scale must be a real number or None, got {type(sm_scale).__name__}")
-    s = float(sm_scale)
+        s = 1.0 / math.sqrt(D)
+    elif isinstance(sm_scale, (bool, np.bool_)) or not isinstance(sm_scale, numbers.Real):
+        raise TypeError(f"sm_scale: expected a real number or None, got {type(sm_scale).__name__}")
+    else:
+        try:
+            s = float(sm_scale)
+        except OverflowError:   # an int beyond the float range
+            s = math.inf
     if not (math.isfinite(s) and s > 0.0):
-        raise ValueError(f"sm_scale must be positive and finite, got {sm_scale!r}")
+        raise ValueError(f"sm_scale: expected a positive finite number, got {sm_scale!r}")
+    if arithmetic not in ("fp32", "fp64"):
+        raise ValueError(f"arithmetic: expected 'fp32' or 'fp64', got {arithmetic!r}")
+    if arithmetic == "fp32" and s * LOG2E > F32_MAX:
+        raise ValueError(f"sm_scale: qk_scale = sm_scale * log2(e) must be finite in float32, "
+                         f"expected sm_scale <= {F32_MAX / LOG2E:.4g}, got {s!r}")
+    if absmax is not None:
+        qa, ka = float(absmax[0]), float(absmax[1])
+        limit = SCORE_LIMIT if arithmetic == "fp32" else F64_SCORE_LIMIT
+        with np.errstate(over="ignore"):
+            bound = s * LOG2E * D * qa * ka
+        if bound > limit:
+            what = (f"scores can reach sm_scale * log2(e) * D * max|q| * max|k| = {bound:.4g} "
+                    f"(sm_scale = {s:.4g}, D = {D}, max|q| = {qa:.4g}, max|k| = {ka:.4g}), "
+                    f"beyond {limit:.4g} ({'float32' if arithmetic == 'fp32' else 'float64'}'s "
+                    f"range less 2^16 of headroom): the softmax would overflow and the result "
+                    f"be meaningless")
+            if sm_scale is None or not math.isfinite(qa * ka * D):
+                # the default scale, or inputs too large for any scale: the inputs are at fault
+                raise ValueError(f"q, k: {what}; expected max|q| * max|k| <= "
+                                 f"{limit / (s * LOG2E * D):.4g}")
+            raise ValueError(f"sm_scale: {what}; expected sm_scale <= "
+                             f"{limit / (LOG2E * D * qa * ka):.4g} for these inputs, got {s!r}")
     return s
+
+
+# A kernel launch: key -> (kind, bound). "pow2": a power of two in [lo, hi]; "int": an integer
+# in [lo, hi]; "bool": a bool. The prefill keys are gpu.kernels.flash_fwd's program config
+# (and what sim.cost.predict prices); the decode keys those of gpu.decoding's split-K launches.
+PREFILL_LAUNCH = {"block_m": ("pow2", 16, 256), "num_warps": ("choice", (4, 8, 16)),
+                  "num_stages": ("int", 1, 8), "pipe": ("bool",)}
+DECODE_LAUNCH = {"splits": ("int", 1, 1 << 16), "per_sm": ("int", 1, 1024),
+                 "num_warps": ("choice", (1, 2, 4, 8, 16)), "num_stages": ("int", 1, 8),
+                 "grouped": ("bool",), "fold": ("bool",)}
+
+
+def check_launch(launch: Any, phase: str, name: str = "launch") -> dict:
+    """A copy of a kernel ``launch`` dict (None gives ``{}``) with every key known for ``phase``
+    ("prefill": :data:`PREFILL_LAUNCH`, "decode": :data:`DECODE_LAUNCH`) and every value of its
+    kind: integers (numpy integers accepted, bools refused) in range, ``block_m`` a power of two
+    (Triton's tile sizes are), ``num_warps`` a supported count, flags bools.
+
+    >>> check_launch({"block_m": 64, "num_warps": 4}, "prefill")
+    {'block_m': 64, 'num_warps': 4}
+    """
+    table = {"prefill": PREFILL_LAUNCH, "decode": DECODE_LAUNCH}.get(phase)
+    if table is None:
+        raise ValueError(f"phase: expected 'prefill' or 'decode', got {phase!r}")
+    if launch is None:
+        return {}
+    if not isinstance(launch, dict):
+        raise TypeError(f"{name}: expected a dict with keys from {list(table)}, "
+                        f"got {type(launch).__name__}")
+    out = {}
+    for key, value in launch.items():
+        if key not in table:
+            raise ValueError(f"{name}: expected keys from {list(table)} for a {phase} launch, "
+                             f"got {key!r}")
+        kind, *bound = table[key]
+        where = f"{name}[{key!r}]"
+        if kind == "bool":
+            out[key] = check_bool(value, where)
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        value = int(value)
+        if kind == "choice":
+            if value not in bound[0]:
+                raise ValueError(f"{where}: expected one of {bound[0]}, got {value}")
+        else:
+            lo, hi = bound
+            if not lo <= value <= hi:
+                raise ValueError(f"{where}: expected an integer in [{lo}, {hi}], got {value}")
+            if kind == "pow2" and value & (value - 1):
+                raise ValueError(f"{where}: expected a power of two (Triton tiles are), got {value}")
+        out[key] = value
+    return out
 
 
 def causal_offset(Lq: int, Lk: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import last_visible_key
-from .engine import SimResult, online_softmax, qk_scale_of
+from .engine import SimResult, lse_of, online_softmax, qk_scale_of
 from .numerics.intgemm import FP32_EXACT_K, int_matmul
 from .operands import (cast_operand, pquant, pquant_table_f32, quantize_operand, round_p,
                        token_scale, v_tile_factor)
@@ -107,6 +107,7 @@ def run_dense(q, k, v, spec, shp, causal: bool, sm_scale: float, want_trace: boo
 
     ops = operands(q, k, v, spec, Lq, Lk, qk_scale, tr)
     out = np.zeros((B, Hq, Lq, Dv), np.float32)
+    lse = np.zeros((B, Hq, Lq), np.float32)
     R = G * Lq
     fused = tr is None and ops.fused
     for b in range(B):
@@ -114,19 +115,22 @@ def run_dense(q, k, v, spec, shp, causal: bool, sm_scale: float, want_trace: boo
             heads = slice(g * G, (g + 1) * G)
             group = ops.group(b, g, heads, R, qk_scale)
             og = out[b, heads].reshape(R, Dv)  # view
+            lg = lse[b, heads].reshape(R)      # view
             for r0 in range(0, R, _MAX_ROWS):
                 r1 = min(R, r0 + _MAX_ROWS)
                 vis = _Visibility(causal, r0, r1, Lq, Lk)
+                state: dict = {}
                 if fused:
-                    og[r0:r1] = group.run_fused(r0, r1, vis, rescale or exp)
-                    continue
-                sub = None if tr is None else {}
-                scores, pv, engine_kw = group.closures(r0, r1, sub)
-                og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn, valid=vis,
-                                           rows=r1 - r0, dv=Dv, trace=sub, rescale=rescale,
-                                           **engine_kw)
-                if tr is not None:
-                    _store_rows(tr, sub, b, heads, r0, r1, Lq)
+                    og[r0:r1] = group.run_fused(r0, r1, vis, rescale or exp, state)
+                else:
+                    sub = None if tr is None else {}
+                    scores, pv, engine_kw = group.closures(r0, r1, sub)
+                    og[r0:r1] = online_softmax(scores, exp, pv, n_slots=Lk, block_n=bn,
+                                               valid=vis, rows=r1 - r0, dv=Dv, trace=sub,
+                                               rescale=rescale, state=state, **engine_kw)
+                    if tr is not None:
+                        _store_rows(tr, sub, b, heads, r0, r1, Lq)
+                lg[r0:r1] = lse_of(state["m"], state["l"])
     if tr is not None:
         _finish_tiles(tr)
         vis_all = tr["visible"]
@@ -135,7 +139,7 @@ def run_dense(q, k, v, spec, shp, causal: bool, sm_scale: float, want_trace: boo
                 tr[key][~vis_all] = 0
         if "s" in tr:
             tr["s"][~vis_all] = -np.inf
-    return SimResult(out, tr, spec)
+    return SimResult(out, tr, spec, lse=lse)
 
 
 def _flat(arr_bh: np.ndarray, r0: int, r1: int, Lq: int):
@@ -260,8 +264,9 @@ class _IntGroup:  # one (batch, KV head) of IntegerOperands
             engine_kw.update(acc_fma=True, out_scale=self.vf[0])
         return scores, pv, engine_kw
 
-    def run_fused(self, r0, r1, vis, rescale):
-        """Rows r0:r1 through every key tile with the numba kernels; float32 ``[rows, Dv]``.
+    def run_fused(self, r0, r1, vis, rescale, state):
+        """Rows r0:r1 through every key tile with the numba kernels; float32 ``[rows, Dv]``;
+        the final ``m`` and ``l`` go to ``state``.
 
         The same sequence as :func:`sim.engine.online_softmax` driving :meth:`closures`, without
         a trace: tiles past every row's last visible key are skipped, the others masked per row
@@ -328,6 +333,7 @@ class _IntGroup:  # one (batch, KV head) of IntegerOperands
                                  "1); set p.saturate: true or refit the SAS coefficients")
             l = l * alpha + psum
             m, m_new = m_new, m
+        state["m"], state["l"] = m, l
         out = np.zeros((rows, Dv), np.float32)
         pos = l > 0
         out[pos] = acc[pos] / l[pos, None]
@@ -348,7 +354,8 @@ class FloatOperands:
     def __init__(self, q, k, v, spec, Lq, Lk, qk_scale, tr):
         ops = spec.operands
         self.ops = ops
-        (self.q, sq), (self.k, sk), (self.v, sv) = (cast_operand(x, ops) for x in (q, k, v))
+        (self.q, sq), (self.k, sk), (self.v, sv) = (cast_operand(x, ops, name) for x, name in
+                                                    ((q, "q"), (k, "k"), (v, "v")))
         one = np.float32(1)
         sq, sk, self.sv = (one if s is None else s for s in (sq, sk, sv))
         self.factor = np.float32(np.float32(sq * sk) * qk_scale) if ops.scale != "none" else qk_scale

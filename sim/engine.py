@@ -51,7 +51,7 @@ import numpy as np
 
 from .softmax import fma
 
-__all__ = ["online_softmax", "SimResult", "qk_scale_of", "LOG2E", "TRACE_LIMIT"]
+__all__ = ["online_softmax", "SimResult", "qk_scale_of", "lse_of", "LOG2E", "TRACE_LIMIT"]
 
 LOG2E = 1.4426950408889634  # float64 log2(e)
 TRACE_LIMIT = 1 << 25  # B * Hq * Lq * Lk entries for trace=True
@@ -62,17 +62,31 @@ class SimResult:
     """Output of ``sim.simulate``: ``out`` float32 ``[B, Hq, Lq, Dv]``; ``trace`` a dict of
     intermediates (``trace=True``, names and layouts in ``sim.simulate``'s docstring) or None;
     ``spec`` the spec that ran; ``info`` method-specific facts that are not intermediates
-    (e.g. cache bytes, calibration source)."""
+    (e.g. cache bytes, calibration source); ``lse`` float32 ``[B, Hq, Lq]`` the row
+    log-sum-exp (``simulate(..., return_lse=True)``, see :func:`lse_of`) or None."""
 
     out: np.ndarray
     trace: dict | None = None
     spec: Any = None
     info: dict = field(default_factory=dict)
+    lse: np.ndarray | None = None
 
 
 def qk_scale_of(sm_scale: float) -> np.float32:
     """``f32(sm_scale * log2(e))``, the product taken in float64 (docs/numerics.md)."""
     return np.float32(float(sm_scale) * LOG2E)
+
+
+def lse_of(m: np.ndarray, l: np.ndarray) -> np.ndarray:
+    """The natural log-sum-exp of the scaled scores from a final online-softmax state: ``m`` is
+    the running max of ``s = score * qk_scale`` (log2 units), ``l`` the row sum of ``EXP(s - m)``,
+    so ``lse = ln 2 * (m + log2 l)`` (float64 arithmetic, float32 result); ``-inf`` where
+    ``l = 0`` (a row that saw no key)."""
+    m64, l64 = np.asarray(m, np.float64), np.asarray(l, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(l64 > 0, (m64 + np.log2(np.where(l64 > 0, l64, 1.0))) * np.log(2.0),
+                       -np.inf)
+    return out.astype(np.float32)
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -80,10 +94,13 @@ _NEG_INF = np.float32(-np.inf)
 def online_softmax(scores: Callable, exp: Callable, pv: Callable, *, n_slots: int, block_n: int,
                    valid: Callable | None, rows: int, dv: int, trace: dict | None = None,
                    rescale: Callable | None = None, shift: Callable | None = None,
-                   acc_fma: bool = False, out_scale=None) -> np.ndarray:
+                   acc_fma: bool = False, out_scale=None,
+                   state: dict | None = None) -> np.ndarray:
     """Run the online softmax over ``n_slots`` slots in tiles of ``block_n``; float32 ``[rows, dv]``.
 
-    See the module docstring for the callables. Example (plain float32 attention, one row)::
+    See the module docstring for the callables. ``state``: a dict that receives the final
+    ``m`` and ``l`` (float32 ``[rows]``; :func:`lse_of` turns them into the log-sum-exp).
+    Example (plain float32 attention, one row)::
 
         >>> import numpy as np
         >>> s = np.float32([[0.0, 1.0, 2.0]]); v = np.eye(3, dtype=np.float32)
@@ -139,6 +156,8 @@ def online_softmax(scores: Callable, exp: Callable, pv: Callable, *, n_slots: in
         m = m_new
         if trace is not None:
             tm[t], tl[t], ta[t] = m, l, alpha
+    if state is not None:
+        state["m"], state["l"] = m, l
     out = np.zeros((rows, dv), np.float32)
     pos = l > 0
     if out_scale is not None:

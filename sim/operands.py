@@ -26,8 +26,9 @@ import numpy as np
 from .numerics import quantize, round_float, round_to_int
 from .numerics.formats import float_format
 
-__all__ = ["cast_operand", "quantize_operand", "token_scale", "v_tile_factor", "pquant",
-           "pquant_table_f32", "round_p", "float_kv_bytes", "int_kv_bytes"]
+__all__ = ["cast_operand", "check_representable", "quantize_operand", "token_scale",
+           "v_tile_factor", "pquant", "pquant_table_f32", "round_p", "float_kv_bytes",
+           "int_kv_bytes"]
 
 _ROW_GRANULARITIES = ("per_tensor", "per_head", "per_token", "per_block")
 _V_GRANULARITIES = ("per_tensor", "per_head", "per_channel", "per_block", "per_channel_block")
@@ -37,10 +38,27 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
-def cast_operand(x: np.ndarray, ops) -> tuple[np.ndarray, np.float32 | None]:
-    """Cast Q, K or V to ``ops.format`` (``spec.operands``); returns (float32 values, scale).
+def check_representable(cast: np.ndarray, fmt: str, name: str) -> np.ndarray:
+    """``cast`` (an input rounded to ``fmt`` without scaling) when every value stayed finite;
+    otherwise ValueError naming the argument: a finite input beyond the format's range
+    (fp16: ``|x| >= 65520`` rounds to Inf) has no value in the method's arithmetic, and
+    computing on the Inf would return zeros or NaN rows, not an answer. The policy is an
+    error, not saturation (docs/numerics.md, "Operand range")."""
+    if not np.isfinite(cast).all():
+        bad = int(cast.size - np.count_nonzero(np.isfinite(cast)))
+        top = float_format(fmt).max_normal
+        raise ValueError(f"{name}: {bad} value(s) beyond the {fmt} range of the method's "
+                         f"operands (|x| > {top:g} rounds to Inf); expected |x| <= {top:g} "
+                         f"(scale the inputs, or use a method with scaled operands)")
+    return cast
 
-    ``scale: none``: ``f16(x)`` / ``bf16(x)``, one rounding from the input's own value; scale None.
+
+def cast_operand(x: np.ndarray, ops, name: str = "x") -> tuple[np.ndarray, np.float32 | None]:
+    """Cast Q, K or V to ``ops.format`` (``spec.operands``); returns (float32 values, scale).
+    ``name``: the argument the values came from (error messages).
+
+    ``scale: none``: ``f16(x)`` / ``bf16(x)``, one rounding from the input's own value; scale None;
+    values beyond the format's range are refused (:func:`check_representable`).
     ``scale: per_tensor``: ``sx = f32(absmax(f32(x)) / max_normal)`` rounded to ``scale_dtype``
     (an all-zero tensor takes ``sx = 1``), values ``round_float(f32(x) / sx, format,
     saturate=True)``.
@@ -49,7 +67,8 @@ def cast_operand(x: np.ndarray, ops) -> tuple[np.ndarray, np.float32 | None]:
     if ops.scale == "none":
         if fmt == "fp16" and x.dtype == np.float16:
             return x.astype(np.float32), None
-        return _f32(round_float(x if x.dtype != np.float16 else x.astype(np.float32), fmt)), None
+        cast = _f32(round_float(x if x.dtype != np.float16 else x.astype(np.float32), fmt))
+        return check_representable(cast, fmt, name), None
     x32 = _f32(x)
     amax = np.float32(np.max(np.abs(x32)))
     sx = np.float32(amax / np.float32(float_format(fmt).max_normal))
@@ -82,6 +101,11 @@ def quantize_operand(x: np.ndarray, oq, tile: int, name: str):
     if name == "v" and oq.granularity in ("per_block", "per_channel_block") and block[2] % tile:
         raise ValueError(f"spec.v.block_tokens: expected a multiple of tiling.block_n = {tile} "
                          f"(one V scale per key tile), got {block[2]}")
+    if oq.arithmetic == "fp16":
+        # the quantizer divides in fp16 (the authors' torch code): an input beyond fp16's range
+        # has no value there; refused naming the argument (docs/numerics.md, "Operand range")
+        with np.errstate(over="ignore"):
+            check_representable(np.asarray(x, np.float32).astype(np.float16), "fp16", name)
     return quantize(x, oq.bits, symmetric=True, block=block, rounding=oq.rounding,
                     scale_dtype=oq.scale_dtype, zero_scale="one", arithmetic=oq.arithmetic)
 

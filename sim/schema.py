@@ -7,6 +7,19 @@ naming the file, the dotted field, what was expected and what was found.
 Field constraints live in the dataclass field's metadata, next to the field:
 
     block_m: int = field(metadata=meta("query rows per tile", min=1, max=256))
+    sm_count: float = field(metadata=meta("divides a rate", gt=0))
+
+What a value must be, by its declared type (the same rules for every config):
+
+- ``int``: a Python or numpy integer (never a bool, never ``16.0``) in the int64 range;
+- ``float``: a finite real (never a bool, NaN or Inf);
+- ``bool``: ``true``/``false`` only (never ``'no'``, ``0`` or ``1``);
+- ``str``, ``Literal[...]``, tuples, mappings and nested dataclasses as declared;
+- ``min``/``max`` inclusive bounds, ``gt`` an exclusive lower bound (for values that divide).
+
+:func:`load_yaml` bounds what a file may ask for before anything is built: its size, the values
+it expands to through anchors and aliases (a YAML "billion laughs" is refused, not expanded), and
+its nesting depth (self-referencing aliases included).
 
 ``__post_init__`` checks that span several fields raise ``ValueError``; :func:`build` re-raises
 them as ConfigError with the file and the section they came from.
@@ -16,47 +29,146 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
+import re
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import numpy as np
 import yaml
 
 
 class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
+    """A config value is missing, unknown, of the wrong type or out of range.
 
-    def __init__(self, where: str, field: str, expected: str, got: Any):
+    The message is ``"<file>: field '<dotted.field>': expected <what>, got <value>"`` (the file
+    part absent when the data came from code, ``top level`` for the file as a whole)."""
+
+    def __init__(self, where: str, field: str, expected: str, got: Any, *,
+                 detail: str | None = None):
         self.where, self.field, self.expected, self.got = where, field, expected, got
+        self.detail = detail
         loc = f"{where}: " if where else ""
         fld = f"field '{field}'" if field else "top level"
-        super().__init__(f"{loc}{fld}: expected {expected}, got {got!r}")
+        what = detail if detail is not None else f"expected {expected}, got {_show(got)}"
+        super().__init__(f"{loc}{fld}: {what}")
+
+
+def _show(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message, bounded: a huge integer by its size (its repr may be
+    megabytes, or refused by Python), anything else cut at ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):   # int-to-str limit, self-referencing containers
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def meta(doc: str = "", *, min: float | None = None, max: float | None = None,
-         unit: str | None = None) -> dict[str, Any]:
-    """Field metadata: a one-line doc and optional inclusive bounds."""
-    return {"doc": doc, "min": min, "max": max, "unit": unit}
+         gt: float | None = None, unit: str | None = None) -> dict[str, Any]:
+    """Field metadata: a one-line doc, optional inclusive bounds ``min``/``max`` and an exclusive
+    lower bound ``gt`` (``gt=0`` for a value that divides: zero is refused, not a
+    ZeroDivisionError later)."""
+    return {"doc": doc, "min": min, "max": max, "gt": gt, "unit": unit}
+
+
+# What one config file may ask for before anything is built from it. The shipped configs are a
+# few KB with a handful of values; these bounds are orders of magnitude above them.
+MAX_FILE_BYTES = 4 << 20     # bytes of YAML text
+MAX_VALUES = 200_000         # scalars + containers after expanding anchors and aliases
+MAX_DEPTH = 64               # nesting of mappings and lists
+
+INT64_MAX = (1 << 63) - 1
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only ``true``/``false`` (any case) are
+    booleans; ``yes``, ``no``, ``on``, ``off`` stay strings, so a schema bool refuses them
+    instead of reading ``no`` as false (or a quoted ``'no'`` as true)."""
+
+
+StrictLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                   re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value as :func:`load_yaml` reads values (a ``--set FIELD=VALUE`` override);
+    ValueError naming what could not be parsed."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ValueError(f"expected a YAML value, got {_show(text)} "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a syntax error or a non-mapping top level is a ConfigError."""
+    """Read a YAML mapping through the safe loader.
+
+    ConfigError (naming the file) for: a missing or unreadable file, a file over
+    :data:`MAX_FILE_BYTES`, a syntax error, a top level that is not a mapping, and a document
+    that expands to more than :data:`MAX_VALUES` values or nests deeper than :data:`MAX_DEPTH`
+    (an alias bomb or a self-referencing alias is refused before anything walks it)."""
     path = Path(path)
+    where = str(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(where, "", f"a YAML file of at most {MAX_FILE_BYTES} bytes",
+                              f"{size} bytes")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), "", "an existing YAML file", "no such file") from None
+        raise ConfigError(where, "", "an existing YAML file", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(where, "", "a YAML file", "a directory") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(where, "", "UTF-8 text", f"undecodable byte at offset {e.start}") \
+            from None
+    except OSError as e:
+        raise ConfigError(where, "", "a readable YAML file", e.strerror or str(e)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(str(path), "", "valid YAML", str(e).splitlines()[0]) from None
+        raise ConfigError(where, "", "valid YAML", str(e).splitlines()[0]) from None
+    except RecursionError:
+        raise ConfigError(where, "", f"nesting at most {MAX_DEPTH} levels deep",
+                          "deeper nesting") from None
+    except ValueError as e:   # a value the safe loader cannot build (a 5000-digit integer)
+        raise ConfigError(where, "", "valid YAML values", str(e).splitlines()[0]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "", "a mapping at the top level", type(data).__name__)
+        raise ConfigError(where, "", "a mapping at the top level", type(data).__name__)
+    check_size(data, where)
     return data
+
+
+def check_size(data: Any, where: str = "") -> None:
+    """Refuse data that expands to more than :data:`MAX_VALUES` values or nests deeper than
+    :data:`MAX_DEPTH`. Walks the data as a tree (an alias shared n times counts n times), so its
+    cost is bounded by the limits, not by what a malicious document would expand to."""
+    stack = [(data, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(where, "", f"at most {MAX_VALUES} values after expanding YAML "
+                              f"anchors and aliases", "more (an alias bomb?)")
+        if isinstance(node, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                raise ConfigError(where, "", f"nesting at most {MAX_DEPTH} levels deep",
+                                  "deeper nesting (or a self-referencing alias)")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children)
 
 
 def _type_name(tp: Any) -> str:
@@ -112,18 +224,26 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where=where, path=path)
     if tp is bool:
-        if not isinstance(value, bool):
+        # numpy bools are bools; strings ('no'), 0 and 1 are not
+        if not _is_bool(value):
             raise ConfigError(where, path, "true/false", value)
-        return value
+        return bool(value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if _is_bool(value) or not isinstance(value, numbers.Integral):
             raise ConfigError(where, path, "an integer", value)
-        return value
+        if abs(int(value)) > INT64_MAX:
+            raise ConfigError(where, path, "an integer in the int64 range", int(value))
+        return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not math.isfinite(value):
+        if _is_bool(value) or not isinstance(value, numbers.Real):
             raise ConfigError(where, path, "a finite number", value)
-        return float(value)
+        try:
+            f = float(value)
+        except OverflowError:   # an int beyond the float range
+            raise ConfigError(where, path, "a finite number", value) from None
+        if not math.isfinite(f):
+            raise ConfigError(where, path, "a finite number", value)
+        return f
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(where, path, "a string", value)
@@ -133,10 +253,14 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
     raise TypeError(f"schema: unsupported field type {tp!r} at {path}")
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 def _check_range(f: dataclasses.Field, value: Any, where: str, path: str) -> None:
     """The field's bounds on a number, or on every number inside a list or mapping value."""
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is None and hi is None:
+    lo, hi, gt = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("gt")
+    if lo is None and hi is None and gt is None:
         return
     if isinstance(value, tuple):
         for i, v in enumerate(value):
@@ -148,9 +272,11 @@ def _check_range(f: dataclasses.Field, value: Any, where: str, path: str) -> Non
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    unit = f" {f.metadata['unit']}" if f.metadata.get("unit") else ""
+    if gt is not None and not value > gt:
+        raise ConfigError(where, path, f"a value > {gt}{unit} (it divides)", value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        unit = f" {f.metadata['unit']}" if f.metadata.get("unit") else ""
         raise ConfigError(where, path, f"a value in {rng}{unit}", value)
 
 
@@ -179,10 +305,24 @@ def build(cls: type, data: Any, *, where: str = "", path: str = "") -> Any:
         kwargs[name] = value
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        if e.where or not where:
+            raise
+        # a check inside the dataclass knows the field, not the file or the enclosing section
+        field_path = ".".join(p for p in (path, e.field) if p)
+        raise ConfigError(where, field_path, e.expected, e.got, detail=e.detail) from None
     except (ValueError, TypeError) as e:
+        # a cross-field check whose message starts with the field it is about ("q_heads: ...",
+        # "prefill_methods[1]: ...") names that field; others name the section
+        m = _FIELD_MESSAGE.match(str(e))
+        if m:
+            field_path = ".".join(p for p in (path, m[1]) if p)
+            raise ConfigError(where, field_path, "", None, detail=m[2]) from None
         raise ConfigError(where, path or cls.__name__, "consistent fields", str(e)) from None
+
+
+_FIELD_MESSAGE = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)*): (.+)$",
+                            re.S)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -225,7 +365,8 @@ def merge(base: Mapping, overrides: Mapping) -> dict:
             if child is None:
                 child = {}
             if not isinstance(child, Mapping):
-                raise ConfigError("overrides", key, "a mapping to descend into", child)
+                raise ConfigError("overrides", ".".join(parts), "a mapping to descend into",
+                                  child)
             node[part] = child = dict(child)  # copy on descent: never mutate ``base``
             node = child
         leaf = parts[-1]

@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_qkv, check_sm_scale
+from .checks import (as_numpy, check_bool, check_qkv, check_sm_scale, from_hnd, resolve_causal,
+                     resolve_layout)
 from .engine import LOG2E, TRACE_LIMIT, SimResult, qk_scale_of
 from .methods import SIMULATORS
 from .spec import MethodSpec, resolve_spec
@@ -53,50 +54,59 @@ from .spec import MethodSpec, resolve_spec
 __all__ = ["simulate", "SimResult", "LOG2E", "qk_scale_of", "TRACE_LIMIT"]
 
 
-def _bool(x: Any, name: str) -> bool:
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
-    return bool(x)
-
-
-def simulate(q: np.ndarray, k: np.ndarray, v: np.ndarray, spec: "MethodSpec | str",
-             causal: bool = False, sm_scale: float | None = None, calibration: Any = None,
-             trace: bool = False, kv_cache: bool = False) -> SimResult:
+def simulate(q: Any, k: Any, v: Any, spec: "MethodSpec | str", causal: bool | None = None,
+             sm_scale: float | None = None, calibration: Any = None, trace: bool = False,
+             kv_cache: bool = False, *, is_causal: bool | None = None,
+             tensor_layout: str = "HND", return_lse: bool = False) -> SimResult:
     """Run ``spec`` on ``q [B, Hq, Lq, D]``, ``k [B, Hkv, Lk, D]``, ``v [B, Hkv, Lk, Dv]``.
 
     Args:
-        q, k, v: numpy float16 / float32 / float64 arrays, finite, ``Lk >= 1``, ``Hq % Hkv == 0``
+        q, k, v: numpy arrays or torch tensors (any device; converted to numpy, bfloat16 exactly
+            as float32) of float16 / float32 / float64, finite, ``Lk >= 1``, ``Hq % Hkv == 0``
             (query head h reads KV head ``h // (Hq // Hkv)``). Any D >= 1 (D <= 1040 keeps
             ``f32(S_int)`` exact; GPU kernels need their own D constraints).
         spec: a MethodSpec, a shipped spec name or a YAML path.
         causal: bottom-right aligned mask (row i sees keys j <= i + Lk - Lq); rows that see no
-            key output 0.
-        sm_scale: default ``1 / sqrt(D)``.
+            key output 0. Default False. ``is_causal`` is an alias (give either, or equal values).
+        sm_scale: default ``1 / sqrt(D)``; refused when the scores would overflow float32
+            (:func:`sim.checks.check_sm_scale`).
         calibration: for the methods and modes that take one (double_sparse: label channels;
             turbo with ``kv_cache``: head ranking); None calibrates on the call's own inputs.
-        trace: return intermediates (layout in the module docstring).
+        trace: return intermediates (layout in the module docstring; always ``[B, H, L, ...]``).
         kv_cache: K/V as the method's cache holds them when each row is decoded (turbo: INT8
             buffer + INT4/INT2 re-quantized groups, ``spec.kvcache``); default False runs the
             prefill compute path.
+        tensor_layout: "HND" (``[B, H, L, D]``, default) or "NHD" (``[B, L, H, D]``) for q, k, v
+            and ``out``; shapes inconsistent under the declared layout are refused (with a hint
+            when they fit the other one), never re-read.
+        return_lse: fill ``SimResult.lse``, float32 ``[B, Hq, Lq]``: the natural log-sum-exp of
+            the scaled scores as the method's engine accumulated it, ``ln 2 * (m + log2 l)``
+            from its final online-softmax state (``-inf`` for rows that see no key). Every
+            method's default mode has it; turbo's ``kv_cache`` mode does not
+            (``SimMethod.lse_modes``).
 
     Returns:
-        :class:`SimResult` with ``out`` float32 ``[B, Hq, Lq, Dv]``.
+        :class:`SimResult` with ``out`` float32 ``[B, Hq, Lq, Dv]`` (``[B, Lq, Hq, Dv]``, a view,
+        for "NHD").
 
     Raises:
-        TypeError / ValueError naming the argument: non-numpy or non-float inputs, shape
+        TypeError / ValueError naming the argument: non-array or non-float inputs, shape
         mismatches, NaN/Inf, empty sequences, Hq not a multiple of Hkv, unknown method, options
-        a method does not take, a trace too large to hold.
+        a method does not take, a trace too large to hold, values beyond the range of the
+        method's operand format (fp16 operands: ``|x| > 65504``), a problem the method's spec
+        cannot run (double_sparse: a token budget above the keys).
     """
     spec = resolve_spec(spec)
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray (sim never takes torch tensors), "
-                            f"got {type(x).__name__}")
+    q, k, v = as_numpy(q, "q"), as_numpy(k, "k"), as_numpy(v, "v")
+    q, k, v = resolve_layout(q, k, v, tensor_layout)
+    if tensor_layout == "NHD":   # the methods index [B, H, L, D] rows: pack the views once
+        q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
     shp = check_qkv(q, k, v, allow_dtypes={"float16", "float32", "float64"})
-    scale = check_sm_scale(sm_scale, shp.D)
-    causal = _bool(causal, "causal")
-    trace = _bool(trace, "trace")
-    mode = "kv_cache" if _bool(kv_cache, "kv_cache") else None
+    scale = check_sm_scale(sm_scale, shp.D, shp.absmax)
+    causal = resolve_causal(causal, is_causal)
+    trace = check_bool(trace, "trace")
+    mode = "kv_cache" if check_bool(kv_cache, "kv_cache") else None
+    return_lse = check_bool(return_lse, "return_lse")
     method = SIMULATORS.get(spec.method)
     if mode is not None and mode not in method.modes:
         raise ValueError(f"kv_cache: method {spec.method!r} has no KV-cache mode (modes: "
@@ -105,8 +115,21 @@ def simulate(q: np.ndarray, k: np.ndarray, v: np.ndarray, spec: "MethodSpec | st
         raise ValueError(f"calibration: method {spec.method!r} "
                          f"{'with kv_cache=True ' if mode else ''}takes none, got "
                          f"{type(calibration).__name__}")
+    if return_lse and mode not in method.lse_modes:
+        raise ValueError(f"return_lse: method {spec.method!r}"
+                         f"{' with kv_cache=True' if mode else ''} does not report the row "
+                         f"log-sum-exp (modes that do: {list(method.lse_modes)})")
     if trace and shp.B * shp.Hq * shp.Lq * shp.Lk > TRACE_LIMIT:
         raise ValueError(f"trace: B*Hq*Lq*Lk = {shp.B * shp.Hq * shp.Lq * shp.Lk} exceeds "
                          f"{TRACE_LIMIT}; trace smaller problems")
-    return method.run(q, k, v, spec, shp, causal=causal, sm_scale=scale, calibration=calibration,
-                      trace=trace, mode=mode)
+    if method.check_problem is not None:
+        method.check_problem(spec, q_len=shp.Lq, kv_len=shp.Lk, head_dim=shp.D)
+    res = method.run(q, k, v, spec, shp, causal=causal, sm_scale=scale, calibration=calibration,
+                     trace=trace, mode=mode)
+    res.out = from_hnd(res.out, tensor_layout)
+    if not return_lse:
+        res.lse = None
+    elif res.lse is None:   # a registry entry that declares lse_modes must fill it
+        raise RuntimeError(f"sim.methods.{spec.method}: lse_modes includes {mode!r} but its run "
+                           f"returned no lse")
+    return res

@@ -353,8 +353,8 @@ class MethodSpec:
 
     def replace(self, **overrides) -> "MethodSpec":
         """A new validated spec with ``overrides`` (dotted or ``__`` keys, or nested dicts)."""
-        data = schema.merge(self.to_dict(), overrides)
-        return schema.build(MethodSpec, data, where=f"spec {self.name!r} + overrides")
+        where = f"spec {self.name!r} + overrides"
+        return _build(_merge(self.to_dict(), overrides, where), where)
 
     @property
     def integer(self) -> bool:
@@ -408,12 +408,33 @@ def resolve_spec(spec: "MethodSpec | str | os.PathLike", method: str | None = No
     return s
 
 
+def _merge(data: dict, overrides: dict, where: str) -> dict:
+    """``schema.merge`` with its errors located in ``where`` (the spec the overrides apply to)."""
+    try:
+        return schema.merge(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(where, e.field, e.expected, e.got, detail=e.detail) from None
+
+
+def _build(data: dict, where: str) -> MethodSpec:
+    """``schema.build`` of a MethodSpec, after refusing sections the method does not read (an
+    override ``p.levels`` on fp16_flash names the section ``p``, not a missing ``p.bits``)."""
+    method = data.get("method")
+    if isinstance(method, str) and method in SIMULATORS:
+        used = SIMULATORS.get(method).sections
+        for sec in SECTIONS:
+            if data.get(sec) is not None and sec not in used:
+                raise ConfigError(where, sec, f"no '{sec}' section: method {method!r} reads "
+                                  f"{sorted(used)} besides tiling and softmax", data[sec])
+    return schema.build(MethodSpec, data, where=where)
+
+
 @functools.lru_cache(maxsize=64)
 def _load_cached(path: str, mtime_ns: int, size: int) -> MethodSpec:
     p = Path(path)
     data = schema.load_yaml(p)
     data.setdefault("name", p.stem)
-    return schema.build(MethodSpec, data, where=str(p))
+    return _build(data, str(p))
 
 
 def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> MethodSpec:
@@ -437,8 +458,8 @@ def load_method(name_or_path: "str | os.PathLike | MethodSpec", **overrides) -> 
         return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size)
     data = schema.load_yaml(path)
     data.setdefault("name", path.stem)
-    data = schema.merge(data, overrides)
-    return schema.build(MethodSpec, data, where=f"{path} + overrides")
+    where = f"{path} + overrides"
+    return _build(_merge(data, overrides, where), where)
 
 
 def available_methods() -> list[str]:

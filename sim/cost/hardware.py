@@ -54,12 +54,16 @@ class Quantity:
     kind: Literal["spec", "measured"] = field(metadata=meta("spec sheet value or measured"))
 
 
-def _q(doc: str, unit: str):
-    return field(metadata=meta(doc, unit=unit))
+def _q(doc: str, unit: str, *, divides: bool = True, count: bool = False):
+    """A quantity field. ``divides``: the cost model divides by it, so its value must be
+    ``> 0`` (``meta(gt=0)``, applied to the quantity's value; a rate of 0 is a missing unit:
+    write ``null`` where the field allows it); ``count``: a whole number (SMs, registers,
+    threads, blocks)."""
+    return field(metadata=dict(meta(doc, unit=unit, gt=0 if divides else None), count=count))
 
 
 def _opt(doc: str, unit: str):
-    return field(default=None, metadata=meta(doc, unit=unit))
+    return field(default=None, metadata=dict(meta(doc, unit=unit, gt=0), count=False))
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Hardware:
     name: str = field(metadata=meta("hardware id (file stem)"))
     description: str = field(metadata=meta("one line"))
     arch: str = field(metadata=meta("SM generation: an architecture of configs/kernels/archs.yaml"))
-    sm_count: Quantity = _q("streaming multiprocessors", "SM")
+    sm_count: Quantity = _q("streaming multiprocessors", "SM", count=True)
     boost_clock: Quantity = _q("clock the datasheet peaks use", "MHz")
     sustained_clock: Quantity = _q("base clock (lower bound of the sustained clock)", "MHz")
     tc_fp16: Quantity = _q("dense FP16 tensor-core rate", "flop/clk/SM")
@@ -85,18 +89,19 @@ class Hardware:
     issue: Quantity = _q("warp instructions issued per clock (schedulers)", "warp_inst/clk/SM")
     hbm_bandwidth: Quantity = _q("DRAM bandwidth", "GB/s")
     hbm_size: Quantity = _q("DRAM capacity", "GB")
-    l2_size: Quantity = _q("L2 capacity", "MB")
+    l2_size: Quantity = _q("L2 capacity (0: none)", "MB", divides=False)
     l2_bandwidth: Quantity = _q("L2 read bandwidth", "GB/s")
     smem_per_sm: Quantity = _q("shared memory per SM", "KB")
     smem_per_block: Quantity = _q("max shared memory per CTA", "KB")
     smem_bandwidth: Quantity = _q("shared memory bandwidth", "B/clk/SM")
-    registers_per_sm: Quantity = _q("32-bit registers per SM", "reg")
-    max_regs_per_thread: Quantity = _q("register limit per thread", "reg")
-    max_threads_per_sm: Quantity = _q("resident threads per SM", "thread")
-    max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block")
-    launch_overhead: Quantity = _q("per-kernel launch overhead", "us")
-    l2_latency: Quantity = _q("idle load-to-use latency of an L2 hit", "clk")
-    hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns")
+    registers_per_sm: Quantity = _q("32-bit registers per SM", "reg", count=True)
+    max_regs_per_thread: Quantity = _q("register limit per thread", "reg", count=True)
+    max_threads_per_sm: Quantity = _q("resident threads per SM", "thread", count=True)
+    max_blocks_per_sm: Quantity = _q("resident CTAs per SM", "block", count=True)
+    launch_overhead: Quantity = _q("per-kernel launch overhead", "us", divides=False)
+    l2_latency: Quantity = _q("idle load-to-use latency of an L2 hit", "clk", divides=False)
+    hbm_latency: Quantity = _q("idle load-to-use latency of an HBM access", "ns",
+                               divides=False)
     tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
     tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
     # -- SM pipeline parameters (issue 16; `qsattn calibrate` measures them, gpu/microbench_sm).
@@ -159,6 +164,20 @@ class Hardware:
                 raise ConfigError("", f"tc_{d}", f"null: {self.arch} tensor cores have no "
                                   f"{d.upper()} (configs/kernels/archs.yaml lists {list(has)})",
                                   getattr(self, f"tc_{d}").value)
+        # values the model divides by are > 0, counts are whole: zero, NaN (refused by the
+        # schema) or 132.5 SMs never reach the arithmetic
+        for f in dataclasses.fields(self):
+            q = getattr(self, f.name)
+            if not isinstance(q, Quantity):
+                continue
+            gt = f.metadata.get("gt")
+            if gt is not None and not q.value > gt:
+                raise ConfigError("", f"{f.name}.value", f"a value > {gt} {q.unit} (the cost "
+                                  f"model divides by it)" + ("; write null for a unit the GPU "
+                                                             "lacks" if f.default is None else ""),
+                                  q.value)
+            if f.metadata.get("count") and q.value != int(q.value):
+                raise ConfigError("", f"{f.name}.value", f"a whole number of {q.unit}", q.value)
 
     # -- derived -----------------------------------------------------------------------------
     def v(self, name: str) -> float:
@@ -317,4 +336,7 @@ def apply_measured(hw: Hardware, path: "str | os.PathLike | None" = None) -> Har
         if q.kind != "measured":
             raise ConfigError(where, f"{key}.kind", "'measured' in a measured overlay", q.kind)
         updates[key] = q
-    return dataclasses.replace(hw, **updates)
+    try:
+        return dataclasses.replace(hw, **updates)
+    except ConfigError as e:   # the Hardware checks know the field, not the overlay file
+        raise ConfigError(where, e.field, e.expected, e.got) from None

@@ -49,6 +49,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..arch import arch
+from ..checks import check_launch
+from ..methods import SIMULATORS
 from ..spec import resolve_spec
 from .calibrated import program_time
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
@@ -308,8 +310,8 @@ def _roofline_time(r: _Rates, lau: Launch):
 def infer_phase(shape: Shape, phase: str | None = None) -> str:
     """The phase a shape is priced as: ``phase`` checked against the shape, or (None) inferred
     from it -- ``"decode"`` when ``q_len == 1`` (one new token per sequence over ``kv_len``
-    cached keys), else ``"prefill"``. ``"decode"`` with ``q_len != 1`` is refused (the decode
-    kernels take one query row); ``"prefill"`` of a single token stays allowed when asked for.
+    cached keys), else ``"prefill"``. :func:`predict` refuses ``"decode"`` with ``q_len != 1``
+    (the decode kernels take one query row); ``"prefill"`` of a single token stays allowed.
 
     >>> infer_phase(Shape(8, 32, 8, 1, 4096, 128)), infer_phase(Shape(1, 8, 8, 64, 64, 64))
     ('decode', 'prefill')
@@ -319,9 +321,6 @@ def infer_phase(shape: Shape, phase: str | None = None) -> str:
     if phase not in PHASES:
         raise ValueError(f"phase: expected one of {PHASES} or None (inferred from q_len), "
                          f"got {phase!r}")
-    if phase == "decode" and shape.q_len != 1:
-        raise ValueError(f"phase: 'decode' prices one query row per sequence (shape.q_len == 1),"
-                         f" got q_len={shape.q_len}; use phase='prefill' or q_len=1")
     return phase
 
 
@@ -336,8 +335,12 @@ def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: s
     choices, e.g. ``"sage_v1"`` on fp16_flash); ``tier``: roofline | tiled | pipeline |
     calibrated; ``clock``:
     boost | sustained; ``launch`` (prefill): the kernel's program config ``{"block_m",
-    "num_warps", "num_stages"}`` (any subset; the kernels' default is sim.cost.launch.prefill_launch),
-    default ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages.
+    "num_warps", "num_stages"}`` (any subset, checked by ``sim.checks.check_launch`` as the
+    kernels check it; the kernels' default is sim.arch.prefill_launch), default
+    ``tiling.block_m``, one warp per 32 rows (at least 4), 2 stages. A decode prices the
+    kernels' default launch (``launch`` is refused there) for one query row per sequence
+    (``shape.q_len == 1``, as ``gpu.decode`` runs). The method's problem checks
+    (``SimMethod.check_problem``, e.g. double_sparse's token budget) apply as in the simulator.
 
     >>> p = predict("fp16_flash", Shape(4, 32, 32, 4096, 4096, 64), "a100_80gb_sxm")
     >>> p.bound, round(p.time * 1e3, 2) > 0
@@ -349,8 +352,18 @@ def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: s
     phase = infer_phase(shape, phase)
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {TIERS}, got {tier!r}")
-    if launch is not None:
-        _check_launch(launch)
+    if phase == "decode":
+        if shape.q_len != 1:
+            raise ValueError(f"shape.q_len: a decode step prices one query row per sequence "
+                             f"(the decode kernels take q_len 1), got q_len={shape.q_len}; "
+                             f"price several new rows as phase='prefill'")
+        if launch is not None:
+            raise ValueError(f"launch: the cost model prices the decode kernels' default "
+                             f"launch; expected None for phase='decode', got {launch!r}")
+    launch = _check_launch(launch) if launch is not None else None
+    check = SIMULATORS.get(spec.method).check_problem
+    if check is not None:
+        check(spec, q_len=shape.q_len, kv_len=shape.kv_len, head_dim=shape.head_dim)
     hw = load_hardware(hardware)
     if tier == "calibrated":
         hw = _calibrated(hw)
@@ -423,21 +436,12 @@ def _counted_time(r: _Rates, hw: Hardware, lau: Launch, clock: str):
     return (res["time"], res["bound"], bd, hbm, res["occupancy"], res["waves"], res["kernel"])
 
 
-_LAUNCH_KEYS = ("block_m", "num_warps", "num_stages")
-
-
-def _check_launch(launch) -> None:
-    if not isinstance(launch, dict):
-        raise TypeError(f"launch: expected a dict with keys from {_LAUNCH_KEYS}, "
-                        f"got {type(launch).__name__}")
-    for k, v in launch.items():
-        if k not in _LAUNCH_KEYS:
-            raise ValueError(f"launch: expected keys from {_LAUNCH_KEYS}, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"launch[{k!r}]: expected a positive integer, got {v!r}")
-    if "num_warps" in launch and launch["num_warps"] % 4:
-        raise ValueError(f"launch['num_warps']: expected a multiple of 4 (warpgroups), "
-                         f"got {launch['num_warps']}")
+def _check_launch(launch) -> dict:
+    """The kernels' own launch rules (``sim.checks.check_launch``, which ``gpu`` applies too);
+    ``pipe`` (a kernel variant) changes no count the model prices."""
+    out = check_launch(launch, "prefill")
+    out.pop("pipe", None)
+    return out
 
 
 _CAL: dict = {}

@@ -45,6 +45,11 @@ class SimMethod:
     counted.
     ``selects_keys``: the method attends over a selection of keys; its trace holds
     ``indices``, ``counts``, ``budget`` and ``recall`` (double_sparse's layout).
+    ``lse_modes``: the modes (None = the plain run) whose ``run`` fills ``SimResult.lse``
+    (``sim.engine.lse_of`` of the engine's final state).
+    ``check_problem(spec, *, q_len, kv_len, head_dim)``: the checks of a spec against a problem
+    size (ValueError naming the dotted field), e.g. a token budget above the keys. The one rule
+    every executor applies: ``sim.simulate``, ``sim.cost.predict`` and the ``gpu`` API call it.
     """
 
     name: str
@@ -58,6 +63,8 @@ class SimMethod:
     calibration: CalibrationKind | None = None
     decode_mode: str | None = None
     selects_keys: bool = False
+    lse_modes: tuple = (None,)
+    check_problem: Callable | None = None
     doc: str = field(default="", compare=False)
 
     def __post_init__(self):

@@ -39,19 +39,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_qkv, check_sm_scale, last_visible_key
-from ..engine import SimResult, online_softmax, qk_scale_of
+from ..checks import as_numpy, check_bool, check_qkv, check_sm_scale, last_visible_key
+from ..engine import SimResult, lse_of, online_softmax, qk_scale_of
 from ..numerics.quantize import dequantize, quantize
+from ..operands import check_representable
 from ..softmax import exp2_f32
 from .base import CalibrationKind, SimMethod
 
 __all__ = ["Calibration", "calibrate", "LabelCache", "label_cache", "row_budget",
-           "select_topk", "simulate_double_sparse", "CHANNEL_METRICS"]
+           "select_topk", "simulate_double_sparse", "check_problem", "CHANNEL_METRICS"]
 
 CHANNEL_METRICS = ("q", "k", "qk")
 _MAX_SCORES = 1 << 22  # score elements held at once (one chunk of rows of one head)
@@ -60,6 +62,22 @@ _MAX_SCORES = 1 << 22  # score elements held at once (one chunk of rows of one h
 def _f16(x: np.ndarray) -> np.ndarray:
     """Round to fp16 (nearest even) and hold as float32."""
     return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+def _f16_input(x: np.ndarray, name: str) -> np.ndarray:
+    """:func:`_f16` of an input, refused beyond the fp16 range (no Inf operands)."""
+    with np.errstate(over="ignore"):
+        return check_representable(_f16(x), "fp16", name)
+
+
+def check_problem(spec, *, q_len: int, kv_len: int, head_dim: int) -> None:
+    """The spec against a problem's sizes, the one rule of every executor (the simulator, the
+    cost model and the GPU decode call it): ``r = spec.sparse.r(head_dim)`` label channels fit
+    the head dim, and an explicit ``sparse.token_budget`` does not exceed the ``kv_len`` keys
+    (a budget above the context is a spec meant for longer contexts, refused rather than
+    silently attending to every key). ValueError naming the dotted field."""
+    spec.sparse.r(head_dim)
+    spec.sparse.k(kv_len)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,14 +149,21 @@ class Calibration:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"path: no calibration file at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "sums" not in z or "meta" not in z:
-                raise ValueError(f"path: {path} is not a double_sparse calibration (keys {list(z)})")
-            meta = json.loads(str(z["meta"]))
-            sums = z["sums"].astype(np.float64)
-        if meta.get("kind") != "double_sparse.channels":
-            raise ValueError(f"path: {path} holds {meta.get('kind')!r}, not double_sparse.channels")
-        return cls(meta["metric"], sums, int(meta["count"]), meta["source"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files") or "sums" not in z or "meta" not in z:
+                    raise ValueError(f"keys {list(getattr(z, 'files', []))}")
+                meta = json.loads(str(z["meta"]))
+                sums = np.asarray(z["sums"]).astype(np.float64)
+            if not isinstance(meta, dict) or meta.get("kind") != "double_sparse.channels":
+                raise ValueError(f"it holds {meta.get('kind') if isinstance(meta, dict) else meta!r}")
+            metric, count, source = meta["metric"], meta["count"], meta["source"]
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            # np.load / json / a missing field: the file is not a calibration this code wrote
+            raise ValueError(f"path: {path} is not a double_sparse calibration ({e})") from None
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ValueError(f"path: {path} is not a double_sparse calibration (count {count!r})")
+        return cls(metric, sums, count, str(source))
 
 
 def calibrate(q, k, metric: str = "qk", *, source: str = "oracle") -> Calibration:
@@ -148,7 +173,8 @@ def calibrate(q, k, metric: str = "qk", *, source: str = "oracle") -> Calibratio
     """
     if metric not in CHANNEL_METRICS:
         raise ValueError(f"metric: expected one of {CHANNEL_METRICS}, got {metric!r}")
-    B, Hq, Hkv, Lq, Lk, D, _, G = check_qkv(q, k, k)
+    q, k = as_numpy(q, "q"), as_numpy(k, "k")
+    B, Hq, Hkv, Lq, Lk, D, _, G = check_qkv(q, k, k, names=("q", "k", "k"))
     qa = np.abs(np.asarray(q, dtype=np.float64)).reshape(B, Hkv, G, Lq, D)
     ka = np.abs(np.asarray(k, dtype=np.float64))
     if metric == "q":
@@ -294,23 +320,24 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
     """
     if spec.method != "double_sparse":
         raise ValueError(f"spec: expected a double_sparse spec, got method {spec.method!r}")
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
-    B, Hq, Hkv, Lq, Lk, D, Dv, G = check_qkv(q, k, v)
-    sm = check_sm_scale(sm_scale, D)
+    causal = check_bool(causal, "causal")
+    shp = check_qkv(q, k, v)
+    B, Hq, Hkv, Lq, Lk, D, Dv, G = shp
+    sm = check_sm_scale(sm_scale, D, shp.absmax)
     sp = spec.sparse
+    check_problem(spec, q_len=Lq, kv_len=Lk, head_dim=D)
     r = sp.r(D)
-    sp.k(Lk)  # validates an explicit token_budget against the keys
+    q16, k16, v16 = _f16_input(q, "q"), _f16_input(k, "k"), _f16_input(v, "v")
     cal = _calibration_for(calibration, q, k, spec, Hkv, D)
     channels = cal.channels(r)
     labels = label_cache(k, channels, sp.label_bits)
     qk_scale = qk_scale_of(sm)
-    q16, k16, v16 = _f16(q), _f16(k), _f16(v)
     rows_idx = np.arange(Lq)
     visible = (np.clip(last_visible_key(rows_idx, Lq, Lk) + 1, 0, Lk) if causal
                else np.full(Lq, Lk))
     budget = row_budget(sp, visible)
     out = np.zeros((B, Hq, Lq, Dv), np.float32)
+    lse = np.full((B, Hq, Lq), -np.inf, np.float32)
     block_n = spec.tiling.block_n
     chunk = max(1, min(Lq, _MAX_SCORES // max(Lk, 1)))
     tr_cnt, tr_approx, tr_recall = [], [], []
@@ -337,8 +364,10 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
                 kmax = int(counts.max())
                 idx = np.argsort(~sel, axis=1, kind="stable")[:, :kmax]   # ascending selected
                 if kmax:
+                    state: dict = {}
                     out[b, h, r0:r1] = _attend(q16[b, h, r0:r1], kg, vg, idx, counts, qk_scale,
-                                               block_n, online_softmax)
+                                               block_n, online_softmax, state)
+                    lse[b, h, r0:r1] = lse_of(state["m"], state["l"])
                 if trace:
                     tr_cnt[b, h, r0:r1] = counts
                     vmask = np.arange(Lk)[None, :] < vis[:, None]
@@ -369,12 +398,13 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
         if labels.codes is not None:
             tr.update(label_codes=labels.codes, label_scale=labels.scale,
                       label_zero_point=labels.zero_point)
-    return SimResult(out=out, trace=tr, spec=spec,
+    return SimResult(out=out, trace=tr, spec=spec, lse=lse,
                      info={"calibration": cal.source, "label_bytes": labels.nbytes, "r": r})
 
 
-def _attend(qr, kg, vg, idx, counts, qk_scale, block_n, online_softmax) -> np.ndarray:
-    """fp16_flash sequence over each row's selected keys ``idx[row, :counts[row]]``."""
+def _attend(qr, kg, vg, idx, counts, qk_scale, block_n, online_softmax, state=None) -> np.ndarray:
+    """fp16_flash sequence over each row's selected keys ``idx[row, :counts[row]]``; the final
+    engine state goes to ``state`` (the log-sum-exp over the selected keys)."""
     rows, kmax = idx.shape
     slots = np.arange(kmax)
 
@@ -394,7 +424,7 @@ def _attend(qr, kg, vg, idx, counts, qk_scale, block_n, online_softmax) -> np.nd
         return contrib, p.sum(axis=1, dtype=np.float32)
 
     return online_softmax(scores, exp, pv, n_slots=kmax, block_n=block_n, valid=valid,
-                          rows=rows, dv=vg.shape[-1])
+                          rows=rows, dv=vg.shape[-1], state=state)
 
 
 def _check_spec(spec) -> None:
@@ -430,5 +460,5 @@ CALIBRATION = CalibrationKind(
 
 METHOD = SimMethod("double_sparse", sections=frozenset({"operands", "sparse"}), exps=("exp2",),
                    run=_run, check_spec=_check_spec, kv_bytes=_kv_bytes, calibrated=(None,),
-                   calibration=CALIBRATION, selects_keys=True,
+                   calibration=CALIBRATION, selects_keys=True, check_problem=check_problem,
                    doc="label-channel scores select top-k tokens; FP16 attention over them")

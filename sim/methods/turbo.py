@@ -84,15 +84,19 @@ class HeadPriority:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"path: no head-priority file at {path}")
-        d = json.loads(path.read_text())
-        if d.get("kind") != "turbo.head_priority":
-            raise ValueError(f"path: {path} holds {d.get('kind')!r}, not turbo.head_priority")
-        return cls(np.asarray(d["priority"], np.float64), d["source"])
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(d, dict) or d.get("kind") != "turbo.head_priority":
+                raise ValueError(f"it holds {d.get('kind') if isinstance(d, dict) else d!r}")
+            return cls(np.asarray(d["priority"], np.float64), str(d["source"]))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            # json / a missing or malformed field: not a priority file this code wrote
+            raise ValueError(f"path: {path} is not a turbo head-priority file ({e})") from None
 
 
 def head_priority(k, v, *, source: str = "oracle") -> HeadPriority:
     """``range * std`` of each KV head's K and V entries together (all batches and tokens)."""
-    B, _, Hkv, _, Lk, D, Dv, _ = check_qkv(k, k, v)
+    B, _, Hkv, _, Lk, D, Dv, _ = check_qkv(k, k, v, names=("k", "k", "v"))
     kk = np.asarray(k, np.float64).transpose(1, 0, 2, 3).reshape(Hkv, -1)
     vv = np.asarray(v, np.float64).transpose(1, 0, 2, 3).reshape(Hkv, -1)
     x = np.concatenate([kk, vv], axis=1)
@@ -227,7 +231,7 @@ class TurboCache:
     def from_prefill(cls, k, v, spec, *, priority: HeadPriority | None = None) -> "TurboCache":
         """The cache after appending all of ``k``/``v`` token by token."""
         kvc = check_cache_spec(spec)
-        B, _, Hkv, _, L, D, Dv, _ = check_qkv(k, k, v)
+        B, _, Hkv, _, L, D, Dv, _ = check_qkv(k, k, v, names=("k", "k", "v"))
         pr = priority if priority is not None else head_priority(k, v)
         if pr.priority.shape != (Hkv,):
             raise ValueError(f"priority: expected {Hkv} KV heads, got {pr.priority.shape[0]}")
@@ -271,7 +275,8 @@ class TurboCache:
         block appended whole gets exactly the codes of :meth:`from_prefill`.
         """
         kvc = check_cache_spec(self.spec)
-        B, _, Hkv, _, n, D, Dv, _ = check_qkv(k_new, k_new, v_new)
+        B, _, Hkv, _, n, D, Dv, _ = check_qkv(k_new, k_new, v_new,
+                                              names=("k_new", "k_new", "v_new"))
         if (B, Hkv, D, Dv) != (self.k_buf.shape[0], self.k_buf.shape[1], self.k_buf.shape[3],
                                self.v_buf.shape[3]):
             raise ValueError(f"k_new: expected [B={self.k_buf.shape[0]}, Hkv={self.k_buf.shape[1]}, "

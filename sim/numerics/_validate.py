@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from ..checks import as_numpy
+
 # float dtypes accepted as data; float128/longdouble is refused because nothing downstream models it
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,7 +21,9 @@ def _describe(x) -> str:
 
 
 def as_float_array(x, arg: str) -> np.ndarray:
-    """``x`` as a numpy array of dtype float16/32/64 (Python floats and lists of floats accepted)."""
+    """``x`` as a numpy array of dtype float16/32/64 (Python floats and lists of floats accepted;
+    a torch tensor on any device as its numpy values, bfloat16 exactly as float32)."""
+    x = as_numpy(x, arg)
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{arg}: expected a float16/float32/float64 array, got bool")
     if isinstance(x, numbers.Real) and not isinstance(x, (numbers.Integral, np.generic)):
@@ -34,7 +38,9 @@ def as_float_array(x, arg: str) -> np.ndarray:
 
 
 def as_int_array(x, arg: str, dtypes: tuple | None = None) -> np.ndarray:
-    """``x`` as a numpy integer array; with ``dtypes``, only those dtypes are accepted."""
+    """``x`` as a numpy integer array (a torch tensor as its numpy values); with ``dtypes``,
+    only those dtypes are accepted."""
+    x = as_numpy(x, arg)
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise TypeError(f"{arg}: expected an integer array, got {_describe(arr)}")

@@ -77,6 +77,8 @@ def round_float(x, fmt: str | FloatFormat, *, saturate: bool | None = None):
     """
     f = float_format(fmt)
     arr = as_float_array(x, "x")
+    if saturate is not None and not isinstance(saturate, (bool, np.bool_)):
+        raise TypeError(f"saturate: expected True, False or None, got {saturate!r}")
     sat = default_saturate(f) if saturate is None else bool(saturate)
     with np.errstate(invalid="ignore"):  # signalling NaNs are data here, not errors
         a = arr.astype(np.float64)  # exact widening

@@ -13,9 +13,14 @@ def _qkv(**kw):
 
 
 def test_non_contiguous():
+    """Only the last dimension must be packed: other strides reach the kernels as they are."""
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match="q: expected a contiguous tensor"):
-        gpu.attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v)
+    strided = q.transpose(1, 2).contiguous().transpose(1, 2)     # [B, H, L, D] view of NHD
+    assert not strided.is_contiguous()
+    assert (gpu.attention(strided, k, v) == gpu.attention(q, k, v)).all()
+    wide, _, _ = _qkv(D=128)
+    with pytest.raises(ValueError, match="q: expected the last dimension contiguous"):
+        gpu.attention(wide[..., ::2], k, v)
 
 
 def test_wrong_dtype():
@@ -68,6 +73,8 @@ def test_bad_method_and_spec():
         gpu.attention(q, k, v, method="int8_flash", spec=load_method("turbo"))
     with pytest.raises(TypeError, match="causal: expected a bool"):
         gpu.attention(q, k, v, causal=1)
+    with pytest.raises(ValueError, match="is_causal: an alias of causal"):
+        gpu.attention(q, k, v, causal=True, is_causal=False)
     with pytest.raises(ValueError, match="sm_scale"):
         gpu.attention(q, k, v, sm_scale=-1.0)
 

@@ -5,7 +5,9 @@ from qsattn import costcheck as check
 
 
 def _row(method, phase, q_len, kv_len, hkv, measured, pred):
-    return {"method": method, "phase": phase, "label": f"{phase} {method}",
+    """A stored validation row (qsattn.validation_summary.ROW_SCHEMA, as the GPU run writes)."""
+    return {"id": f"{method}-{phase}-{kv_len}", "dtype": "float16", "hardware": "h100_sxm",
+            "method": method, "phase": phase, "label": f"{phase} {method}",
             "shape": {"batch": 8, "q_heads": 32, "kv_heads": hkv, "q_len": q_len,
                       "kv_len": kv_len, "head_dim": 128, "causal": False},
             "measured_us": measured, "pred_us": pred}

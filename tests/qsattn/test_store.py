@@ -24,6 +24,7 @@ def test_resume_skips_finished_points(tmp_path):
     again = ResultStore(path)
     assert len(again) == 2 and ids[0] in again and ids[2] not in again
     assert again.get(ids[1])["err"] == 0.1
+    assert again.get(ids[1])["nan"] is None and "NaN" not in path.read_text()   # strict JSON
     with pytest.raises(ValueError, match="already"):
         again.add(ids[0], {"err": 0})
     with pytest.raises(ValueError, match="'id'"):
@@ -42,7 +43,7 @@ def test_truncated_last_line_is_reported_with_its_number(tmp_path):
     assert e.value.problems[0][0] == 3
 
 
-@pytest.mark.parametrize("bad, why", [("[1, 2]", "JSON object"), ('{"x": 1}', "no string 'id'"),
+@pytest.mark.parametrize("bad, why", [("[1, 2]", "JSON object"), ('{"x": 1}', "no non-empty string 'id'"),
                                       ('{"id": "a"}', "duplicate"), ("", "empty")])
 def test_bad_middle_lines_are_detected(tmp_path, bad, why):
     path = tmp_path / "r.jsonl"

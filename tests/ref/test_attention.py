@@ -149,7 +149,7 @@ def test_stable_for_large_scores():
 
 def test_score_overflow_raises():
     q, k, v = make_qkv(1, 1, 1, 3, 3, 4, 4)
-    with pytest.raises(ValueError, match="scores overflow float64"):
+    with pytest.raises(ValueError, match="^q, k: scores can reach .*float64's range"):
         ref.attention(q * 1e160, k * 1e160, v)
 
 
@@ -227,11 +227,11 @@ def test_validation_is_applied():
         ref.attention(q[:, :, :0], k, v)
     with pytest.raises(TypeError, match=r"^v must have a floating-point dtype, got int64"):
         ref.attention(q, k, v.astype(np.int64))
-    with pytest.raises(ValueError, match=r"^sm_scale must be positive and finite, got -1.0"):
+    with pytest.raises(ValueError, match=r"^sm_scale: expected a positive finite number, got -1.0"):
         ref.attention(q, k, v, sm_scale=-1.0)
-    with pytest.raises(TypeError, match=r"^causal must be a bool, got str"):
+    with pytest.raises(TypeError, match=r"^causal: expected a bool, got str"):
         ref.attention(q, k, v, causal="yes")
-    with pytest.raises(TypeError, match=r"^return_lse must be a bool, got int"):
+    with pytest.raises(TypeError, match=r"^return_lse: expected a bool, got int"):
         ref.attention(q, k, v, return_lse=1)
 
 

@@ -134,11 +134,17 @@ def test_sm_scale():
     assert check_sm_scale(2, 8) == 2.0 and isinstance(check_sm_scale(2, 8), float)
     assert check_sm_scale(np.float32(0.5), 8) == 0.5
     for bad in (0, 0.0, -1.0, math.nan, math.inf, -math.inf):
-        with pytest.raises(ValueError, match=r"^sm_scale must be positive and finite"):
+        with pytest.raises(ValueError, match=r"^sm_scale: expected a positive finite number"):
             check_sm_scale(bad, 8)
     for bad in ("0.1", True, np.bool_(True), 1j, [0.1]):
-        with pytest.raises(TypeError, match=r"^sm_scale must be a real number or None"):
+        with pytest.raises(TypeError, match=r"^sm_scale: expected a real number or None"):
             check_sm_scale(bad, 8)
+    # scores that would overflow float32: refused, statically and against the inputs' range
+    with pytest.raises(ValueError, match=r"^sm_scale: qk_scale = sm_scale \* log2\(e\)"):
+        check_sm_scale(3e38, 8)
+    assert check_sm_scale(1e30, 8, absmax=(1.0, 1.0, 1.0)) == 1e30
+    with pytest.raises(ValueError, match=r"^sm_scale: scores can reach"):
+        check_sm_scale(1e30, 8, absmax=(1e4, 1e4, 1.0))
 
 
 def test_causal_geometry_hand_cases():

@@ -84,7 +84,7 @@ BAD_OVERRIDES = [
     ({"p__bogus": 1}, "p.bogus", "a known field of PQuant"),
     ({"method": "turbo"}, "MethodSpec", "needs a 'kvcache' section"),
     ({"sparse": {"channel_metric": "qk", "label_fraction": 0.25, "label_bits": 4,
-                 "token_fraction": 0.0625}}, "MethodSpec", "does not use a 'sparse' section"),
+                 "token_fraction": 0.0625}}, "sparse", "no 'sparse' section"),
     ({"p": None}, "MethodSpec", "needs a 'p' section"),
     ({"tiling": 64}, "tiling", "a mapping (Tiling)"),
 ]
