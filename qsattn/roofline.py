@@ -483,7 +483,8 @@ def _ceilings(hw, clock: str) -> dict[str, float]:
     merged: dict[float, list[str]] = {}
     for d in ("fp16", "int8", "fp8", "int4"):
         if getattr(hw, f"tc_{d}") is not None:
-            merged.setdefault(hw.peak(f"tc_{d}", clock) / 1e12, []).append(d.upper())
+            acc = " (FP16 acc.)" if getattr(hw, f"tc_{d}_f32acc", None) is not None else ""
+            merged.setdefault(hw.peak(f"tc_{d}", clock) / 1e12, []).append(d.upper() + acc)
     for d in ("fp16", "fp8"):      # GeForce: FP32-accumulate MMAs (attention's) at half rate
         if getattr(hw, f"tc_{d}_f32acc", None) is not None:
             merged.setdefault(hw.peak(f"tc_{d}_f32acc", clock) / 1e12, []).append(
