@@ -68,7 +68,10 @@ def test_wheel_works_outside_the_repository(installed):
         "    assert simulate(q, k, v, m, causal=True).out.shape == (1, 2, 17, 64)\n"
         "p = predict('turbo', Shape(4, 32, 32, 8192, 8192, 128), 'h100_sxm')\n"
         "a = predict('int8_flash', Shape(4, 32, 32, 8192, 8192, 64), 'a100_80gb_sxm')\n"
-        "print(p.time, a.time)\n")
+        "from sim.cost import predict_foreign\n"
+        "f = predict_foreign('int_fa_full_int8', Shape(4, 32, 32, 4096, 4096, 64), 'rtx4090')\n"
+        "assert 'site-packages' in str(sim.arch.data_path('ada', 'mixes'))\n"
+        "print(p.time, a.time, f.time)\n")
     out = _run([str(py), "-c", code], cwd=work, env=env)
     assert "site-packages" in out.splitlines()[0] and "sim/configs" in out.splitlines()[0]
     specs = _run([str(cli), "specs"], cwd=work, env=env)

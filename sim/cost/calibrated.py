@@ -70,7 +70,7 @@ def sm_params(hw, clock_hz: float, hbm_share: float, *, warps: int = 4,
         return q.value * (scale if q.kind == "measured" else 1.0)
 
     tc = {}
-    for dt in ("fp16", "bf16", "tf32", "int8", "int4", "fp8"):
+    for dt in ("fp16", "bf16", "tf32", "int8", "int4", "fp8", "fp16_f32acc", "fp8_f32acc"):
         v = rate("tc_" + dt)
         if v:
             tc[dt] = v

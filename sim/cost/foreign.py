@@ -111,6 +111,9 @@ class ForeignKernel:
     requires: str                 # shape condition, e.g. "q_len == kv_len or not causal"
     launches: tuple
     digest: str
+    # file sources: sibling files the kernel's module imports, ((name, sha256), ...), checked
+    # by the counter (gpu.foreign) before it executes the module
+    support: tuple = ()
 
     def env(self, shape) -> dict:
         env = {n: getattr(shape, n) for n in SHAPE_NAMES}
@@ -187,9 +190,15 @@ def load_foreign(name_or_path: str) -> ForeignKernel:
     if not isinstance(doc["launches"], list) or not doc["launches"]:
         raise ConfigError(where, "launches", "a non-empty list", doc["launches"])
     launches = tuple(_launch(d, where, i) for i, d in enumerate(doc["launches"]))
+    support = doc.get("support", {})
+    if not isinstance(support, dict) or not all(
+            isinstance(v, str) and len(v) == 64 for v in support.values()):
+        raise ConfigError(where, "support", "a mapping file name -> SHA-256 (64 hex digits)",
+                          support)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
     return ForeignKernel(str(doc["name"]), str(doc["description"]), str(doc["source"]),
-                         str(doc.get("requires", "True")), launches, digest[:16])
+                         str(doc.get("requires", "True")), launches, digest[:16],
+                         tuple(sorted((str(k), v) for k, v in support.items())))
 
 
 def value_class(v) -> str:

@@ -104,6 +104,13 @@ class Hardware:
                                divides=False)
     tc_int4: Quantity | None = _opt("dense INT4 tensor-core rate (null: none)", "op/clk/SM")
     tc_fp8: Quantity | None = _opt("dense FP8 tensor-core rate (null: none)", "flop/clk/SM")
+    # GeForce parts run MMAs that accumulate in FP32 at half the rate of those accumulating in
+    # FP16 (GA102/AD102 whitepapers); tc_fp16/tc_fp8 are then the FP16-accumulate rates and
+    # these the FP32-accumulate ones. Absent: the same rate (A100, H100, A6000, L40S).
+    tc_fp16_f32acc: Quantity | None = _opt("dense FP16 tensor-core rate accumulating in FP32 "
+                                           "(absent: tc_fp16)", "flop/clk/SM")
+    tc_fp8_f32acc: Quantity | None = _opt("dense FP8 tensor-core rate accumulating in FP32 "
+                                          "(absent: tc_fp8)", "flop/clk/SM")
     # -- SM pipeline parameters (issue 16; `qsattn calibrate` measures them, gpu/microbench_sm).
     # Optional: a description without them is valid, the pipeline model then says which it lacks.
     lat_fma: Quantity | None = _opt("dependent FFMA latency (result to next use)", "clk")
@@ -151,6 +158,11 @@ class Hardware:
                 if getattr(self, name) is not None:
                     raise ConfigError("", name, f"null: arch {self.arch!r} has no warpgroup MMA "
                                       "(configs/kernels/archs.yaml async_mma)", getattr(self, name).value)
+        for acc, base in (("tc_fp16_f32acc", "tc_fp16"), ("tc_fp8_f32acc", "tc_fp8")):
+            q, b = getattr(self, acc), getattr(self, base)
+            if q is not None and (b is None or not 0 < q.value <= b.value):
+                raise ConfigError("", f"{acc}.value", f"a rate in (0, {base}] (FP32 accumulate "
+                                  f"is never faster; null {base}: no such tensor cores)", q.value)
         degrees = [(d, getattr(self, f"smem_conflict_{d}")) for d in SMEM_DEGREES]
         given = [(d, q.value) for d, q in degrees if q is not None]
         for (d0, v0), (d1, v1) in zip(given, given[1:]):
@@ -193,6 +205,12 @@ class Hardware:
         if clock not in ("boost", "sustained"):
             raise ValueError(f"clock: expected 'boost' or 'sustained', got {clock!r}")
         return self.v(f"{clock}_clock") * 1e6
+
+    def tc_f32acc(self, dtype: str) -> float:
+        """Tensor-core rate (per SM per clock) of an MMA on ``dtype`` accumulating in FP32: the
+        ``tc_<dtype>_f32acc`` field where the GPU has one (GeForce), else ``tc_<dtype>``."""
+        q = getattr(self, f"tc_{dtype}_f32acc", None)
+        return q.value if q is not None else self.v(f"tc_{dtype}")
 
     def peak(self, name: str, clock: str = "boost") -> float:
         """Chip-wide rate per second of a per-SM-per-clock field (ops/s, inst/s or B/s)."""

@@ -56,6 +56,7 @@ from .calibrated import program_time
 from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
 from .kernels import UNIT_OF, Launch, load_latency_clk
 from .methods import COST_PATHS, BuildContext
+from .paths import foreign_launches
 from .shape import Shape
 
 TIERS = ("roofline", "tiled", "pipeline", "calibrated")
@@ -136,7 +137,9 @@ class _Rates:
         for dt in ("fp16", "bf16", "tf32", "int8", "int4", "fp8"):
             q = getattr(hw, "tc_" + dt)
             if q is not None:
-                self.tc[dt] = q.value * clk
+                # the FP16/FP8 MMAs of the cost paths accumulate in FP32 (attention's S and O):
+                # on a GeForce part that is its own, halved rate (Hardware.tc_f32acc)
+                self.tc[dt] = (hw.tc_f32acc(dt) if dt in ("fp16", "fp8") else q.value) * clk
         for n in ("fp32", "fp16x2", "int32", "sfu", "cvt", "issue"):
             setattr(self, n, hw.v(n) * clk)
         self.smem = hw.v("smem_bandwidth") * clk
@@ -379,6 +382,53 @@ def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: s
     ctx = BuildContext(sm_count=r.sm, arch=hw.arch, ideal=ideal,
                        launch=launch if phase == "prefill" else None, counted=counted)
     launches = path.build(spec, shape, phase, kernel, ctx)
+
+    def why(lau):
+        return _why_analytical(path, spec, phase, kernel, lau)
+
+    return _price(launches, r, hw, clock, ideal, counted, why,
+                  (spec.method, kernel, phase, tier, hw.name, shape))
+
+
+def predict_foreign(name: str, shape: Shape, hardware, *, tier: str = "pipeline",
+                    clock: str = "boost") -> Prediction:
+    """Predict one call of a described foreign kernel (``configs/kernels/foreign/<name>.yaml``,
+    :mod:`sim.cost.foreign`) at ``shape``, every Triton launch priced from its counted SASS as
+    :func:`predict` prices it at the same ``tier`` (``pipeline``: datasheet values;
+    ``calibrated``: the measured overlay); other launches as their HBM traffic (listed in
+    ``Prediction.analytical``). The records come from the package
+    (``configs/kernels/<arch>/counted/``), the user cache or the registered counter, so a
+    foreign kernel whose source is not installed is priced from its shipped records.
+    ``Prediction.method`` is ``"foreign"``, ``kernel`` the description's name.
+
+    >>> p = predict_foreign("int_fa_full_int8", Shape(4, 32, 32, 1024, 1024, 64), "a100_80gb_sxm")
+    >>> p.kernel, p.counted[0][0], p.time > 0
+    ('int_fa_full_int8', 'int_fa_full_int8.attn', True)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a foreign kernel name, got {type(name).__name__}")
+    if not isinstance(shape, Shape):
+        raise TypeError(f"shape: expected a sim.cost.Shape, got {type(shape).__name__}")
+    if tier not in ("pipeline", "calibrated"):
+        raise ValueError(f"tier: a foreign kernel is priced from its counted SASS: expected "
+                         f"'pipeline' or 'calibrated', got {tier!r}")
+    hw = load_hardware(hardware)
+    if tier == "calibrated":
+        hw = _calibrated(hw)
+    r = _rates(hw, clock)
+    ctx = BuildContext(sm_count=r.sm, arch=hw.arch, ideal=False, counted=True)
+    launches = foreign_launches(name, shape, ctx)
+
+    def why(lau):
+        return "not a Triton kernel (e.g. a torch operation): priced as its HBM traffic"
+
+    return _price(launches, r, hw, clock, False, True, why,
+                  ("foreign", name, "prefill", tier, hw.name, shape))
+
+
+def _price(launches, r, hw, clock, ideal, counted, why, head) -> Prediction:
+    """Sum the launches' times (the module docstring's per-launch pricing) into a Prediction
+    whose leading fields are ``head`` (method, kernel, phase, tier, hardware, shape)."""
     analytical, keys = [], []
     total, bd, tc, ins = 0.0, {}, {}, dict.fromkeys(UNIT_OF, 0.0)
     hbm = l2 = smem = useful = 0.0
@@ -394,7 +444,7 @@ def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: s
         else:
             t, b, lbd, lh, occ, rounds = _launch_time(r, lau)
             if counted:
-                analytical.append((lau.name, _why_analytical(path, spec, phase, kernel, lau)))
+                analytical.append((lau.name, why(lau)))
         total += t
         for u, v in lbd.items():
             key = f"{lau.name}.{u}" if multi else u
@@ -410,8 +460,8 @@ def predict(spec, shape: Shape, hardware, *, phase: str | None = None, kernel: s
         smem += lau.smem
         useful += lau.useful_tc
         info.append((lau.name, lau.ctas, occ, rounds, t))
-    return Prediction(spec.method, kernel, phase, tier, hw.name, shape, total, bound, hbm, l2,
-                      smem, tc, ins, useful, bd, tuple(info), tuple(analytical), tuple(keys))
+    return Prediction(*head, total, bound, hbm, l2, smem, tc, ins, useful, bd, tuple(info),
+                      tuple(analytical), tuple(keys))
 
 
 def _why_analytical(path, spec, phase: str, kernel: str, lau=None) -> str:

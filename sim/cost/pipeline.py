@@ -67,7 +67,8 @@ class SMParams:
     """Per-SM rates (per clock) and latencies (clocks) of the model; see the module docstring.
 
     ``tc``: tensor-core operations per clock per SM by dtype (``fp16``, ``bf16``, ``tf32``,
-    ``int8``, ``int4``, ``fp8``); ``smem_conflict``: bank-conflict degree by opcode prefix
+    ``int8``, ``int4``, ``fp8``, and ``fp16_f32acc``/``fp8_f32acc`` where FP32 accumulation
+    runs at another rate); ``smem_conflict``: bank-conflict degree by opcode prefix
     (e.g. ``{"STS.U8": 4}``), 1 for the rest."""
 
     fp32: float
@@ -111,6 +112,14 @@ _WGDEP = re.compile(r"^WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-f]+|\d+)")
 
 
 def _tc_dtype(op: str) -> str:
+    """Rate key of ``SMParams.tc`` for a tensor-core opcode. A warp MMA on FP16 or FP8 inputs
+    that accumulates in FP32 (``HMMA.16816.F32``, vs ``HMMA.16816.F16``) is ``fp16_f32acc`` /
+    ``fp8_f32acc``: GeForce parts run it at half rate (:func:`tc_rate` falls back to the plain
+    key where the GPU has no separate rate).
+
+    >>> _tc_dtype("HMMA.16816.F32"), _tc_dtype("HMMA.16816.F16"), _tc_dtype("IMMA.16832.S8.S8")
+    ('fp16_f32acc', 'fp16', 'int8')
+    """
     base = op.split(".")[0]
     mods = op.split(".")[1:]
     if base in ("IGMMA", "IMMA"):
@@ -121,7 +130,17 @@ def _tc_dtype(op: str) -> str:
         return "tf32"
     if "BF16" in mods:
         return "bf16"
-    return "fp16"
+    dt = "fp8" if any(m in ("E4M3", "E5M2") for m in mods) else "fp16"
+    return f"{dt}_f32acc" if base == "HMMA" and "F32" in mods else dt
+
+
+def tc_rate(tc: dict, dtype: str):
+    """Rate of ``dtype`` in ``tc`` (``SMParams.tc``); an ``*_f32acc`` key falls back to its
+    dtype's rate. None when the GPU has neither."""
+    r = tc.get(dtype)
+    if r is None and dtype.endswith("_f32acc"):
+        r = tc.get(dtype[:-len("_f32acc")])
+    return r
 
 
 @dataclass(frozen=True)
@@ -155,7 +174,7 @@ def decode(instrs: list, p: SMParams) -> Decoded:
         elif pipe == "tensor":
             m, n, k, threads = S.mma_shape(op)
             dt = _tc_dtype(op)
-            rate = p.tc.get(dt)
+            rate = tc_rate(p.tc, dt)
             if not rate:
                 raise ValueError(f"SMParams.tc: no {dt} tensor-core rate for {op!r}")
             kind = MMA

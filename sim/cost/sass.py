@@ -208,9 +208,10 @@ def _target(ins: Instr, pat) -> int | None:
 
 def body_end(instrs: list[Instr]) -> int:
     """Index one past the kernel body: the last ``EXIT`` before the first subroutine entry
-    (``CALL`` target) or the trailing self-branch."""
+    (``CALL`` target) or the trailing self-branch. ``CALL.REL.NOINC`` pushes no return address:
+    it is a jump (ptxas uses it, guarded, as a loop exit), not a subroutine call."""
     at = {x.addr: i for i, x in enumerate(instrs)}
-    entries = [at[t] for x in instrs if x.base == "CALL"
+    entries = [at[t] for x in instrs if x.base == "CALL" and "NOINC" not in x.opcode
                for t in [_target(x, _CALL)] if t in at]
     limit = min(entries) if entries else len(instrs)
     exits = [i for i in range(limit) if instrs[i].base == "EXIT"]

@@ -75,7 +75,9 @@ def test_a_gpu_without_kernel_data_names_the_missing_file(capsys, tmp_path):
     assert hw.arch == "ada" and hw.tc_fp8 is not None and hw.tc_int4 is not None
     from sim.arch import missing_kernel_data
     rc, _, err = _run(capsys, "--q-len", "128", "--hardware", str(p))
-    if not missing_kernel_data("ada"):      # the data has been generated since
-        assert rc == 0
+    if not missing_kernel_data("ada"):      # the data has been generated since (issue 16)
+        # no missing-file error; the copy's placeholder values (100 registers per SM, ...) may
+        # still not fit a CTA, which is its own one-line error
+        assert "configs/kernels/ada/" not in err and (rc == 0 or err.count("\n") == 1)
         return
     assert rc == 2 and "configs/kernels/ada/" in err and "python -m gpu.sass" in err
