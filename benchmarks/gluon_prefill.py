@@ -355,19 +355,28 @@ def compile_only(out: Path, labels, structures, causal_list=(False, True)):
 # ---------------------------------------------------------------------------------------------
 # device run
 # ---------------------------------------------------------------------------------------------
+TWO_LOOP_TIMED = ("int8", "int8_fast", "fp16")   # m2 / v2 timed for these only
+
+
+def check_cases():
+    """(method, structure, check shape): m1 (the table's) on every shape, s1 on three, the
+    two-loop structures on one."""
+    labels = ("int8", "int8_fast", "turbo", "turbo_exp2", "fp16")
+    cases = [(lab, "m1", sh) for lab in labels for sh in CHECK_SHAPES]
+    cases += [(lab, "s1", sh) for lab in labels for sh in (CHECK_SHAPES[0], CHECK_SHAPES[1],
+                                                          CHECK_SHAPES[4])]
+    cases += [(lab, st, CHECK_SHAPES[0]) for st in ("m2", "v2") for lab in ("int8", "int8_fast")]
+    return cases
+
+
 def device_jobs():
     """Every forward the device run launches: (label, structure, shape, causal, trace[,
     ablate])."""
-    main_labels = list(METHODS)
-    jobs = []
-    for label in ("int8", "int8_fast", "turbo", "turbo_exp2", "fp16"):
-        for st in ("m1", "s1"):
-            for sh in CHECK_SHAPES:
-                jobs.append((label, st, sh[1:7], sh[7], True))
-        for st in ("m2", "v2"):
-            jobs.append((label, st, CHECK_SHAPES[0][1:7], True, True))
-    for label in main_labels:
+    jobs = [(lab, st, sh[1:7], sh[7], True) for lab, st, sh in check_cases()]
+    for label in METHODS:
         for st in STRUCTURES:
+            if st in ("m2", "v2") and label not in TWO_LOOP_TIMED:
+                continue
             for causal in (False, True):
                 jobs.append((label, st, MAIN, causal, False))
     for label in ("int8", "int8_fast", "turbo", "turbo_exp2", "fp16"):
@@ -407,12 +416,7 @@ def device_run(out: Path, budget_s: float, workers: int, check_budget_s: float):
     save()
 
     # ---- checks (m1 first: the table's structure) ----
-    cases = [(lab, st, sh) for st in ("m1", "s1")
-             for lab in ("int8", "int8_fast", "turbo", "turbo_exp2", "fp16")
-             for sh in CHECK_SHAPES]
-    cases += [(lab, st, CHECK_SHAPES[0]) for st in ("m2", "v2")
-              for lab in ("int8", "int8_fast", "turbo", "turbo_exp2", "fp16")]
-    for lab, st, sh in cases:
+    for lab, st, sh in check_cases():
         if time.time() - T0 > check_budget_s:
             log("budget: skip check", lab, st, sh[0], sh[7])
             res["checks"].append({"method": lab, "structure": st, "shape": sh[0],
@@ -467,7 +471,7 @@ def device_run(out: Path, budget_s: float, workers: int, check_budget_s: float):
     rec("forward", "int8", "m1", "main", MAIN, False,      # the same again: the spread
         lambda: time_forward("int8", "m1", MAIN, False))
     for causal in (False, True):
-        for label in ("int8", "int8_fast", "fp16", "turbo", "turbo_exp2"):
+        for label in TWO_LOOP_TIMED:
             for st in ("m2", "v2"):
                 rec("forward", label, st, "main", MAIN, causal,
                     lambda: time_forward(label, st, MAIN, causal))

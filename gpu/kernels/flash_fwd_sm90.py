@@ -901,7 +901,9 @@ def _step1(j, n_full, n_tot, S_cur, acc, m_i, l_i, ks_cur, q_s, k_smem, v_smem, 
         ks_nxt = 0.0
     else:
         ks_use = ks_cur
-        ks_nxt = _load_ks(KSb, j + 1, kidx, Lk, BLOCK_N, K_GROUP, KS_VEC, True)
+        # the next tile's scale (the last tile's again at the end: no read past the scales)
+        ks_nxt = _load_ks(KSb, gl.minimum(j + 1, n_tot - 1), kidx, Lk, BLOCK_N, K_GROUP, KS_VEC,
+                          True)
     pop, alpha, m_i, l_i = _softmax(
         S_cur, j, m_i, l_i, qf, ks_use, kidx, rows, Lq, Lk, coff, qk_scale, TSb, TPb, n_full,
         BLOCK_N, HEAD_D, INT8, CAUSAL, 2, KS_VEC, KS_SMEM, LEVELS, P_FP16, P_ROUNDING,
