@@ -49,13 +49,14 @@ _STAGES = (2, 3, 4, 5, 6)
 def check_fused_spec(spec: MethodSpec) -> None:
     """ValueError for a fused-arithmetic choice the Gluon kernel cannot run (checked with the
     spec, whatever the device)."""
-    if spec.p.arithmetic == "fp32_fma":
+    fma = spec.p is not None and spec.p.arithmetic == "fp32_fma"
+    if fma:
         p = spec.p
         if p.levels != 127 or p.rowsum != "unquantized" or p.saturate:
             raise ValueError(f"spec.p: arithmetic fp32_fma is implemented for levels 127, "
                              f"rowsum unquantized, saturate false; got levels {p.levels}, "
                              f"rowsum {p.rowsum!r}, saturate {p.saturate}")
-    if spec.arith.fused or spec.p.arithmetic == "fp32_fma":
+    if spec.arith.fused or fma:
         if spec.tiling.block_n not in _BLOCK_NS:
             raise ValueError(f"spec.tiling.block_n: the fused variants run in the sm_90 Gluon "
                              f"kernel, which takes block_n in {_BLOCK_NS}; got "
@@ -131,7 +132,7 @@ def sm90_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float, ou
     if integer and vg % bn:
         raise ValueError(f"v scales: group {vg} is not a multiple of tiling.block_n {bn}")
     fma_scores = spec.arith.scores == "fma"
-    p_fma = spec.p.arithmetic == "fp32_fma"
+    p_fma = spec.p is not None and spec.p.arithmetic == "fp32_fma"
     v_deferred = spec.arith.v_scale == "deferred"
     if v_deferred and vg != 0:
         raise ValueError("spec.arith.v_scale: deferred needs one V scale per head")
