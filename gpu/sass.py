@@ -141,12 +141,12 @@ def main_loop(ins: list[tuple[int, str]]) -> list[str]:
     raise ValueError("sass: no backward branch (loop) found in the listing")
 
 
-def _overlapped(body) -> bool:
+def overlapped(path: list[str]) -> bool:
     """Some MMA is still in flight when the next one is issued (a run of MMAs followed by
-    another warpgroup arrive before any wait): the pipelined loop, not a synchronous one."""
+    another warpgroup arrive before any wait). False when ptxas serialized the warpgroup MMAs
+    (its C7512 warning: every MMA waited right after its issue)."""
     state = None
-    for _, _, txt in body:
-        op = txt.split()[0]
+    for op in path:
         if "GMMA" in op:
             state = "mma"
         elif op.startswith("WARPGROUP.DEPBAR"):
@@ -157,12 +157,14 @@ def _overlapped(body) -> bool:
 
 
 def hot_path(listing: str, per_tile: int) -> tuple[list[str], int, int]:
-    """The Gluon forward's main loop (:mod:`gpu.kernels.flash_fwd_sm90`): the smallest loop
-    (backward branch) holding the MMAs of at least one tile (``per_tile`` of them) with an MMA
-    in flight while the next is issued (not the synchronous masked-tile loop), and along it
+    """The Gluon forward's main loop (:mod:`gpu.kernels.flash_fwd_sm90`): among the innermost
+    loops (backward branches) holding the MMAs of at least one tile (``per_tile`` of them), the
+    one with the most MMAs (the pipelined loop, unrolled or not, over the two-loop consumer's
+    one-tile masked loop), and along it
     the path its steady state executes: through forward branches, the way with the most MMAs
     (an unrolled second step), else the shorter way (past the masking selects, which only the
-    masked tiles run). Returns ``(opcodes on the path, tiles on the path, loop length)``."""
+    masked tiles run). Returns ``(opcodes on the path, tiles on the path, loop length)``;
+    :func:`overlapped` tells whether an MMA is in flight while the next is issued."""
     rows = []
     for line in listing.splitlines():
         m = _INSN.match(line)
@@ -170,48 +172,48 @@ def hot_path(listing: str, per_tile: int) -> tuple[list[str], int, int]:
             t = m.group(2).strip()
             rows.append((int(m.group(1), 16), t.startswith("@"),
                          re.sub(r"^@!?U?P[T0-9]+\s+", "", t)))
-    best = None
-    for i, (addr, _, txt) in enumerate(rows):
+    loops_ = []
+    for addr, _, txt in rows:
         if txt.split()[0] != "BRA":
             continue
         m = _BRA.search(txt)
-        if not m or int(m.group(1), 16) >= addr:
-            continue
-        lo = int(m.group(1), 16)
-        body = [r for r in rows if lo <= r[0] <= addr]
-        n = sum(1 for r in body if "GMMA" in r[2].split()[0])
-        if n >= per_tile and _overlapped(body) and (best is None or len(body) < len(best)):
-            best = body
-    if best is None:
+        if m and int(m.group(1), 16) < addr:
+            body = [r for r in rows if int(m.group(1), 16) <= r[0] <= addr]
+            n = sum(1 for r in body if "GMMA" in r[2].split()[0])
+            if n >= per_tile:
+                loops_.append((int(m.group(1), 16), addr, n, body))
+    # innermost: no other MMA loop inside (the warp-specialize dispatch loops hold them all)
+    inner = [lp for lp in loops_ if not any(o is not lp and lp[0] <= o[0] and o[1] <= lp[1]
+                                            for o in loops_)]
+    if not inner:
         raise ValueError(f"sass: no loop with {per_tile} MMAs (one tile) in the listing")
-    index = {r[0]: k for k, r in enumerate(best)}
-    memo: dict = {}
+    # the main loop: the most MMAs on its steady-state path (the unrolled pipelined loop; the
+    # two-loop consumer's synchronous loop holds as many, but on two alternative branches)
+    best = max((_steady_path(lp[3]) + (len(lp[3]),) for lp in inner),
+               key=lambda r: (r[0], -len(r[1])))
+    g, path, n = best
+    return list(path), max(1, g // per_tile), n
 
-    def walk(k):  # -> (mma count, -length, path) maximal; iterative over the DAG from the end
-        return memo[k] if k >= len(best) else memo[k]
 
-    for k in range(len(best), -1, -1):
-        if k >= len(best):
-            memo[k] = (0, 0, ())
-            continue
-        addr, guarded, txt = best[k]
+def _steady_path(body) -> tuple[int, tuple]:
+    """(MMAs, opcodes) of the path through a loop body that takes, at each forward branch, the
+    way with the most MMAs, else the shorter one (a DAG walk from the end)."""
+    index = {r[0]: k for k, r in enumerate(body)}
+    memo = {len(body): (0, 0, ())}
+    for k in range(len(body) - 1, -1, -1):
+        addr, guarded, txt = body[k]
         op = txt.split()[0]
-        g = 1 if "GMMA" in op else 0
         nxt = [k + 1]
         if op == "BRA":
             m = _BRA.search(txt)
             tgt = int(m.group(1), 16) if m else None
             if tgt is not None and tgt > addr and tgt in index:
                 nxt = [k + 1, index[tgt]] if guarded else [index[tgt]]
-            elif tgt is not None and tgt <= addr:
-                nxt = [k + 1] if guarded else [len(best)]
-                if k == len(best) - 1:
-                    nxt = [len(best)]
-        cands = [memo[j] for j in nxt]
-        c = max(cands, key=lambda r: (r[0], r[1]))
-        memo[k] = (c[0] + g, c[1] - 1, (op,) + c[2])
-    g, neg_len, path = walk(0)
-    return list(path), max(1, g // per_tile), len(best)
+            elif tgt is not None and (tgt <= addr or tgt not in index) and not guarded:
+                nxt = [len(body)]
+        c = max((memo[j] for j in nxt), key=lambda r: (r[0], r[1]))
+        memo[k] = (c[0] + (1 if "GMMA" in op else 0), c[1] - 1, (op,) + c[2])
+    return memo[0][0], memo[0][2]
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ class LoopMix:
     instructions: int
     registers: int
     opcodes: dict = field(default_factory=dict)   # opcode (no modifiers) -> count
+    overlapped: bool | None = None  # Gluon: an MMA in flight while the next is issued
 
 
 def kernel_call(variant: str, block_n: int, shape: dict | None = None,
@@ -362,7 +365,8 @@ def count(variant: str, block_n: int, shape: dict | None = None,
         per = lambda n: n // tiles if n % tiles == 0 else n / tiles  # noqa: E731
         return LoopMix(variant, block_n, {c: per(int(cls.get(c, 0))) for c in CLASSES},
                        per(len(path)), regs,
-                       {k: per(v) for k, v in sorted(ops_.items(), key=lambda x: (-x[1], x[0]))})
+                       {k: per(v) for k, v in sorted(ops_.items(), key=lambda x: (-x[1], x[0]))},
+                       overlapped(path))
     call = kernel_call(variant, block_n, shape, launch)
     ck = compile_call(call, arch)
     listing, regs = disassemble(ck.asm["cubin"])
@@ -457,7 +461,9 @@ def to_yaml(tabs: dict, command: str, arch: str = DEFAULT_ARCH) -> str:
                 "launch": t["launch"],
                 "tiles": {bn: {"scores_per_thread": scores_per_thread(bn, t["launch"]),
                                "instructions": m.instructions, "registers": m.registers,
-                               "counts": m.counts}
+                               "counts": m.counts,
+                               **({} if m.overlapped is None else
+                                  {"overlapped": m.overlapped})}
                           for bn, m in t["tiles"].items()}}
             for v, t in tabs.items()},
     }
@@ -500,6 +506,8 @@ def diff_committed(tabs: dict, path: Path | None = None) -> list[str]:
         for bn, m in t["tiles"].items():
             wt = w.get("tiles", {}).get(bn, {})
             now = {"counts": m.counts, "instructions": m.instructions, "registers": m.registers}
+            if m.overlapped is not None:
+                now["overlapped"] = m.overlapped
             for key, val in now.items():
                 if wt.get(key) != val:
                     out.append(f"{v} bn{bn} {key}: committed {wt.get(key)!r}, now {val!r}")
