@@ -485,13 +485,15 @@ def device_run(out: Path, budget_s: float, workers: int, check_budget_s: float):
         for st in ("m1", "s1"):
             rec("forward", "int8_bn128", st, "main", MAIN, causal,
                 lambda: time_forward("int8_bn128", st, MAIN, causal))
-    # ---- secondary shapes, best structure of each method (non-causal + causal at main) ----
+    # ---- secondary shapes, best structure of each method (non-causal + causal at main; run 3
+    # chose among m1 / s1 only, whose D64 kernels were precompiled) ----
     best = {}
     for label in ("int8", "int8_fast", "fp16", "turbo", "turbo_exp2"):
         tot = {}
         for r in res["timings"]:
             if r.get("kind") == "forward" and r["method"] == label and r["shape"] == "main" \
-                    and "ms" in r and r["structure"] in ("m1", "s1"):
+                    and "ms" in r and r["structure"] in STRUCTURES and \
+                    (r["structure"] in ("m1", "s1") or label in TWO_LOOP_TIMED):
                 tot.setdefault(r["structure"], []).append(r["ms"])
         tot = {k: sum(v) for k, v in tot.items() if len(v) >= 2}
         best[label] = min(tot, key=tot.get) if tot else "m1"
