@@ -94,8 +94,11 @@ def attention(q, k, v, method: str = "int8_flash", causal: bool = False,
     finite. ``causal`` aligns bottom-right (row i sees keys j <= i + Lk - Lq; rows that see
     nothing output 0). ``sm_scale`` defaults to 1/sqrt(D). ``spec``: a MethodSpec, spec name or
     path (default: the shipped spec of ``method``; fp16_flash follows bf16 inputs). ``launch``
-    overrides the default program config. Integer methods run their Q/K/V quantization kernels
-    first. Returns ``[B, Hq, Lq, D]`` in q's dtype.
+    overrides the default program config of the device's launch table (on Hopper the Gluon
+    sm_90 kernel for fp16_flash, int8_flash and turbo; ``{"kernel": "triton", ...}`` or
+    ``{"kernel": "gluon", "num_stages": ..., "gluon": {...}}``, see :mod:`gpu.prefill`).
+    Integer methods run their Q/K/V quantization kernels first. Returns ``[B, Hq, Lq, D]`` in
+    q's dtype.
 
     >>> out = gpu.attention(q, k, v, method="turbo", causal=True)      # doctest: +SKIP
     """
