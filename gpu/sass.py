@@ -498,11 +498,12 @@ def diff_committed(tabs: dict, path: Path | None = None) -> list[str]:
         if w is None:
             out.append(f"{v}: not in {path}")
             continue
-        if t.get("kernel") == "triton" and "kernel" not in w:
+        if "kernel" not in w:
             w = dict(w, kernel="triton")
         for key in ("method", "integer", "overrides", "launch", "kernel"):
-            if w.get(key) != t[key]:
-                out.append(f"{v} {key}: committed {w.get(key)!r}, now {t[key]!r}")
+            now = t.get(key, "triton" if key == "kernel" else None)
+            if w.get(key) != now:
+                out.append(f"{v} {key}: committed {w.get(key)!r}, now {now!r}")
         for bn, m in t["tiles"].items():
             wt = w.get("tiles", {}).get(bn, {})
             now = {"counts": m.counts, "instructions": m.instructions, "registers": m.registers}
