@@ -103,9 +103,10 @@ def attention(q, k, v, method: str = "int8_flash", causal: bool | None = None,
     rows that see nothing output 0). ``sm_scale`` defaults to 1/sqrt(D); a scale whose scores
     would overflow float32 is refused (``sim.checks.check_sm_scale``). ``spec``: a MethodSpec,
     spec name or path (default: the shipped spec of ``method``; fp16_flash follows bf16
-    inputs). ``launch`` overrides the default program config (``sim.checks.check_launch``:
-    ``block_m`` a power of two in [16, 256], ``num_warps`` 4, 8 or 16, ``num_stages`` in
-    [1, 8], ``pipe``). Integer methods run their Q/K/V quantization kernels first. Returns
+    inputs). ``launch`` overrides the default program config of the device's launch table (on
+    Hopper the Gluon sm_90 kernel for fp16_flash, int8_flash and turbo; ``{"kernel":
+    "triton", ...}`` or ``{"kernel": "gluon", "num_stages": ..., "gluon": {...}}``, see
+    :mod:`gpu.prefill`). Integer methods run their Q/K/V quantization kernels first. Returns
     ``[B, Hq, Lq, D]`` in q's dtype. The kernels keep no row log-sum-exp: there is no
     ``return_lse`` here (``sim.simulate`` and ``ref.attention`` have it).
 

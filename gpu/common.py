@@ -23,6 +23,7 @@ from sim.checks import check_qkv
 from sim.spec import OperandQuant
 
 __all__ = ["interpreting", "kernels", "torch_module", "check_tensors", "check_inputs",
+           "p_mode", "PrefillCall",
            "QuantizedOperand", "quantize_operand", "empty_quantized", "quantize_qkv",
            "cdiv", "grow", "capacity", "sas_constants", "p_constants", "check_operand_quant",
            "HEAD_DIMS", "ROUNDING_IDS", "QK_GRANULARITIES", "V_GRANULARITIES"]
@@ -186,18 +187,31 @@ def quantize_operand(x, oq: OperandQuant, tile: int, *, transpose: bool = False,
     rnd = ROUNDING_IDS[oq.rounding]
     arith16 = oq.arithmetic == "fp16"
     fp16 = oq.scale_dtype == "fp16" or arith16
+    fast = not interpreting()   # Markstein quotient (exact, see gpu.kernels.quant)
     if group == 1:
         rows = 16 if interpreting() else 64
         quant.quant_rows_kernel[(cdiv(L, rows), B * H)](
             x, codes, scale, L, H, *x.stride(), *cs, D=D, ROWS=rows, ROUNDING=rnd,
-            SCALE_FP16=fp16, ARITH_FP16=arith16, num_warps=4, enable_fp_fusion=False)
+            SCALE_FP16=fp16, ARITH_FP16=arith16, FAST=fast, num_warps=4,
+            enable_fp_fusion=False)
+    elif group == 0 and L > 2 * (chunk := 16 if interpreting() else 64):
+        # one scale per head: chunk maxima, then codes per chunk (B * H * L / chunk programs)
+        nc = cdiv(L, chunk)
+        part = torch.empty((B * H, nc), dtype=torch.float32, device=x.device)
+        quant.absmax_chunks_kernel[(nc, B * H)](
+            x, part, L, H, nc, *x.stride(), D=D, CHUNK=chunk, ARITH_FP16=arith16, num_warps=4)
+        quant.quant_chunks_kernel[(nc, B * H)](
+            x, part, codes, scale, L, H, nc, *x.stride(), *cs, D=D, CHUNK=chunk,
+            NCP=1 << max(0, (nc - 1).bit_length()), ROUNDING=rnd, SCALE_FP16=fp16,
+            ARITH_FP16=arith16, FAST=fast, num_warps=4, enable_fp_fusion=False)
     else:
         T = L if group == 0 else group
         ng = cdiv(L, T)
         chunk = min(64, 1 << max(0, (min(T, L) - 1).bit_length()))
         quant.quant_groups_kernel[(ng, B * H)](
             x, codes, scale, L, H, T, ng, *x.stride(), *cs, D=D, CHUNK=chunk, ROUNDING=rnd,
-            SCALE_FP16=fp16, ARITH_FP16=arith16, num_warps=4, enable_fp_fusion=False)
+            SCALE_FP16=fp16, ARITH_FP16=arith16, FAST=fast, num_warps=4,
+            enable_fp_fusion=False)
     if fp16 and x.dtype == torch.bfloat16 and bool(torch.isinf(scale).any()):
         raise ValueError(f"{name}: absmax / 127 (or, with arithmetic fp16, a value) exceeds the "
                          f"fp16 maximum 65504; use scale_dtype and arithmetic fp32 or a finer "
@@ -254,3 +268,48 @@ def grow(t, axis: int, new: int):
 def capacity(need: int, have: int, quantum: int) -> int:
     """Token capacity for ``need`` tokens: at least double ``have``, a multiple of ``quantum``."""
     return cdiv(max(need, 2 * have, quantum), quantum) * quantum
+
+
+# ---------------------------------------------------------------------------------------------
+# prefill launches (gpu.prefill: portable Triton forward; gpu.prefill_sm90: Gluon sm_90 forward)
+# ---------------------------------------------------------------------------------------------
+def p_mode(p) -> int:
+    """PQUANT kernel path (gpu.kernels.flash_fwd): 1 = fp16 half_up/half_away (p >= 0: the same),
+    2 = fp32 half_even, 0 = generic. Saturation is a no-op for p in [0, 1] with codes <= levels,
+    but only the generic path applies it; 1 also keeps the unquantized rowsum."""
+    if p.saturate:
+        return 0
+    if p.arithmetic == "fp16" and p.rounding in ("half_up", "half_away") and \
+            p.rowsum == "unquantized":
+        return 1
+    if p.arithmetic == "fp32" and p.rounding == "half_even":
+        return 2
+    return 0
+
+
+@dataclass(frozen=True)
+class PrefillCall:
+    """One prefill forward launch, as ``gpu.prefill.prefill_call`` (``kernel`` "triton":
+    ``gpu.kernels.flash_fwd.attn_fwd_kernel``) or ``gpu.prefill_sm90.sm90_call`` ("gluon":
+    ``gpu.kernels.flash_fwd_sm90.attn_fwd_sm90_kernel``) makes it: ``grid``, ``args``
+    (positional, in the kernel's order), ``constexprs`` (keyword), ``options`` (``num_warps``,
+    ``num_stages`` or ``maxnreg``, ``enable_fp_fusion``), the ``out`` buffer and, with trace,
+    the ``trace`` buffers named as the simulator's trace (``s_int``, ``p_codes``, ``o_int`` for
+    integer operands; ``s``, ``p`` for float ones), else None."""
+
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    options: dict
+    out: Any
+    trace: dict | None
+    kernel: str = "triton"
+
+    def fn(self):
+        """The jit function this call launches."""
+        if self.kernel == "gluon":
+            return kernels("flash_fwd_sm90").attn_fwd_sm90_kernel
+        return kernels("flash_fwd").attn_fwd_kernel
+
+    def launch(self):
+        self.fn()[self.grid](*self.args, **self.constexprs, **self.options)

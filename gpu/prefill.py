@@ -1,31 +1,42 @@
-"""The prefill forward launcher shared by every method whose prefill runs
-``gpu.kernels.flash_fwd.attn_fwd_kernel`` (float operands, or INT8 Q/K/V with quantized P): spec
-checks, default launch, argument set, launch. Knows no method by name: the method modules of
-:mod:`gpu.methods` call it with their spec.
+"""The prefill forward launcher shared by every method whose prefill is the flash forward
+(float operands, or INT8 Q/K/V with quantized P): spec checks, choice of kernel, default launch,
+argument set, launch. Knows no method by name: the method modules of :mod:`gpu.methods` call
+it with their spec.
 
-Every numeric choice comes from the spec; choices the kernel does not implement raise
-ValueError before anything is launched (:func:`check_float_spec`, :func:`check_integer_spec`,
-cached per spec). The default launch is the architecture's table
+Two kernels compute the same numbers: the portable Triton forward
+(``gpu.kernels.flash_fwd.attn_fwd_kernel``: every architecture, and the interpreter) and the
+Gluon sm_90 forward (``gpu.kernels.flash_fwd_sm90``, launched by :mod:`gpu.prefill_sm90`).
+:func:`forward_kernel` picks one: the device architecture's launch table
 (``configs/kernels/<arch>/launch.yaml``, read through :mod:`sim.arch`, which the cost model
-reads too); under the interpreter small row blocks.
+reads too) names the kernel per method and head dim (``kernel: triton | gluon``) with its
+launch; a ``launch`` argument overrides it (``{"kernel": "gluon", "num_stages": 4, "gluon":
+{...}}``; a launch with only ``block_m``/``num_warps``/``num_stages``/``pipe`` is a portable
+launch). Specs the Gluon kernel does not implement run the portable one; the fused arithmetic
+(``spec.arith``, ``p.arithmetic: fp32_fma``) runs only in the Gluon kernel and is refused
+elsewhere.
+
+Every numeric choice comes from the spec; choices the kernels do not implement raise
+ValueError before anything is launched (:func:`check_float_spec`, :func:`check_integer_spec`,
+cached per spec). Under the interpreter: the portable kernel with small row blocks.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from sim.arch import arch_of_capability, prefill_launch
+from sim.arch import arch_of_capability, prefill_kernel_launch, prefill_launch
 from sim.engine import qk_scale_of
 from sim.spec import MethodSpec
 
-from .common import (QK_GRANULARITIES, V_GRANULARITIES, cdiv, check_operand_quant, interpreting,
-                     kernels, p_constants, sas_constants, torch_module)
+from .common import (QK_GRANULARITIES, V_GRANULARITIES, PrefillCall, cdiv, check_operand_quant,
+                     interpreting, kernels, p_constants, p_mode, sas_constants, torch_module)
+from .prefill_sm90 import check_fused_spec, sm90_call, unsupported
 
 __all__ = ["check_float_spec", "check_integer_spec", "default_launch", "device_arch",
-           "PrefillCall", "prefill_call", "launch_prefill"]
+           "forward_kernel", "PrefillCall", "prefill_call", "launch_prefill", "fused"]
+
+_PORTABLE_KEYS = {"block_m", "num_warps", "num_stages", "pipe"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,10 +74,7 @@ def check_integer_spec(spec: MethodSpec) -> None:
     if spec.p.levels > 127:
         raise ValueError(f"spec.p.levels: P codes are int8 in the kernel, levels must be <= 127, "
                          f"got {spec.p.levels}")
-    if spec.arith.fused or spec.p.arithmetic == "fp32_fma":
-        raise ValueError("spec.arith / spec.p.arithmetic: the fused variants run in the sm_90 "
-                         "kernels only (gpu.kernels.flash_fwd_sm90); the portable kernel "
-                         "implements the unfused sequence")
+    check_fused_spec(spec)   # the fused variants: the Gluon kernel's limits
     if spec.softmax.exp == "sas":
         sas = spec.softmax.sas
         if sas.degree not in (2, 3):
@@ -97,42 +105,70 @@ def device_arch(device=None) -> str:
     return _arch_of_device(idx)
 
 
+def fused(spec: MethodSpec) -> bool:
+    """The spec asks for fused arithmetic, which only the Gluon sm_90 forward implements."""
+    return spec.arith.fused or (spec.p is not None and spec.p.arithmetic == "fp32_fma")
+
+
+def forward_kernel(spec: MethodSpec, D: int, dtype_name: str, device=None,
+                   launch: dict | None = None) -> tuple[str, dict]:
+    """``(kernel, launch)`` of a prefill forward on ``device`` (None: the current CUDA device;
+    ``meta``: no device, for compiling): ``("gluon", {num_stages, gluon})`` or ``("triton",
+    {block_m, num_warps, num_stages[, pipe]})`` (the latter possibly empty: the table's). See
+    the module docstring. ValueError when the spec's fused arithmetic cannot run (not a Hopper
+    GPU, the interpreter, or a portable launch asked for) or the launch does not fit."""
+    torch = torch_module()
+    launch = dict(launch or {})
+    kernel = launch.pop("kernel", None)
+    if kernel not in (None, "triton", "gluon"):
+        raise ValueError(f"launch['kernel']: expected 'triton' or 'gluon', got {kernel!r}")
+    dev_type = "cuda" if device is None else torch.device(device).type
+    on_gpu = dev_type == "cuda" and not interpreting()
+    arch = device_arch(device) if on_gpu else None
+    table = prefill_kernel_launch(arch, spec.method, D, spec.tiling.block_n) if on_gpu else None
+    portable_launch = bool(launch) and set(launch) <= _PORTABLE_KEYS
+    if kernel is None:
+        kernel = "triton" if portable_launch or table is None else table["kernel"]
+        if kernel == "gluon" and unsupported(spec, dtype_name) is not None and not fused(spec):
+            kernel = "triton"
+        if kernel == "triton" and fused(spec) and arch == "hopper" and not portable_launch:
+            kernel = "gluon"   # the only kernel that implements the spec
+    if kernel == "gluon":
+        if dev_type != "meta" and arch != "hopper":
+            where = "under TRITON_INTERPRET" if interpreting() else f"on {arch or dev_type}"
+            raise ValueError(f"launch['kernel']: the Gluon forward runs on Hopper (sm_90) "
+                             f"GPUs only, not {where}" + (" (the spec's fused arithmetic runs "
+                                                          "in no other kernel)" if fused(spec)
+                                                          else ""))
+        why = unsupported(spec, dtype_name)
+        if why is not None:
+            raise ValueError(f"spec: the Gluon forward does not implement {why}")
+        tab = table if table is not None and table["kernel"] == "gluon" else {}
+        g = dict(tab.get("gluon", {}))
+        g.update(launch.pop("gluon", None) or {})
+        stages = int(launch.pop("num_stages", tab.get("num_stages", 4)))
+        if launch.pop("block_m", 128) != 128:
+            raise ValueError("launch['block_m']: the Gluon forward runs 128 rows per program")
+        launch.pop("num_warps", None)
+        if launch:
+            raise ValueError(f"launch: keys {sorted(launch)} do not apply to the Gluon forward "
+                             f"(kernel, num_stages, gluon)")
+        return "gluon", {"num_stages": stages, "gluon": g}
+    if fused(spec):
+        raise ValueError("spec.arith / spec.p.arithmetic: the fused variants run only in the "
+                         "sm_90 Gluon forward (gpu.kernels.flash_fwd_sm90); the portable kernel "
+                         "implements the unfused sequence")
+    if "gluon" in launch:
+        raise ValueError("launch['gluon']: Gluon options need kernel 'gluon'")
+    return "triton", launch
+
+
 def default_launch(method: str, D: int, Lq: int, device=None) -> dict:
     """Program tile and pipeline of the forward: ``{block_m, num_warps, num_stages}`` from the
     device architecture's launch table; the interpreter uses small row blocks."""
     if interpreting():
         return {"block_m": 16 if Lq <= 16 else 32, "num_warps": 4, "num_stages": 1}
     return prefill_launch(device_arch(device), method, D)
-
-
-def p_mode(p) -> int:
-    """PQUANT kernel path (gpu.kernels.flash_fwd): 1 = fp16 half_up/half_away (p >= 0: the same),
-    2 = fp32 half_even, 0 = generic. Saturation is a no-op for p in [0, 1] with codes <= levels,
-    but only the generic path applies it; 1 also keeps the unquantized rowsum."""
-    if p.saturate:
-        return 0
-    if p.arithmetic == "fp16" and p.rounding in ("half_up", "half_away") and \
-            p.rowsum == "unquantized":
-        return 1
-    if p.arithmetic == "fp32" and p.rounding == "half_even":
-        return 2
-    return 0
-
-
-@dataclass(frozen=True)
-class PrefillCall:
-    """One ``attn_fwd_kernel`` launch, as :func:`launch_prefill` makes it: ``grid``, ``args``
-    (positional, in the kernel's order), ``constexprs`` (keyword), ``options`` (``num_warps``,
-    ``num_stages``, ``enable_fp_fusion``), the ``out`` buffer and, with trace, the ``trace``
-    buffers named as the simulator's trace (``s_int``, ``p_codes``, ``o_int`` for integer
-    operands; ``s``, ``p`` for float ones), else None."""
-
-    grid: tuple
-    args: tuple
-    constexprs: dict
-    options: dict
-    out: Any
-    trace: dict | None
 
 
 def prefill_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float, out_dtype,
@@ -207,13 +243,21 @@ def prefill_call(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
 def launch_prefill(qq, kq, vq, spec: MethodSpec, *, causal: bool, sm_scale: float,
                    out_dtype, q=None, k=None, v=None, trace: bool = False,
                    launch: dict | None = None):
-    """Launch the forward. Integer specs take :class:`gpu.common.QuantizedOperand` ``qq, kq,
-    vq``; float specs the raw ``q, k, v`` (pass ``qq = kq = vq = None``). Inputs are assumed
-    checked. Returns ``out`` or, with ``trace``, ``(out, trace dict)`` (:class:`PrefillCall`)."""
-    flash = kernels("flash_fwd")
-    c = prefill_call(qq, kq, vq, spec, causal=causal, sm_scale=sm_scale, out_dtype=out_dtype,
-                     q=q, k=k, v=v, trace=trace, launch=launch)
-    flash.attn_fwd_kernel[c.grid](*c.args, **c.constexprs, **c.options)
+    """Launch the forward (:func:`forward_kernel` picks the kernel). Integer specs take
+    :class:`gpu.common.QuantizedOperand` ``qq, kq, vq``; float specs the raw ``q, k, v`` (pass
+    ``qq = kq = vq = None``). Inputs are assumed checked. Returns ``out`` or, with ``trace``,
+    ``(out, trace dict)`` (:class:`PrefillCall`)."""
+    x = qq.codes if spec.integer else q
+    kernel, cfg = forward_kernel(spec, x.shape[-1], str(x.dtype).removeprefix("torch."),
+                                 x.device, launch)
+    if kernel == "gluon":
+        c = sm90_call(qq, kq, vq, spec, causal=causal, sm_scale=sm_scale, out_dtype=out_dtype,
+                      q=q, k=k, v=v, trace=trace, stages=cfg["num_stages"],
+                      options=cfg["gluon"])
+    else:
+        c = prefill_call(qq, kq, vq, spec, causal=causal, sm_scale=sm_scale,
+                         out_dtype=out_dtype, q=q, k=k, v=v, trace=trace, launch=cfg or None)
+    c.launch()
     if trace:
         return c.out, c.trace
     return c.out

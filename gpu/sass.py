@@ -22,6 +22,13 @@ round trips per loop iteration (:func:`load_rounds`) and its cp.async waits (``D
 Main loop: the first backward branch in program order and its target (the unmasked loop of
 ``_attn_fwd_inner`` comes before the masked one); one iteration is one K/V tile per thread.
 
+On sm_90 the tables also count the Gluon forward (``GLUON_VARIANTS``: gpu/kernels/
+flash_fwd_sm90.py at the launch table's options, :func:`gluon_launch`): per tile, the
+steady-state path through its consumers' main loop (:func:`hot_path`: the loop that keeps an
+MMA in flight, past the masking branch), per thread of a 64-row warpgroup. Each variant of
+``mixes.yaml`` names its ``kernel`` (``triton`` | ``gluon``; ``source.structure`` says what
+each is), which tells the cost model the kernel structure.
+
 >>> from gpu import sass
 >>> mix = sass.count("int8", 128)                    # doctest: +SKIP
 >>> mix.counts["fp32"], mix.instructions             # doctest: +SKIP
@@ -68,6 +75,22 @@ VARIANTS = {
                    {"block_m": 64, "num_warps": 4, "num_stages": 3}),
     "turbo": ("turbo", {}, {"block_m": 64, "num_warps": 4, "num_stages": 3}),
 }
+# The Gluon sm_90 forward (gpu/kernels/flash_fwd_sm90.py), counted on architectures whose
+# target is sm_90 (warp-specialized: a TMA producer warp, consumer warpgroups of 64 rows, QK of
+# the next tile in flight under the softmax): spec name, overrides; the launch is the
+# architecture's table entry for the method (its Gluon options, or the defaults).
+GLUON_VARIANTS = {
+    "fp16_sm90": ("fp16_flash", {}),
+    "int8_sm90": ("int8_flash", {}),
+    "int8_fast_sm90": ("int8_flash_fast", {}),
+    "turbo_exp2_sm90": ("turbo", {"softmax__exp": "exp2"}),
+    "turbo_sm90": ("turbo", {}),
+}
+STRUCTURE = {"triton": "portable: one program of block_m rows, num_warps, software-pipelined "
+                       "loads (gpu/kernels/flash_fwd.py)",
+             "gluon": "sm_90 warp-specialized: TMA producer warp, K/V ring of num_stages, 128 "
+                      "rows per program in two consumer warpgroups of 64, QK(j+1) in flight "
+                      "under softmax(j) (gpu/kernels/flash_fwd_sm90.py)"}
 
 # Opcode (first dot-separated part) -> class. Pipes as ncu reports them on sm_90: FMA (heavy
 # and lite: FP32, IMAD), FMA fp16x2 (HFMA2/HMUL2/HADD2), ALU (integer/logic/compare/select/
@@ -118,6 +141,81 @@ def main_loop(ins: list[tuple[int, str]]) -> list[str]:
     raise ValueError("sass: no backward branch (loop) found in the listing")
 
 
+def overlapped(path: list[str]) -> bool:
+    """Some MMA is still in flight when the next one is issued (a run of MMAs followed by
+    another warpgroup arrive before any wait). False when ptxas serialized the warpgroup MMAs
+    (its C7512 warning: every MMA waited right after its issue)."""
+    state = None
+    for op in path:
+        if "GMMA" in op:
+            state = "mma"
+        elif op.startswith("WARPGROUP.DEPBAR"):
+            state = None
+        elif op.startswith("WARPGROUP.ARRIVE") and state == "mma":
+            return True
+    return False
+
+
+def hot_path(listing: str, per_tile: int) -> tuple[list[str], int, int]:
+    """The Gluon forward's main loop (:mod:`gpu.kernels.flash_fwd_sm90`): among the innermost
+    loops (backward branches) holding the MMAs of at least one tile (``per_tile`` of them), the
+    one with the most MMAs (the pipelined loop, unrolled or not, over the two-loop consumer's
+    one-tile masked loop), and along it
+    the path its steady state executes: through forward branches, the way with the most MMAs
+    (an unrolled second step), else the shorter way (past the masking selects, which only the
+    masked tiles run). Returns ``(opcodes on the path, tiles on the path, loop length)``;
+    :func:`overlapped` tells whether an MMA is in flight while the next is issued."""
+    rows = []
+    for line in listing.splitlines():
+        m = _INSN.match(line)
+        if m:
+            t = m.group(2).strip()
+            rows.append((int(m.group(1), 16), t.startswith("@"),
+                         re.sub(r"^@!?U?P[T0-9]+\s+", "", t)))
+    loops_ = []
+    for addr, _, txt in rows:
+        if txt.split()[0] != "BRA":
+            continue
+        m = _BRA.search(txt)
+        if m and int(m.group(1), 16) < addr:
+            body = [r for r in rows if int(m.group(1), 16) <= r[0] <= addr]
+            n = sum(1 for r in body if "GMMA" in r[2].split()[0])
+            if n >= per_tile:
+                loops_.append((int(m.group(1), 16), addr, n, body))
+    # innermost: no other MMA loop inside (the warp-specialize dispatch loops hold them all)
+    inner = [lp for lp in loops_ if not any(o is not lp and lp[0] <= o[0] and o[1] <= lp[1]
+                                            for o in loops_)]
+    if not inner:
+        raise ValueError(f"sass: no loop with {per_tile} MMAs (one tile) in the listing")
+    # the main loop: the most MMAs on its steady-state path (the unrolled pipelined loop; the
+    # two-loop consumer's synchronous loop holds as many, but on two alternative branches)
+    best = max((_steady_path(lp[3]) + (len(lp[3]),) for lp in inner),
+               key=lambda r: (r[0], -len(r[1])))
+    g, path, n = best
+    return list(path), max(1, g // per_tile), n
+
+
+def _steady_path(body) -> tuple[int, tuple]:
+    """(MMAs, opcodes) of the path through a loop body that takes, at each forward branch, the
+    way with the most MMAs, else the shorter one (a DAG walk from the end)."""
+    index = {r[0]: k for k, r in enumerate(body)}
+    memo = {len(body): (0, 0, ())}
+    for k in range(len(body) - 1, -1, -1):
+        addr, guarded, txt = body[k]
+        op = txt.split()[0]
+        nxt = [k + 1]
+        if op == "BRA":
+            m = _BRA.search(txt)
+            tgt = int(m.group(1), 16) if m else None
+            if tgt is not None and tgt > addr and tgt in index:
+                nxt = [k + 1, index[tgt]] if guarded else [index[tgt]]
+            elif tgt is not None and (tgt <= addr or tgt not in index) and not guarded:
+                nxt = [len(body)]
+        c = max((memo[j] for j in nxt), key=lambda r: (r[0], r[1]))
+        memo[k] = (c[0] + (1 if "GMMA" in op else 0), c[1] - 1, (op,) + c[2])
+    return memo[0][0], memo[0][2]
+
+
 @dataclass(frozen=True)
 class LoopMix:
     """Per-thread SASS of one main-loop iteration (one K/V tile)."""
@@ -128,6 +226,7 @@ class LoopMix:
     instructions: int
     registers: int
     opcodes: dict = field(default_factory=dict)   # opcode (no modifiers) -> count
+    overlapped: bool | None = None  # Gluon: an MMA in flight while the next is issued
 
 
 def kernel_call(variant: str, block_n: int, shape: dict | None = None,
@@ -169,8 +268,9 @@ def compile_call(call, arch: str = DEFAULT_ARCH):
     import triton
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
-    from .kernels import flash_fwd
-    fn = flash_fwd.attn_fwd_kernel
+    fn = call.fn()
+    if call.kernel == "gluon":
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource  # noqa: F811
     tgt = target(arch)
     backend = make_backend(tgt)
     kwargs = dict(call.constexprs, **call.options)
@@ -207,9 +307,66 @@ def disassemble(cubin: bytes) -> tuple[str, int]:
     return r.stdout, int(m.group(1))
 
 
+def gluon_launch(variant: str, block_n: int, arch: str = "hopper") -> dict:
+    """The launch a Gluon variant is counted at: the arch's table entry for its method when it
+    names the Gluon kernel, else the Gluon defaults (``{kernel, num_stages, gluon}``)."""
+    from sim.arch import prefill_kernel_launch
+    from .prefill_sm90 import DEFAULT_OPTIONS
+    spec = load_method(GLUON_VARIANTS[variant][0], **GLUON_VARIANTS[variant][1])
+    e = prefill_kernel_launch(arch, spec.method, SHAPE["head_dim"], block_n)
+    if e["kernel"] == "gluon":
+        return {"kernel": "gluon", "num_stages": e["num_stages"],
+                "gluon": dict(DEFAULT_OPTIONS, **e["gluon"])}
+    return {"kernel": "gluon", "num_stages": 4, "gluon": dict(DEFAULT_OPTIONS)}
+
+
+def gluon_call(variant: str, block_n: int, shape: dict | None = None,
+               launch: dict | None = None, causal: bool = False):
+    """The :class:`gpu.common.PrefillCall` of a Gluon variant on ``meta`` tensors."""
+    import torch
+    from sim.checks import check_sm_scale
+    from . import common
+    from .methods import KERNEL_PATHS
+    from .prefill_sm90 import sm90_call
+    if variant not in GLUON_VARIANTS:
+        raise ValueError(f"variant: expected one of {list(GLUON_VARIANTS)}, got {variant!r}")
+    name, over = GLUON_VARIANTS[variant]
+    spec = load_method(name, tiling__block_n=block_n, **over)
+    KERNEL_PATHS.get(spec.method).check_spec(spec)
+    lc = launch or gluon_launch(variant, block_n)
+    s = dict(SHAPE, **(shape or {}))
+    B, H, Hk, L, D = s["batch"], s["q_heads"], s["kv_heads"], s["length"], s["head_dim"]
+    q = torch.empty((B, H, L, D), dtype=torch.float16, device="meta")
+    k = torch.empty((B, Hk, L, D), dtype=torch.float16, device="meta")
+    kw = dict(causal=causal, sm_scale=check_sm_scale(None, D), out_dtype=torch.float16,
+              stages=lc["num_stages"], options=lc["gluon"])
+    if spec.integer:
+        qq = common.empty_quantized(q, spec.q, spec.tiling.block_m)
+        kq = common.empty_quantized(k, spec.k, block_n)
+        vq = common.empty_quantized(k, spec.v, block_n, transpose=True)
+        return sm90_call(qq, kq, vq, spec, **kw)
+    return sm90_call(None, None, None, spec, q=q, k=k, v=k, **kw)
+
+
 def count(variant: str, block_n: int, shape: dict | None = None,
           launch: dict | None = None, arch: str = DEFAULT_ARCH) -> LoopMix:
-    """Compile ``variant`` at ``block_n`` for ``arch`` and count its main loop by class."""
+    """Compile ``variant`` at ``block_n`` for ``arch`` and count its main loop by class (a
+    Gluon variant: the hot path of its main loop per tile, :func:`hot_path`)."""
+    if variant in GLUON_VARIANTS:
+        call = gluon_call(variant, block_n, shape, launch)
+        listing, regs = disassemble(compile_call(call, arch).asm["cubin"])
+        integer = call.constexprs["INT8"]
+        per_tile = (SHAPE["head_dim"] + block_n) // (32 if integer else 16)
+        path, tiles, _ = hot_path(listing, per_tile)
+        ops_ = collections.Counter(t.split(".")[0] for t in path)
+        cls = collections.Counter()
+        for op, n in ops_.items():
+            cls[classify(op)] += n
+        per = lambda n: n // tiles if n % tiles == 0 else n / tiles  # noqa: E731
+        return LoopMix(variant, block_n, {c: per(int(cls.get(c, 0))) for c in CLASSES},
+                       per(len(path)), regs,
+                       {k: per(v) for k, v in sorted(ops_.items(), key=lambda x: (-x[1], x[0]))},
+                       overlapped(path))
     call = kernel_call(variant, block_n, shape, launch)
     ck = compile_call(call, arch)
     listing, regs = disassemble(ck.asm["cubin"])
@@ -226,8 +383,17 @@ def count(variant: str, block_n: int, shape: dict | None = None,
 
 
 def scores_per_thread(block_n: int, launch: dict) -> float:
-    """Scores a thread holds per tile: block_m x block_n over the program's threads."""
+    """Scores a thread holds per tile: block_m x block_n over the program's threads (the Gluon
+    forward: 64 rows per warpgroup of 128 threads)."""
+    if launch.get("kernel") == "gluon":
+        return 64 * block_n / 128.0
     return launch["block_m"] * block_n / (32.0 * launch["num_warps"])
+
+
+def variants_of(arch: str) -> list[str]:
+    """The variants counted for ``arch``: the portable kernel's, and the Gluon kernel's where
+    the arch compiles for sm_90."""
+    return list(VARIANTS) + (list(GLUON_VARIANTS) if arch_info(arch).sm == 90 else [])
 
 
 def git_revision(root: Path | None = None) -> str:
@@ -247,13 +413,26 @@ def git_revision(root: Path | None = None) -> str:
 def tables(variants=None, arch: str = DEFAULT_ARCH) -> dict:
     """``{variant: {"method", "integer", "overrides", "launch", "tiles": {block_n: LoopMix}}}``."""
     out = {}
-    for v in variants or VARIANTS:
+    for v in variants or variants_of(arch):
+        if v in GLUON_VARIANTS:
+            if arch_info(arch).sm != 90:
+                raise ValueError(f"variants: {v!r} is the sm_90 Gluon kernel; arch {arch!r} "
+                                 f"compiles for {arch_info(arch).target}")
+            name, over = GLUON_VARIANTS[v]
+            spec = load_method(name, **over)
+            lc = gluon_launch(v, spec.tiling.block_n, arch)
+            out[v] = {"method": spec.method, "spec": name, "integer": spec.integer,
+                      "overrides": dict(over), "launch": lc, "kernel": "gluon",
+                      "tiles": {bn: count(v, bn, launch=gluon_launch(v, bn, arch), arch=arch)
+                                for bn in BLOCK_NS}}
+            continue
         method, over, lc = VARIANTS[v] if v in VARIANTS else (None, None, None)
         if method is None:
-            raise ValueError(f"variants: expected names from {list(VARIANTS)}, got {v!r}")
+            raise ValueError(f"variants: expected names from {variants_of(arch)}, got {v!r}")
         integer = load_method(method, **over).integer
         out[v] = {"method": method, "integer": integer, "overrides": dict(over),
-                  "launch": dict(lc), "tiles": {bn: count(v, bn, arch=arch) for bn in BLOCK_NS}}
+                  "launch": dict(lc), "kernel": "triton",
+                  "tiles": {bn: count(v, bn, arch=arch) for bn in BLOCK_NS}}
     return out
 
 
@@ -267,16 +446,24 @@ def to_yaml(tabs: dict, command: str, arch: str = DEFAULT_ARCH) -> str:
             "git_revision": git_revision(),
             "triton": triton.__version__,
             "target": arch_info(arch).target,
-            "kernel": "gpu/kernels/flash_fwd.py::attn_fwd_kernel, main (unmasked) K/V loop",
+            "kernel": "per variant: triton = gpu/kernels/flash_fwd.py::attn_fwd_kernel, main "
+                      "(unmasked) K/V loop, per iteration; gluon = gpu/kernels/flash_fwd_sm90.py"
+                      "::attn_fwd_sm90_kernel, the steady-state path of the consumers' main loop "
+                      "per tile (gpu.sass.hot_path)",
             "shape": dict(SHAPE),
-            "options": "enable_fp_fusion=False, specialization of gpu.prefill.prefill_call",
+            "options": "enable_fp_fusion=False, specialization of gpu.prefill.prefill_call / "
+                       "gpu.prefill_sm90.sm90_call",
+            "structure": dict(STRUCTURE),
         },
         "variants": {
-            v: {"method": t["method"], "integer": t["integer"], "overrides": t["overrides"],
+            v: {"method": t["method"], **({"spec": t["spec"]} if "spec" in t else {}),
+                "integer": t["integer"], "overrides": t["overrides"], "kernel": t["kernel"],
                 "launch": t["launch"],
                 "tiles": {bn: {"scores_per_thread": scores_per_thread(bn, t["launch"]),
                                "instructions": m.instructions, "registers": m.registers,
-                               "counts": m.counts}
+                               "counts": m.counts,
+                               **({} if m.overlapped is None else
+                                  {"overlapped": m.overlapped})}
                           for bn, m in t["tiles"].items()}}
             for v, t in tabs.items()},
     }
@@ -311,12 +498,17 @@ def diff_committed(tabs: dict, path: Path | None = None) -> list[str]:
         if w is None:
             out.append(f"{v}: not in {path}")
             continue
-        for key in ("method", "integer", "overrides", "launch"):
-            if w.get(key) != t[key]:
-                out.append(f"{v} {key}: committed {w.get(key)!r}, now {t[key]!r}")
+        if "kernel" not in w:
+            w = dict(w, kernel="triton")
+        for key in ("method", "integer", "overrides", "launch", "kernel"):
+            now = t.get(key, "triton" if key == "kernel" else None)
+            if w.get(key) != now:
+                out.append(f"{v} {key}: committed {w.get(key)!r}, now {now!r}")
         for bn, m in t["tiles"].items():
             wt = w.get("tiles", {}).get(bn, {})
             now = {"counts": m.counts, "instructions": m.instructions, "registers": m.registers}
+            if m.overlapped is not None:
+                now["overlapped"] = m.overlapped
             for key, val in now.items():
                 if wt.get(key) != val:
                     out.append(f"{v} bn{bn} {key}: committed {wt.get(key)!r}, now {val!r}")
@@ -537,7 +729,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpu.sass", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default=DEFAULT_ARCH,
                     help=f"architecture of configs/kernels/archs.yaml (default {DEFAULT_ARCH})")
-    ap.add_argument("--variant", action="append", choices=list(VARIANTS),
+    ap.add_argument("--variant", action="append", choices=list(VARIANTS) + list(GLUON_VARIANTS),
                     help="variant to count (repeatable; default all)")
     ap.add_argument("--write", action="store_true",
                     help="rewrite configs/kernels/<arch>/mixes.yaml (decode.yaml with --decode)")
@@ -559,7 +751,7 @@ def main(argv=None) -> int:
             path.write_text(decode_yaml(tabs, cmd + " --decode --write", a.arch))
             print(f"wrote {path}")
         return 0
-    if a.write and a.variant and set(a.variant) != set(VARIANTS):
+    if a.write and a.variant and set(a.variant) != set(variants_of(a.arch)):
         ap.error("--write rewrites every variant's table: drop --variant")
     tabs = tables(a.variant, a.arch)
     print(format_tables(tabs))

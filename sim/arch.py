@@ -20,7 +20,8 @@ from .schema import ConfigError, build, load_yaml, meta
 from .spec import config_dir
 
 __all__ = ["Arch", "arch", "archs", "arch_of_capability", "kernel_data", "prefill_launch",
-           "DATA_FILES", "TENSOR_DTYPES", "missing_kernel_data"]
+           "prefill_kernel_launch", "DATA_FILES", "KERNELS", "GLUON_OPTIONS", "TENSOR_DTYPES",
+           "missing_kernel_data"]
 
 # Tensor-core operand dtypes the cost model knows (a Hardware has a tc_<dtype> rate for each).
 TENSOR_DTYPES = ("fp16", "bf16", "tf32", "int8", "int4", "fp8")
@@ -101,12 +102,46 @@ def kernel_data(arch_name: str, name: str) -> dict:
 
 
 _LAUNCH_KEYS = {"block_m", "num_warps", "num_stages"}
+KERNELS = ("triton", "gluon")
+# Launch-table options of the Gluon sm_90 forward (gpu/kernels/flash_fwd_sm90.py) and their
+# types; ``block_n`` maps a spec block_n to overrides of these for specs with that tile.
+GLUON_OPTIONS = {"merged": bool, "unroll": bool, "one_loop": bool, "k_perm": bool,
+                 "defer_pv": bool, "skip_rescale": bool}
 
 
-def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
-    """The prefill forward's default launch on ``arch_name`` for ``method`` (its own table, else
-    ``default``) at ``head_dim`` (the entry for the largest tabulated head dim <= head_dim, else
-    the smallest)."""
+def _check_entry(where: str, path: str, launch) -> None:
+    if not isinstance(launch, dict) or not _LAUNCH_KEYS <= set(launch) or \
+            not set(launch) <= _LAUNCH_KEYS | {"kernel", "gluon"}:
+        raise ConfigError(where, path, f"a launch with keys {sorted(_LAUNCH_KEYS)} (and "
+                          f"optionally kernel, gluon)", launch)
+    kernel = launch.get("kernel", "triton")
+    if kernel not in KERNELS:
+        raise ConfigError(where, f"{path}.kernel", f"one of {list(KERNELS)}", kernel)
+    g = launch.get("gluon")
+    if g is None:
+        return
+    if kernel != "gluon":
+        raise ConfigError(where, f"{path}.gluon", "gluon options only with kernel: gluon", g)
+    if launch["block_m"] != 128:
+        raise ConfigError(where, f"{path}.block_m", "128 (the Gluon forward's CTA rows)",
+                          launch["block_m"])
+
+    def opts(d, at):
+        if not isinstance(d, dict):
+            raise ConfigError(where, at, "a mapping of Gluon options", d)
+        for k, v in d.items():
+            if k == "block_n" and at.endswith(".gluon"):
+                if not isinstance(v, dict):
+                    raise ConfigError(where, f"{at}.block_n", "a mapping block_n -> options", v)
+                for bn, o in v.items():
+                    opts(o, f"{at}.block_n.{bn}")
+            elif k not in GLUON_OPTIONS or not isinstance(v, GLUON_OPTIONS[k]):
+                raise ConfigError(where, f"{at}.{k}", f"one of {sorted(GLUON_OPTIONS)} with a "
+                                  f"{GLUON_OPTIONS.get(k, bool).__name__} value", v)
+    opts(g, f"{path}.gluon")
+
+
+def _launch_entry(arch_name: str, method: str, head_dim: int) -> dict:
     doc = kernel_data(arch_name, "launch")
     where = str(config_dir() / "kernels" / arch_name / "launch.yaml")
     pre = doc.get("prefill")
@@ -117,15 +152,40 @@ def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
     if not isinstance(table, dict) or not table:
         raise ConfigError(where, f"prefill.{key}", "a mapping head_dim -> launch", table)
     for d, launch in table.items():
-        if not isinstance(d, int) or not isinstance(launch, dict) or set(launch) != _LAUNCH_KEYS:
-            raise ConfigError(where, f"prefill.{key}.{d}",
-                              f"a launch with keys {sorted(_LAUNCH_KEYS)}", launch)
+        if not isinstance(d, int):
+            raise ConfigError(where, f"prefill.{key}.{d}", "an integer head dim", d)
+        _check_entry(where, f"prefill.{key}.{d}", launch)
         try:    # the values by the rule every launcher applies to a caller's launch
-            check_launch(launch, "prefill")
+            check_launch({k: v for k, v in launch.items() if k in _LAUNCH_KEYS}, "prefill")
         except (TypeError, ValueError) as e:
             raise ConfigError(where, f"prefill.{key}.{d}", "a valid launch", str(e)) from None
     fits = [d for d in table if d <= head_dim]
-    return dict(table[max(fits) if fits else min(table)])
+    return table[max(fits) if fits else min(table)]
+
+
+def prefill_launch(arch_name: str, method: str, head_dim: int) -> dict:
+    """The prefill forward's default program config on ``arch_name`` for ``method`` (its own
+    table, else ``default``) at ``head_dim`` (the entry for the largest tabulated head dim <=
+    head_dim, else the smallest): ``{block_m, num_warps, num_stages}``, what the cost model
+    prices (for a Gluon entry: 128 rows, the consumer warps, the K/V ring depth)."""
+    e = _launch_entry(arch_name, method, head_dim)
+    return {k: e[k] for k in sorted(_LAUNCH_KEYS)}
+
+
+def prefill_kernel_launch(arch_name: str, method: str, head_dim: int,
+                          block_n: int | None = None) -> dict:
+    """The full table entry the launchers run: :func:`prefill_launch`'s keys plus ``kernel``
+    (``triton``: gpu/kernels/flash_fwd.py, ``gluon``: gpu/kernels/flash_fwd_sm90.py) and, for
+    Gluon, ``gluon`` (its options, with the ``block_n`` overrides for that spec tile applied)."""
+    e = _launch_entry(arch_name, method, head_dim)
+    out = {k: e[k] for k in sorted(_LAUNCH_KEYS)}
+    out["kernel"] = e.get("kernel", "triton")
+    if out["kernel"] == "gluon":
+        g = dict(e.get("gluon") or {})
+        per_bn = g.pop("block_n", {}) or {}
+        g.update(per_bn.get(block_n, {}))
+        out["gluon"] = g
+    return out
 
 
 def missing_kernel_data(arch_name: str) -> dict[str, str]:

@@ -370,7 +370,10 @@ def check_sm_scale(sm_scale: Any, D: int, absmax: tuple | None = None, *,
 # in [lo, hi]; "bool": a bool. The prefill keys are gpu.kernels.flash_fwd's program config
 # (and what sim.cost.predict prices); the decode keys those of gpu.decoding's split-K launches.
 PREFILL_LAUNCH = {"block_m": ("pow2", 16, 256), "num_warps": ("choice", (4, 8, 16)),
-                  "num_stages": ("int", 1, 8), "pipe": ("bool",)}
+                  "num_stages": ("int", 1, 8), "pipe": ("bool",),
+                  # which forward (gpu.prefill.forward_kernel) and the Gluon kernel's options
+                  # (checked there against sim.arch.GLUON_OPTIONS)
+                  "kernel": ("word", ("triton", "gluon")), "gluon": ("mapping",)}
 DECODE_LAUNCH = {"splits": ("int", 1, 1 << 16), "per_sm": ("int", 1, 1024),
                  "num_warps": ("choice", (1, 2, 4, 8, 16)), "num_stages": ("int", 1, 8),
                  "grouped": ("bool",), "fold": ("bool",)}
@@ -402,6 +405,17 @@ def check_launch(launch: Any, phase: str, name: str = "launch") -> dict:
         where = f"{name}[{key!r}]"
         if kind == "bool":
             out[key] = check_bool(value, where)
+            continue
+        if kind == "word":
+            if not isinstance(value, str) or value not in bound[0]:
+                raise ValueError(f"{where}: expected one of {list(bound[0])}, got {value!r}")
+            out[key] = value
+            continue
+        if kind == "mapping":
+            if not isinstance(value, dict):
+                raise TypeError(f"{where}: expected a mapping of options, got "
+                                f"{type(value).__name__}")
+            out[key] = dict(value)
             continue
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
