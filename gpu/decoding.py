@@ -38,7 +38,7 @@ def decode_launch(n_tiles: int, programs: int, launch: dict | None) -> dict:
 
 def check_query(q, cache, check_finite: bool = True) -> int:
     """``q`` ``[B, Hq, 1, D]`` against ``cache`` (its dtype, device, B, D, a multiple of its Hkv
-    heads); returns Hq. ``check_finite`` costs a device-to-host sync."""
+    heads); returns Hq. ``check_finite`` costs a device reduction and a device-to-host sync."""
     check_tensors({"q": q})
     if q.ndim != 4:
         raise ValueError(f"q: expected [B, Hq, 1, D], got shape {tuple(q.shape)}")
@@ -61,8 +61,10 @@ def check_query(q, cache, check_finite: bool = True) -> int:
 
 
 def check_new(cache, k_new, v_new, dtypes):
-    """New tokens ``[B, Hkv, n, D]`` for ``cache``: same B, Hkv, D, dtype and device; returns n."""
-    shp = check_inputs(k_new, k_new, v_new, True, dtypes=dtypes, names=("k_new", "k_new", "v_new"))
+    """New tokens ``[B, Hkv, n, D]`` for ``cache``: same B, Hkv, D, dtype and device; returns n.
+    Shapes and types only (no device-to-host sync): values are :meth:`DecodeCache.append`'s."""
+    shp = check_inputs(k_new, k_new, v_new, False, dtypes=dtypes,
+                       names=("k_new", "k_new", "v_new"))
     if (shp.B, shp.Hkv, shp.D) != (cache.B, cache.Hkv, cache.D):
         raise ValueError(f"k_new: expected [B={cache.B}, Hkv={cache.Hkv}, n, D={cache.D}], got "
                          f"{tuple(k_new.shape)}")
@@ -75,15 +77,31 @@ def check_new(cache, k_new, v_new, dtypes):
 
 class DecodeCache:
     """Base of the methods' decode caches: ``spec``, ``B``, ``Hkv``, ``D``, ``dtype``, ``device``,
-    ``length``; :meth:`append` checks the new tokens (``dtypes``), then the method's ``_append``."""
+    ``length``; :meth:`append` checks the new tokens (``dtypes``), then the method's ``_append``.
+
+    Appends are transactional: every check runs before the first write, so a refused append
+    leaves the cache exactly as it was."""
 
     dtypes = ("float16", "bfloat16")
 
-    def append(self, k_new, v_new):
-        """Append ``[B, Hkv, n, D]`` tokens (decode growth); returns the cache."""
+    def append(self, k_new, v_new, check_finite: bool = True):
+        """Append ``[B, Hkv, n, D]`` tokens (decode growth); returns the cache.
+
+        ``check_finite`` (default): refuse NaN/Inf tokens, and values the method cannot store
+        (e.g. an INT8 scale beyond its dtype), with one device reduction and one
+        device-to-host sync before anything is written. ``check_finite=False`` skips that sync
+        (a decode loop whose tokens are known to be finite, or a CUDA graph); such inputs then
+        give undefined (but memory-safe) cache contents."""
         check_new(self, k_new, v_new, self.dtypes)
+        if check_finite:
+            self._check_values(k_new, v_new)
         self._append(k_new, v_new)
         return self
+
+    def _check_values(self, k_new, v_new) -> None:
+        torch = torch_module()
+        if not bool(torch.isfinite(k_new).all() & torch.isfinite(v_new).all()):
+            raise ValueError("k_new: k_new or v_new contains NaN or Inf")
 
     def _append(self, k_new, v_new) -> None:  # pragma: no cover - every cache defines it
         raise NotImplementedError
