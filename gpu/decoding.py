@@ -93,17 +93,19 @@ class DecodeCache:
         (a decode loop whose tokens are known to be finite, or a CUDA graph); such inputs then
         give undefined (but memory-safe) cache contents."""
         check_new(self, k_new, v_new, self.dtypes)
-        if check_finite:
-            self._check_values(k_new, v_new)
-        self._append(k_new, v_new)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
+        self._append(k_new, v_new, check_finite)
         return self
 
     def _check_values(self, k_new, v_new) -> None:
+        """Refuse NaN/Inf new tokens (one device reduction, one sync)."""
         torch = torch_module()
         if not bool(torch.isfinite(k_new).all() & torch.isfinite(v_new).all()):
             raise ValueError("k_new: k_new or v_new contains NaN or Inf")
 
-    def _append(self, k_new, v_new) -> None:  # pragma: no cover - every cache defines it
+    def _append(self, k_new, v_new, check: bool) -> None:  # pragma: no cover - every cache has one
+        """Every check (``check``: :meth:`_check_values`) before the first write."""
         raise NotImplementedError
 
 
@@ -118,7 +120,9 @@ class DenseKV(DecodeCache):
         self._v = grow(v, 2, cap)
         self.length = L
 
-    def _append(self, k_new, v_new):
+    def _append(self, k_new, v_new, check: bool) -> None:
+        if check:
+            self._check_values(k_new, v_new)
         n = k_new.shape[2]
         if self.length + n > self._k.shape[2]:
             cap = capacity(self.length + n, self._k.shape[2], 64)

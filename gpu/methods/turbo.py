@@ -238,10 +238,12 @@ class TurboKVCache(DecodeCache):
             raise ValueError("k_new: absmax / 127 of the new tokens exceeds the fp16 maximum of "
                              "the INT8 scale (spec.k/v.scale_dtype fp16)")
 
-    def _append(self, k_new, v_new) -> None:
+    def _append(self, k_new, v_new, check: bool) -> None:
         """INT8 append kernel into the open block (re-scaling its codes when the block's absmax
         grows, as ``sim.methods.turbo.TurboCache.append``), flush kernel whenever the buffer
-        fills. Inputs were checked before (:meth:`_check_values`): nothing below raises."""
+        fills. Every check (:meth:`_check_values`) runs first: nothing after it raises."""
+        if check:
+            self._check_values(k_new, v_new)
         n = k_new.shape[2]
         kc_mod = kernels("cache")
         spec, nb = self.spec, self.nb

@@ -223,25 +223,31 @@ def test_decode_rejects_bad_input(monkeypatch):
             gpu.decode(q, cache)
 
 
-SELECT = [  # (label, rows, L, K, distinct key values): ties, K = L, K = 1, L not a tile multiple
-    ("ties-L1000-K63", 3, 1000, 63, 7),
+SELECT = [  # (label, rows, L, K, distinct key values): ties, K = L - 1, K = 1, tile remainders
+    ("ties-L600-K63", 2, 600, 63, 7),
     ("distinct-L300-K20", 2, 300, 20, None),
     ("all-equal-L129-K5", 1, 129, 5, 1),
-    ("K-equals-L-97", 2, 97, 97, 40),
+    ("K-almost-L-97", 2, 97, 96, 40),
     ("K1-L64", 2, 64, 1, None),
+    ("gauss-L3000-K188", 2, 3000, 188, "gauss"),
 ]
 
 
 @pytest.mark.parametrize("case", SELECT, ids=[c[0] for c in SELECT])
 def test_topk_select_kernel_equals_stable_topk(case):
-    """Radix select: the K largest uint32 keys, equal keys to the lower index, ascending —
-    identical to a stable descending sort (numpy) cut at K, on keys with many ties and keys
-    spanning the whole uint32 range (sign bit, 0, 2^32 - 1)."""
+    """The K largest uint32 keys, equal keys to the lower index, ascending -- identical to a
+    stable descending sort (numpy) cut at K -- on keys with many ties (the bracket misses and
+    the exact fallback runs), keys spanning the whole uint32 range (sign bit, 0, 2^32 - 1), and
+    score-like keys (the bracket path)."""
     from gpu.common import interpreting, kernels
     name, rows, L, K, distinct = case
     rng = np.random.default_rng(L + K)
     if distinct is None:
         u = rng.choice(np.uint64(1) << np.uint64(32), size=(rows, L), replace=False)
+    elif distinct == "gauss":   # keys of f32 scores, as label_score_kernel writes them
+        f = rng.standard_normal((rows, L)).astype(np.float32)
+        b = f.view(np.int32)
+        u = (np.where(b < 0, b ^ 0x7FFFFFFF, b) ^ np.int32(-2**31)).view(np.uint32)
     else:
         vals = np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 12345, 2**31 + 7], np.uint64)
         vals = np.concatenate([vals, rng.integers(0, 2**32, 64, dtype=np.uint64)])[:distinct]
@@ -249,15 +255,18 @@ def test_topk_select_kernel_equals_stable_topk(case):
     u = u.astype(np.uint32)
     keys = torch.from_numpy(u.view(np.int32).copy()).to(DEVICE)
     idx = torch.full((rows, K), -1, dtype=torch.int32, device=DEVICE)
+    cap = 256 if interpreting() else 8192
+    cand = torch.empty((rows, cap), dtype=torch.int64, device=DEVICE)
     kl = kernels("labels")
-    kl.topk_select_kernel[(rows,)](keys, idx, L, K, idx.stride(0),
-                                   BLOCK=64 if interpreting() else 2048, num_warps=8)
+    kl.topk_select_kernel[(rows,)](keys, idx, cand, L, K, idx.stride(0),
+                                   NSAMPLE=64 if interpreting() else 2048, CAP=cap,
+                                   CH=128 if interpreting() else 2048, num_warps=8)
     want = np.sort(np.argsort(-u.astype(np.int64), axis=1, kind="stable")[:, :K], axis=1)
     np.testing.assert_array_equal(idx.cpu().numpy(), want)
 
 
-def test_double_sparse_radix_select_equals_torch_topk():
-    """The radix path of gpu.decode's selection returns the indices of the int64-key
+def test_double_sparse_bracket_select_equals_torch_topk():
+    """The bracket select of gpu.decode's selection returns the indices of the int64-key
     torch.topk + torch.sort path, with forced sink/recent tokens and 2-bit labels (many equal
     approximate scores)."""
     from gpu.methods.double_sparse import select as _select
@@ -267,7 +276,7 @@ def test_double_sparse_radix_select_equals_torch_topk():
                                                 sparse__recent_tokens=4)
     cal = calibrate(np32(q), np32(k), "qk")
     cache = gpu.build_cache(k, v, "double_sparse", spec=spec, calibration=cal)
-    a1, i1 = _select(q, cache, True, "radix")
+    a1, i1 = _select(q, cache, True, "bracket")
     a2, i2 = _select(q, cache, True, "torch")
     np.testing.assert_array_equal(a1.cpu().numpy(), a2.cpu().numpy())
     ap = a1.cpu().numpy().reshape(B * Hq, L)
