@@ -4,6 +4,8 @@ slots (``gpu.kernels.decode``'s flash_decode kernels + combine). Knows no method
 """
 from __future__ import annotations
 
+import functools
+
 from sim.engine import qk_scale_of
 
 from .common import (capacity, cdiv, check_inputs, check_tensors, grow, interpreting, kernels,
@@ -14,10 +16,16 @@ __all__ = ["default_decode_launch", "decode_launch", "check_query", "check_new",
 
 
 def sm_count() -> int:
+    """Multiprocessors of the current device (4 under the interpreter); cached per device."""
     if interpreting():
         return 4
     torch = torch_module()
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return _sm_count(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: int) -> int:
+    return torch_module().cuda.get_device_properties(device).multi_processor_count
 
 
 def default_decode_launch(n_tiles: int, programs: int, per_sm: int = 4) -> dict:
@@ -155,6 +163,8 @@ def flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | No
     # selection, so its K/V rows differ. Default for every G: on H100 (reports/bench/decode_gqa.md)
     # it was faster also at G = 1 (1.56 vs 1.70 ms, B=8 H=32 D=128 L=32K).
     grouped = bool(launch.pop("grouped", True)) and not gather
+    # gather: tensor-core dots and pipelined gathers (default), or CUDA-core products
+    launch_gather_dot = bool(launch.pop("gather_dot", True))
     nt = cdiv(count, bn)
     cfg = decode_launch(nt, B * (Hkv if grouped else Hq), launch)
     splits = int(cfg["splits"])
@@ -172,6 +182,13 @@ def flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | No
             v.stride(0), v.stride(1), v.stride(2),
             D=D, BN=bn, BG=max(16, 1 << (G - 1).bit_length()),
             P_BF16=q.dtype == torch.bfloat16, DOT_F32=interpreting(),
+            num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+    elif gather and launch_gather_dot:
+        kd.flash_decode_gather_kernel[(splits, B * Hq)](
+            q, k, v, idx, m, ls, acc, qk, Hq, G, count, splits, sps,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), idx.stride(0),
+            D=D, BN=bn, P_BF16=q.dtype == torch.bfloat16, DOT_F32=interpreting(),
             num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     else:
         cnt = torch.full((B * Hq,), count, dtype=torch.int32, device=dev)

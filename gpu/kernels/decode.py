@@ -5,8 +5,9 @@ turbo decode kernels are in :mod:`gpu.kernels.turbo_decode`.
 :func:`flash_decode_kernel` (split-K over key slots, one query head per program; with ``GATHER``
 slot ``i`` reads key ``IDX[i]``, the selected rows, inside the kernel),
 :func:`flash_decode_group_kernel` (fp16_flash: the G query heads of one KV head per program,
-tensor-core dots, K/V read once per KV head) and :func:`flash_combine_kernel` (``M = max m_j``,
-weights ``exp2(m_j - M)``).
+tensor-core dots, K/V read once per KV head), :func:`flash_decode_gather_kernel` (double_sparse:
+one query head and its gathered slots per program, tensor-core dots, pipelined gathers) and
+:func:`flash_combine_kernel` (``M = max m_j``, weights ``exp2(m_j - M)``).
 """
 import triton
 import triton.language as tl
@@ -166,3 +167,64 @@ def flash_decode_group_kernel(Q, K, V, M, LS, ACC, qk_scale, Hq, Hkv, G, NCOUNT,
     tl.store(M + po, m_i, mask=rmask)
     tl.store(LS + po, l_i, mask=rmask)
     tl.store(ACC + po[:, None] * D + cols[None, :], acc, mask=rmask[:, None])
+
+
+@triton.jit
+def flash_decode_gather_kernel(Q, K, V, IDX, M, LS, ACC, qk_scale, Hq, G, NCOUNT, NSPLIT, SPS,
+                               sqb, sqh, skb, skh, skn, svb, svh, svn, sib,
+                               D: tl.constexpr, BN: tl.constexpr, P_BF16: tl.constexpr,
+                               DOT_F32: tl.constexpr):
+    """:func:`flash_decode_kernel` with ``GATHER`` on tensor cores: one query head per program
+    (its own selection), slot ``i`` reads key ``IDX[bh, i]``; ``S = dot(q, k^T)`` and ``PV =
+    dot(rnd(p), v)`` with f32 accumulation (M = 1: Triton pads the MMA). Feeding the dots lets
+    the pipeliner keep ``num_stages - 1`` gathered tiles in flight (cp.async, the slot indices
+    loaded a stage ahead). Grid (NSPLIT, B * Hq); writes m, l, acc as flash_decode_kernel."""
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    hk = h // G
+    cols = tl.arange(0, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + cols)[None, :]
+    if DOT_F32:
+        q = q.to(tl.float32)
+    lo = j * SPS
+    hi = tl.minimum(lo + SPS, NCOUNT)
+    kb = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    vb = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    ib = IDX + bh.to(tl.int64) * sib
+    m_i = tl.full([1], float("-inf"), tl.float32)
+    l_i = tl.zeros([1], tl.float32)
+    acc = tl.zeros([1, D], tl.float32)
+    for start in range(lo, hi, BN):
+        slots = start + tl.arange(0, BN)
+        smask = slots < hi
+        idx = tl.load(ib + slots, mask=smask, other=0).to(tl.int64)
+        k = tl.load(kb + idx[:, None] * skn + cols[None, :], mask=smask[:, None], other=0.0)
+        if DOT_F32:
+            S = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            S = tl.dot(q, tl.trans(k))
+        s = S * qk_scale
+        s = tl.where(smask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        v = tl.load(vb + idx[:, None] * svn + cols[None, :], mask=smask[:, None], other=0.0)
+        if P_BF16:  # round to nearest even by bits (the interpreter's f32 -> bf16 cast truncates)
+            pb = p.to(tl.uint32, bitcast=True)
+            pb = (pb + 0x7FFF + ((pb >> 16) & 1)) & 0xFFFF0000
+            p16 = pb.to(tl.float32, bitcast=True)
+        else:
+            p16 = p.to(tl.float16).to(tl.float32)
+        if DOT_F32:
+            pv = tl.dot(p16, v.to(tl.float32), input_precision="ieee")
+        else:  # p16 holds values of V's format: the cast is exact
+            pv = tl.dot(p16.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    po = bh.to(tl.int64) * NSPLIT + j
+    tl.store(M + po + tl.arange(0, 1), m_i)
+    tl.store(LS + po + tl.arange(0, 1), l_i)
+    tl.store(ACC + po * D + cols[None, :], acc)

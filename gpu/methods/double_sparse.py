@@ -145,11 +145,12 @@ def selected_count(sparse, L: int) -> int:
     return min(L, budget + forced)
 
 
-def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "bracket"):
+def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "bracket",
+           until: str | None = None):
     """Label scores, selection keys, top-k: (approx f32 [B, Hq, L] or None, idx int32
     [B*Hq, kcount] ascending). ``method`` "bracket" (:func:`gpu.kernels.labels.topk_select_kernel`)
     or "torch" (``torch.topk`` + ``torch.sort`` on int64 keys ``(key << 32) | ~index``); same
-    indices."""
+    indices. ``until="labels"`` stops after the label kernel (a timing variant: idx None)."""
     if method not in ("bracket", "torch"):
         raise ValueError(f"method: expected 'bracket' or 'torch', got {method!r}")
     torch = torch_module()
@@ -168,6 +169,8 @@ def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = 
         q.stride(0), q.stride(1), q.stride(3), R=cache.r, BLOCK=block, BITS=cache.bits,
         BG=1 << (G - 1).bit_length(), WRITE_APPROX=want_approx, num_warps=4,
         enable_fp_fusion=False)
+    if until == "labels":
+        return (approx if want_approx else None), None
     kcount = selected_count(sp, L)
     rows = B * Hq
     if kcount >= L:
@@ -190,7 +193,11 @@ def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = 
 
 def _decode(q, cache, sm_scale, launch, trace):
     launch = dict(launch or {})
-    approx, idx = select(q, cache, want_approx=trace, method=launch.pop("select", "bracket"))
+    until = launch.pop("until", None)   # timing variants: "labels" or "select" (returns None)
+    approx, idx = select(q, cache, want_approx=trace, method=launch.pop("select", "bracket"),
+                         until=until)
+    if until is not None:
+        return None
     out = flash_decode(q, cache.k, cache.v, idx, idx.shape[1], sm_scale,
                        cache.spec.tiling.block_n, launch)
     if not trace:

@@ -351,6 +351,8 @@ def _decode(q, cache: TurboKVCache, sm: float, launch: dict | None, trace: bool)
     clamp = launch.pop("clamp", "flags")
     if clamp not in _CLAMP_MODES:
         raise ValueError(f"launch['clamp']: expected one of {list(_CLAMP_MODES)}, got {clamp!r}")
+    # timing variants: stop after Q quantization / the scores pass (returns None)
+    until = launch.pop("until", None)
     kvc = cache.kvc
     BG = 1 << (G - 1).bit_length()
     # one query row: per_block / per_head / per_token Q scales all cover exactly that row, so
@@ -358,6 +360,8 @@ def _decode(q, cache: TurboKVCache, sm: float, launch: dict | None, trace: bool)
     # group over a single row)
     qop = dataclasses.replace(spec.q, granularity="per_token", block_tokens=None)
     qq = quantize_operand(q, qop, spec.tiling.block_m, check=False, name="q")
+    if until == "quant":
+        return None
     q8 = qq.codes.reshape(B, Hq, D)
     qs = qq.scale.reshape(B, Hq)
     qk_scale = float(qk_scale_of(sm))
@@ -396,6 +400,8 @@ def _decode(q, cache: TurboKVCache, sm: float, launch: dict | None, trace: bool)
             BITS=bits, K_PC=kvc.k_groups == "per_channel", KG=kvc.k_group_size,
             TRACE=bool(trace), INTERP=interp, CLAMP_MODE=_CLAMP_MODES[clamp], num_warps=warps,
             num_stages=stages, enable_fp_fusion=False)
+    if until == "scores":
+        return None
     for bits, (heads, kc, vc) in cache.store.items():
         kd.turbo_pv_kernel[(splits, B * heads.shape[0])](
             sout, tmax, vc, cache.v_scale, cache.v_zero, cache.v_flag, cache.v_buf,

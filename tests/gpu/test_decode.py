@@ -285,3 +285,30 @@ def test_double_sparse_bracket_select_equals_torch_topk():
     np.testing.assert_array_equal(i1.cpu().numpy(), i2.cpu().numpy())
     with pytest.raises(ValueError, match="method"):
         _select(q, cache, True, "heap")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (QSATTN_GPU_TESTS=1)")
+@pytest.mark.parametrize("method", ["fp16_flash", "turbo", "double_sparse"])
+def test_decode_step_replays_in_a_cuda_graph(method):
+    """One decode step (check_finite=False: no host sync) captured in a CUDA graph and replayed
+    on a new query gives the eager call's output bit for bit."""
+    B, Hq, Hkv, L, D = 2, 8, 2, 3000, 128
+    q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, seed=21)
+    kw = {"calibration": calibrate(np32(q), np32(k), "qk")} if method == "double_sparse" else {}
+    cache = gpu.build_cache(k, v, method, **kw)
+    static_q = q.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):            # compile and warm up outside the capture
+        for _ in range(2):
+            gpu.decode(static_q, cache, check_finite=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = gpu.decode(static_q, cache, check_finite=False)
+    q2 = make_qkv(B, Hq, Hkv, 1, L, D, seed=22)[0]
+    static_q.copy_(q2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = gpu.decode(q2, cache)
+    assert torch.equal(static_out, want)
