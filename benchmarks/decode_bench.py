@@ -4,11 +4,14 @@ times, leave-one-stage-out variants, host time per call. One script per device r
     QSATTN_GIT_REVISION=... python benchmarks/decode_bench.py --out "$OUT" [--quick] [--no-tests]
 
 Writes ``decode_dev.json`` (rows: name, config, L, ms, x_best_sdpa, GBps, hbm_share, bytes,
-kind) and ``decode_dev.md`` under ``--out`` and prints a short table last. Times: GPU time only,
-``triton.testing.do_bench`` (median; the L2 is flushed before every timed call, so each call
-reads its inputs cold). Host time: wall time of issuing back-to-back calls with
-``check_finite=False`` (no sync inside), divided by the count. B=8, H=32, D=128, fp16; MHA
-(Hkv 32) and GQA (Hkv 8); contexts 2K, 8K, 32K, 128K.
+kind, timing) and ``decode_dev.md`` under ``--out`` and prints a short table last. Times: GPU
+time only. ``--graph`` (default): the call captured in a CUDA graph and its replays timed
+(``triton.testing.do_bench_cudagraph``, median), so host time never shows; otherwise
+``triton.testing.do_bench`` (median, L2 flushed before every call; a call whose host work
+outlasts its GPU work is then counted with the GPU idle in between). Host time: wall time of
+issuing back-to-back calls with ``check_finite=False`` (no sync inside), divided by the count.
+B=8, H=32, D=128, fp16; MHA (Hkv 32) and GQA (Hkv 8); contexts 2K, 8K, 32K, 128K
+(``--contexts``).
 """
 from __future__ import annotations
 
@@ -61,6 +64,12 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=240.0,
                     help="seconds for the whole script: sections past it are skipped")
     ap.add_argument("--test-seconds", type=float, default=110.0)
+    ap.add_argument("--contexts", default="2048,8192,32768,131072")
+    ap.add_argument("--configs", default="mha,gqa4")
+    ap.add_argument("--eager", action="store_true", help="time eager calls (do_bench)")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-host", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +85,7 @@ def main() -> int:
     import torch
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
 
     import gpu
     from gpu.api import decode_unchecked
@@ -90,8 +99,7 @@ def main() -> int:
         "gpu": dev.name, "sm_count": dev.multi_processor_count, "torch": torch.__version__,
         "triton": triton.__version__, "python": platform.python_version(),
         "git": os.environ.get("QSATTN_GIT_REVISION") or _rev_file(),
-        "command": "python benchmarks/decode_bench.py --out $OUT" + (" --quick" if args.quick
-                                                                     else "")}
+        "command": "python benchmarks/decode_bench.py " + " ".join(sys.argv[1:])}
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     t = do_bench(lambda: dst.copy_(src), warmup=5, rep=40, return_mode="median")
@@ -100,6 +108,14 @@ def main() -> int:
     log(f"== copy bandwidth {res['copy_GBps']:.0f} GB/s")
 
     def bench(fn, rep=60):
+        if not args.eager:
+            try:
+                fn()
+                torch.cuda.synchronize()
+                return do_bench_cudagraph(fn, rep=rep, return_mode="median")
+            except Exception as e:  # noqa: BLE001 - not capturable: time it eagerly
+                res["errors"].append(f"graph capture failed, eager timing: {str(e)[:120]}")
+                torch.cuda.synchronize()
         return do_bench(fn, warmup=10, rep=rep, return_mode="median")
 
     def row(name, config, L, ms, nbytes=None, kind="ours", **extra):
@@ -130,13 +146,15 @@ def main() -> int:
 
     B, H, D = 8, 32, 128
     sm = 1.0 / math.sqrt(D)
-    contexts = [2048, 8192, 32768] if args.quick else [2048, 8192, 32768, 131072]
+    contexts = [int(x) for x in args.contexts.split(",")]
+    configs = [c for c in args.configs.split(",") if c]
     specs = {"turbo int4": load_method("turbo").replace(kvcache__low_share=0.0),
              "turbo int2": load_method("turbo").replace(kvcache__low_share=1.0),
              "turbo mixed": load_method("turbo")}
     ds_spec = load_method("double_sparse")
 
     # -- integers vs the simulator at one size (B 1, Hq 8, Hkv 2, L 4096 + 17) --------------
+    res["timing"] = "eager do_bench" if args.eager else "CUDA graph replay (do_bench_cudagraph)"
     from gpu.compare import compare
     from sim import simulate
     from sim.methods.turbo import head_priority
@@ -147,7 +165,7 @@ def main() -> int:
     v = torch.randn(1, 2, Lc, D, device="cuda", dtype=torch.float16, generator=g)
     k[..., :2] *= 4
     n32 = lambda x: x.float().cpu().numpy()  # noqa: E731
-    for name in ("turbo mixed",):
+    for name in () if args.no_check else ("turbo mixed",):
         def chk(name=name):
             spec = specs[name]
             pr = head_priority(n32(k), n32(v))
@@ -170,12 +188,13 @@ def main() -> int:
         res["checks"].append({"name": "double_sparse", "L": Lc, "failures": c.failures(),
                               **c.to_row()})
         log(f"== check double_sparse: failures {c.failures()} {c.ints['indices'].row()}")
-    attempt("check double_sparse", chk_ds)
+    if not args.no_check:
+        attempt("check double_sparse", chk_ds)
     del q, k, v
 
     # -- times ----------------------------------------------------------------------------
-    for Hkv in (32, 8):
-        config = "mha" if Hkv == H else f"gqa{H // Hkv}"
+    for config in configs:
+        Hkv = H if config == "mha" else H // int(config.removeprefix("gqa"))
         for L in contexts:
             gc.collect()
             torch.cuda.empty_cache()
@@ -203,7 +222,7 @@ def main() -> int:
                 "fp16 split-K", config, L, bench(lambda: decode_unchecked(q, fc, sm)),
                 fp16_bytes))
             pts["fp16 split-K"] = r
-            if L == 32768 and not args.quick:
+            if L == 32768 and not args.no_sweep:
                 for per_sm, warps, stages in ((2, 4, 3), (8, 4, 3), (4, 8, 3), (4, 4, 4)):
                     la = {"per_sm": per_sm, "num_warps": warps, "num_stages": stages}
                     attempt(f"fp16 sweep {la}", lambda la=la: row(
@@ -228,8 +247,8 @@ def main() -> int:
                         variants = [("until quant", {"until": "quant"}),
                                     ("until scores", {"until": "scores"}),
                                     ("clamp never", {"clamp": "never"})]
-                        if tname == "turbo mixed":
-                            variants += [("clamp always", {"clamp": "always"}),
+                        if tname == "turbo mixed" and not args.no_sweep:
+                            variants += [("clamp flags", {"clamp": "flags"}),
                                          ("warps 8", {"num_warps": 8}),
                                          ("per_sm 8", {"per_sm": 8})]
                         for label, la in variants:
@@ -280,8 +299,9 @@ def main() -> int:
             save()
 
     # -- host time per call (check_finite=False, back-to-back, no sync) --------------------
-    def host(name, fn, n=40):
-        fn()
+    def host(name, fn, n=40, warm=3):
+        for _ in range(warm):       # compiles and first-call specializations stay out
+            fn()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(n):
@@ -291,6 +311,12 @@ def main() -> int:
         res["host"].append({"name": name, "us_per_call": us})
         log(f"  host {name:40s} {us:8.1f} us/call")
 
+    if args.no_host:
+        res["seconds"] = time.time() - t_start
+        save()
+        (out / "decode_dev.md").write_text(markdown(res))
+        log("\n" + summary(res))
+        return 0
     log("== host time per call")
     Lh = 32768
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -354,8 +380,8 @@ def markdown(res: dict) -> str:
     lines = ["# Decode kernels on the GPU (issue 11)", "",
              f"Command: `{p['command']}`; {p['gpu']} ({p['sm_count']} SMs), torch {p['torch']}, "
              f"triton {p['triton']}, git {p['git']}. Copy bandwidth {res['copy_GBps']:.0f} GB/s "
-             "(read + write). Times: triton.testing.do_bench median, L2 flushed before each "
-             "call; x = fastest SDPA (flash, cuDNN) time / kernel time, same run; GB/s over the "
+             f"(read + write). Times: {res.get('timing')}, median; "
+             "x = fastest SDPA (flash, cuDNN) time / kernel time, same run; GB/s over the "
              "bytes the kernel must move (turbo: the device cache incl. flags and scratch "
              "scores; double_sparse: labels, keys written + read twice, gathered rows).", ""]
     if res.get("tests"):

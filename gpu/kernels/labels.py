@@ -18,14 +18,16 @@ heads of their KV head: per code a shift, a LOP3, FADD, FMUL, and one FFMA per q
 recent tokens ``2^32 - 1`` (always kept).
 
 Selection (:func:`topk_select_kernel`, one program per query row): the ``K`` largest keys, equal
-keys to the lower index, written as ascending indices, with no histogram: (1) a sorted sample of
-the row's keys gives a bracket ``[T_lo, T_hi]`` around the K-th largest key (3 standard
-deviations of the sample rank); (2) one pass counts the keys above ``T_hi`` and collects the
-keys inside the bracket (with their index) on chip; (3) the collected candidates are sorted
-(key descending, index ascending) and the ``K - count``-th gives the exact threshold key ``T``
-and the last index taken at ``T``; (4) one pass writes, in index order, every key above ``T``
-and the keys equal to ``T`` up to that index. A row whose bracket misses (ties or an unlucky
-sample) takes an exact bit-by-bit threshold search instead (same result, slower).
+keys to the lower index, written as ascending indices, with no histogram and no sort: (1) a
+sample of the row's keys (every S-th) gives a bracket ``[T_lo, T_hi]`` around the K-th largest
+key (3 standard deviations of the sample rank; order statistics of the sample found bit by bit,
+32 counts over registers); (2) one pass counts the keys above ``T_hi`` and collects the keys
+inside the bracket (with their index, in index order) into a per-row scratch; (3) on chip, the
+``K - count``-th largest candidate key is the exact threshold ``T`` (bit by bit again) and a
+running count of the candidates equal to ``T`` gives the last index taken at ``T``; (4) one
+pass writes, in index order, every key above ``T`` and the keys equal to ``T`` up to that
+index. A row whose bracket misses (ties, an unlucky sample, more than CAP candidates) takes an
+exact bit-by-bit threshold search over the row instead (same result, 32 more passes).
 """
 import triton
 import triton.language as tl
@@ -144,9 +146,16 @@ def _ukey(x):
 
 
 @triton.jit
-def _pick(v, idx, rank):
-    """``v[rank]`` of a 1-D register tensor (``idx`` its positions)."""
-    return tl.sum(tl.where(idx == rank, v, 0), 0)
+def _kth_largest(u, valid, rank):
+    """The ``rank``-th largest (0-based) of the uint32 values ``u`` where ``valid``: the largest
+    ``t`` with ``count(u >= t) > rank``, found bit by bit from the top (32 counts, no sort)."""
+    t = tl.sum(tl.zeros([1], tl.uint32), 0)
+    one = tl.full([], 1, tl.uint32)
+    for bit in tl.static_range(32):
+        trial = t | (one << (31 - bit))
+        if tl.sum(((u >= trial) & valid).to(tl.int32), 0) > rank:
+            t = trial
+    return t
 
 
 @triton.jit
@@ -171,17 +180,17 @@ def topk_select_kernel(KEYS, IDX, CAND, L, K, sib,
     base = KEYS + row.to(tl.int64) * L
     obase = IDX + row.to(tl.int64) * sib
     cbase = CAND + row.to(tl.int64) * CAP
-    # (1) the bracket from a sorted sample (every S-th key, spread over the row)
+    kk = K + tl.zeros([], tl.int32)        # a tensor even when K is specialized to 1
+    # (1) the bracket from a sample (every S-th key, spread over the row)
     S = (L + NSAMPLE - 1) // NSAMPLE
     ns = (L + S - 1) // S
     si = tl.arange(0, NSAMPLE)
-    smp = tl.load(base + si * S, mask=si < ns, other=0)
-    srt = tl.sort(_ukey(smp), descending=True)
-    r = ((K.to(tl.int64) * ns) // L).to(tl.int32)
+    smp = _ukey(tl.load(base + si * S, mask=si < ns, other=0))
+    r = ((kk.to(tl.int64) * ns) // L).to(tl.int32)
     m = (3.0 * tl.sqrt(r.to(tl.float32))).to(tl.int32) + 4
-    t_hi = _pick(srt, si, tl.maximum(r - m, 0))
-    t_lo = _pick(srt, si, tl.minimum(r + m, ns - 1))
-    # (2) keys above the bracket counted, keys inside it collected: (key << 32) | ~index
+    t_hi = _kth_largest(smp, si < ns, tl.maximum(r - m, 0))
+    t_lo = _kth_largest(smp, si < ns, tl.minimum(r + m, ns - 1))
+    # (2) keys above the bracket counted, keys inside it collected in index order
     n_above = tl.sum(tl.zeros([1], tl.int32), 0)
     n_cand = tl.sum(tl.zeros([1], tl.int32), 0)
     for s0 in range(0, L, CH):
@@ -191,27 +200,33 @@ def topk_select_kernel(KEYS, IDX, CAND, L, K, sib,
         n_above += tl.sum(((u > t_hi) & jm).to(tl.int32), 0)
         inb = ((u >= t_lo) & (u <= t_hi) & jm).to(tl.int32)
         pos = n_cand + tl.cumsum(inb, 0) - inb
-        c64 = (u.to(tl.int64) << 32) | (4294967295 - j.to(tl.int64))
+        c64 = (u.to(tl.int64) << 32) | j.to(tl.int64)
         tl.store(cbase + pos, c64, mask=(inb != 0) & (pos < CAP))
         n_cand += tl.sum(inb, 0)
-    need = K - n_above
+    need = kk - n_above
     if (need >= 0) & (need <= n_cand) & (n_cand <= CAP):
-        # (3) the exact threshold among the candidates (sorted: key desc, index asc)
+        # (3) the exact threshold among the candidates (on chip, no sort): the need-th largest
+        # key, then the last index taken at it (candidates are in index order)
         ci = tl.arange(0, CAP)
-        cand = tl.load(cbase + ci, mask=ci < n_cand, other=0)
-        cs = tl.sort(cand.to(tl.uint64, bitcast=True), descending=True)
-        hit = _pick(cs, ci, tl.maximum(need - 1, 0))
-        t_key = tl.where(need > 0, (hit >> 32).to(tl.uint32), t_hi)
-        j_cut = tl.where(need > 0, (4294967295 - (hit & 4294967295)).to(tl.int32), -1)
+        cv = ci < n_cand
+        cand = tl.load(cbase + ci, mask=cv, other=0)
+        cu = (cand >> 32).to(tl.uint32)
+        t_key = _kth_largest(cu, cv, tl.maximum(need - 1, 0))
+        t_key = tl.where(need > 0, t_key, t_hi)
+        take_eq = need - tl.sum(((cu > t_key) & cv).to(tl.int32), 0)
+        eq = ((cu == t_key) & cv).to(tl.int32)
+        hit = (eq != 0) & (tl.cumsum(eq, 0) == take_eq)
+        j_cut = tl.max(tl.where(hit, (cand & 4294967295).to(tl.int32), -1), 0)
+        j_cut = tl.where(need > 0, j_cut, -1)
     else:
         # exact fallback: the largest t with count(key >= t) >= K, bit by bit from the top
         t_key = tl.sum(tl.zeros([1], tl.uint32), 0)
         one = tl.full([], 1, tl.uint32)
         for bit in tl.static_range(32):
             trial = t_key | (one << (31 - bit))
-            if _count(base, L, trial, False, CH) >= K:
+            if _count(base, L, trial, False, CH) >= kk:
                 t_key = trial
-        need2 = K - _count(base, L, t_key, True, CH)
+        need2 = kk - _count(base, L, t_key, True, CH)
         j_cut = L - 1
         seen = tl.sum(tl.zeros([1], tl.int32), 0)
         for s0 in range(0, L, CH):

@@ -10,8 +10,10 @@ fp16 bit pattern of 1024 (``0x6400``: the lane is then the fp16 value ``1024 + c
 and one ``fma.rn.f16x2`` with ``s' = s 2^-b`` and ``k' = z - 1024 s'`` gives ``c s + z``: the
 exact product ``(1024 + c 2^b) s 2^-b`` plus ``k'`` rounds once to a representable integer, and
 ``k'`` itself is exact because ``|1024 s'| <= 64 * 17`` (INT4, ``b = 4``) or ``16 * 85`` (INT2,
-``b = 6``) stays below 2048. Blocks whose clamp flag is set (the flush kernel found an element
-above 127) add ``min.f16x2`` with 127. No division, no per-group branch.
+``b = 6``) stays below 2048; ``min.f16x2`` with 127 is the read-back clamp. ``CLAMP_MODE`` 2
+(default) clamps every tile (branch-free: the loop software-pipelines), 1 only the blocks the
+flush kernel flagged (an element above 127; a branch per tile, which stops the pipelining and
+measured slower), 0 never (a timing variant). No division.
 
 The dots then run on tensor cores in fp16 with f32 accumulation, which is exact here: INT8 values
 and P codes (<= 127) are exact in fp16, products <= 127^2, and every partial sum is an integer
@@ -191,8 +193,8 @@ def _read_flushed(CB, SB, ZB, FL, t, rows, nmask, BN: tl.constexpr, D: tl.conste
                   BITS: tl.constexpr, PC: tl.constexpr, GS: tl.constexpr,
                   CLAMP_MODE: tl.constexpr, INTERP: tl.constexpr):
     """:func:`_read_tile`, clamped where the block's flag ``FL[t]`` says an element reads back
-    above 127 (``CLAMP_MODE`` 1, the contract). 0 never clamps and 2 always does: timing
-    variants only (0 is wrong on flagged blocks)."""
+    above 127 (``CLAMP_MODE`` 1), in every tile (2, default: the same values, no branch) or
+    never (0: a timing variant, wrong on flagged blocks)."""
     if CLAMP_MODE == 0:
         p0, p1, p2, p3 = _read_tile(CB, SB, ZB, t, rows, nmask, BN, D, BITS, PC, GS, False,
                                     INTERP)
@@ -263,7 +265,7 @@ def turbo_scores_kernel(Q8, QS, KC, KSC, KZ, KFL, KBUF, KS8, SOUT, TMAX, TSI, HE
                         D: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
                         BITS: tl.constexpr, K_PC: tl.constexpr, KG: tl.constexpr,
                         TRACE: tl.constexpr, INTERP: tl.constexpr,
-                        CLAMP_MODE: tl.constexpr = 1):
+                        CLAMP_MODE: tl.constexpr = 2):
     """Pass 1. Grid (cdiv(NT, TPP), B * NG). Q8 int8 [B, Hq, D]; QS f32 [B, Hq]; store KC uint8
     [B, NG, CAP, D*BITS/8]; KSC/KZ the K group grid (NGRID elements per head, see
     gpu.kernels.cache); KFL uint8 [B, Hkv, NFL] clamp flags; KBUF int8 [B, Hkv, BN, D]; KS8 f32
@@ -378,7 +380,7 @@ def turbo_pv_kernel(SIN, TMAX, VC, VSC, VZ, VFL, VBUF, VS8, ACC, LS, AS, TP, TO,
                     C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
                     DEGREE: tl.constexpr, POLY_FP16: tl.constexpr, EXACT_FMA_F64: tl.constexpr,
                     TMCHUNK: tl.constexpr, TRACE: tl.constexpr, INTERP: tl.constexpr,
-                    CLAMP_MODE: tl.constexpr = 1):
+                    CLAMP_MODE: tl.constexpr = 2):
     """Pass 2. Grid (NSPLIT, B * NG); split j walks tiles [j*TPS, (j+1)*TPS). Store as pass 1
     (V's grid and flags). Writes ACC f32 [B, Hq, NSPLIT, D], LS / AS f32 [B, Hq, NSPLIT]; with
     TRACE the P codes TP int8 [B, Hq, Lk] and O_int TO int32 [B, Hq, NT, D]."""

@@ -178,10 +178,10 @@ def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = 
     elif method == "bracket":
         idx = torch.empty((rows, kcount), dtype=torch.int32, device=q.device)
         small = interpreting()      # the interpreter runs every tensor op in numpy: small tiles
-        cap = 256 if small else 8192
+        cap = 256 if small else 4096
         cand = torch.empty((rows, cap), dtype=torch.int64, device=q.device)
         kl.topk_select_kernel[(rows,)](keys, idx, cand, L, kcount, idx.stride(0),
-                                       NSAMPLE=64 if small else 2048, CAP=cap,
+                                       NSAMPLE=64 if small else 4096, CAP=cap,
                                        CH=128 if small else 2048, num_warps=8)
     else:
         signed = (keys.view(rows, L) ^ -2**31).to(torch.int64)     # int32 order = uint32 order

@@ -346,9 +346,11 @@ def _decode(q, cache: TurboKVCache, sm: float, launch: dict | None, trace: bool)
     Hkv, nb, L = cache.Hkv, cache.nb, cache.length
     G = Hq // Hkv
     launch = dict(launch or {})
-    # "flags" (the contract): clamp the read-back only in blocks the flush kernel flagged;
-    # "always" (same integers, slower) and "never" (wrong where flagged) are timing variants
-    clamp = launch.pop("clamp", "flags")
+    # the read-back clamp min(., 127): "always" (default: one min.f16x2 per two codes, no
+    # branch, so the loop software-pipelines), "flags" (only in blocks the flush kernel flagged:
+    # a branch per tile that stops the pipelining; slower on the H200,
+    # reports/bench/decode_dev), "never" (a timing variant, wrong where a block clamps)
+    clamp = launch.pop("clamp", "always")
     if clamp not in _CLAMP_MODES:
         raise ValueError(f"launch['clamp']: expected one of {list(_CLAMP_MODES)}, got {clamp!r}")
     # timing variants: stop after Q quantization / the scores pass (returns None)
