@@ -31,8 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+_LOG: list = []      # the run log file, set by main (kept even when the run is killed)
+
+
 def log(*a):
     print(*a, flush=True)
+    if _LOG:
+        with open(_LOG[0], "a") as f:
+            print(*a, file=f)
 
 
 def run_tests(out: Path, seconds: float) -> dict:
@@ -73,6 +79,7 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _LOG.append(out / "bench.log")
     t_start = time.time()
     res = {"rows": [], "checks": [], "host": [], "errors": [], "skipped": []}
 

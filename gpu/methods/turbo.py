@@ -299,7 +299,7 @@ class TurboKVCache(DecodeCache):
     def nbytes(self, detail: bool = False):
         """Bytes by the accounting of ``sim.methods.turbo.cache_nbytes`` (buffer at capacity);
         the clamp flags (one byte per flushed block and operand, derived data) are
-        :attr:`flag_nbytes`."""
+        counted by :meth:`device_nbytes`."""
         return cache_nbytes(self.spec, self.bits, self.length, self.D, batch=self.B,
                             detail=detail)
 
