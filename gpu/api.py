@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.checks import (check_launch, check_sm_scale, from_hnd, resolve_causal,
+from sim.checks import (check_bool, check_launch, check_sm_scale, from_hnd, resolve_causal,
                         resolve_layout)
 from sim.methods import SIMULATORS
 from sim.spec import MethodSpec, load_method, resolve_spec
@@ -90,8 +90,8 @@ def _prefill(q, k, v, method, causal, is_causal, sm_scale, spec, launch, trace, 
 
 def attention(q, k, v, method: str = "int8_flash", causal: bool | None = None,
               sm_scale: float | None = None, spec: MethodSpec | str | None = None,
-              launch: dict | None = None, *, is_causal: bool | None = None,
-              tensor_layout: str = "HND"):
+              launch: dict | None = None, check_finite: bool = True, *,
+              is_causal: bool | None = None, tensor_layout: str = "HND"):
     """Prefill attention ``softmax(q k^T * sm_scale) v`` by ``method``'s kernels.
 
     ``q`` ``[B, Hq, Lq, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]``: CUDA tensors (CPU under
@@ -106,14 +106,17 @@ def attention(q, k, v, method: str = "int8_flash", causal: bool | None = None,
     inputs). ``launch`` overrides the default program config of the device's launch table (on
     Hopper the Gluon sm_90 kernel for fp16_flash, int8_flash and turbo; ``{"kernel":
     "triton", ...}`` or ``{"kernel": "gluon", "num_stages": ..., "gluon": {...}}``, see
-    :mod:`gpu.prefill`). Integer methods run their Q/K/V quantization kernels first. Returns
-    ``[B, Hq, Lq, D]`` in q's dtype. The kernels keep no row log-sum-exp: there is no
-    ``return_lse`` here (``sim.simulate`` and ``ref.attention`` have it).
+    :mod:`gpu.prefill`). Integer methods run their Q/K/V quantization kernels first.
+    ``check_finite`` (default) refuses NaN/Inf inputs at the cost of one device-to-host sync
+    per tensor; ``False`` skips it (steady-state loops, CUDA graphs: non-finite inputs then
+    give non-finite outputs). Returns ``[B, Hq, Lq, D]`` in q's dtype. The kernels keep no row
+    log-sum-exp: there is no ``return_lse`` here (``sim.simulate`` and ``ref.attention`` have
+    it).
 
     >>> out = gpu.attention(q, k, v, method="turbo", causal=True)      # doctest: +SKIP
     """
     return _prefill(q, k, v, method, causal, is_causal, sm_scale, spec, launch, False,
-                    tensor_layout)[1]
+                    tensor_layout, check_bool(check_finite, "check_finite"))[1]
 
 
 def attention_trace(q, k, v, method: str = "int8_flash", causal: bool | None = None,
@@ -132,19 +135,21 @@ def attention_trace(q, k, v, method: str = "int8_flash", causal: bool | None = N
 
 
 def build_cache(k, v, method: str = "turbo", spec: MethodSpec | str | None = None,
-                calibration: Any = None) -> DecodeCache:
+                calibration: Any = None, check_finite: bool = True) -> DecodeCache:
     """A decode KV cache of ``k``/``v`` ``[B, Hkv, L, D]`` (contiguous CUDA tensors, CPU under
     ``TRITON_INTERPRET=1``; fp16 or bf16 (fp16 only for double_sparse); D in (64, 128); finite;
     L >= 1) for ``method`` (:func:`gpu.methods.decode_methods`). ``calibration``: turbo's head
     priority (``sim.methods.turbo.HeadPriority`` or a path; None ranks these K/V), double_sparse's
-    channel statistics (required), none for fp16_flash.
+    channel statistics (required), none for fp16_flash. ``check_finite`` as :func:`attention`
+    (``cache.append(k_new, v_new, check_finite=...)`` likewise). The build streams: its scratch
+    is a few MB whatever the context.
 
     >>> cache = gpu.build_cache(k, v, method="turbo")        # doctest: +SKIP
     >>> cache.append(k1, v1); out = gpu.decode(q, cache)     # doctest: +SKIP
     """
     s = resolve(method, spec, getattr(k, "dtype", None), phase="decode")
     path = KERNEL_PATHS.get(s.method)
-    check_inputs(k, k, v, True, dtypes=path.cache_dtypes)
+    check_inputs(k, k, v, check_bool(check_finite, "check_finite"), dtypes=path.cache_dtypes)
     return path.cache(k, v, s, calibration)
 
 
@@ -175,21 +180,23 @@ def _decode(q, cache, sm_scale, launch, trace, check_finite=True):
     return KERNEL_PATHS.get(cache.spec.method).decode(q, cache, sm, launch, trace)
 
 
-def decode(q, cache, sm_scale: float | None = None, launch: dict | None = None):
+def decode(q, cache, sm_scale: float | None = None, launch: dict | None = None,
+           check_finite: bool = True):
     """One decode step: ``softmax(q k^T * sm_scale) v`` over every token of ``cache``.
 
     ``q`` ``[B, Hq, 1, D]``: contiguous, the cache's dtype and device, finite, ``Hq`` a multiple
     of the cache's ``Hkv``. ``sm_scale`` defaults to ``1/sqrt(D)`` (refused where the scores
     would overflow float32). ``launch`` overrides the launch configuration
     (:func:`gpu.decoding.default_decode_launch`; keys and values checked by
-    ``sim.checks.check_launch``: ``splits``, ``per_sm``, ``num_warps``, ``num_stages``,
-    ``grouped``, ``fold``; numerics do not depend on it except for f32 rounding). The
+    ``sim.checks.check_launch``; numerics do not depend on it except for f32 rounding). The
     method's problem checks apply as in the simulator (double_sparse: an explicit token budget
-    above the cached keys is refused). Returns ``[B, Hq, 1, D]``.
+    above the cached keys is refused). ``check_finite`` (default) refuses a NaN/Inf ``q`` with
+    one device-to-host sync; ``False`` skips it: no sync on the call, which can then be captured
+    in a CUDA graph. Returns ``[B, Hq, 1, D]``.
 
     >>> out = gpu.decode(q, gpu.build_cache(k, v, method="turbo"))     # doctest: +SKIP
     """
-    return _decode(q, cache, sm_scale, launch, False)
+    return _decode(q, cache, sm_scale, launch, False, check_bool(check_finite, "check_finite"))
 
 
 def decode_trace(q, cache, sm_scale: float | None = None, launch: dict | None = None

@@ -4,6 +4,8 @@ slots (``gpu.kernels.decode``'s flash_decode kernels + combine). Knows no method
 """
 from __future__ import annotations
 
+import functools
+
 from sim.engine import qk_scale_of
 
 from .common import (capacity, cdiv, check_inputs, check_tensors, grow, interpreting, kernels,
@@ -14,10 +16,16 @@ __all__ = ["default_decode_launch", "decode_launch", "check_query", "check_new",
 
 
 def sm_count() -> int:
+    """Multiprocessors of the current device (4 under the interpreter); cached per device."""
     if interpreting():
         return 4
     torch = torch_module()
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return _sm_count(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: int) -> int:
+    return torch_module().cuda.get_device_properties(device).multi_processor_count
 
 
 def default_decode_launch(n_tiles: int, programs: int, per_sm: int = 4) -> dict:
@@ -38,7 +46,7 @@ def decode_launch(n_tiles: int, programs: int, launch: dict | None) -> dict:
 
 def check_query(q, cache, check_finite: bool = True) -> int:
     """``q`` ``[B, Hq, 1, D]`` against ``cache`` (its dtype, device, B, D, a multiple of its Hkv
-    heads); returns Hq. ``check_finite`` costs a device-to-host sync."""
+    heads); returns Hq. ``check_finite`` costs a device reduction and a device-to-host sync."""
     check_tensors({"q": q})
     if q.ndim != 4:
         raise ValueError(f"q: expected [B, Hq, 1, D], got shape {tuple(q.shape)}")
@@ -61,8 +69,10 @@ def check_query(q, cache, check_finite: bool = True) -> int:
 
 
 def check_new(cache, k_new, v_new, dtypes):
-    """New tokens ``[B, Hkv, n, D]`` for ``cache``: same B, Hkv, D, dtype and device; returns n."""
-    shp = check_inputs(k_new, k_new, v_new, True, dtypes=dtypes, names=("k_new", "k_new", "v_new"))
+    """New tokens ``[B, Hkv, n, D]`` for ``cache``: same B, Hkv, D, dtype and device; returns n.
+    Shapes and types only (no device-to-host sync): values are :meth:`DecodeCache.append`'s."""
+    shp = check_inputs(k_new, k_new, v_new, False, dtypes=dtypes,
+                       names=("k_new", "k_new", "v_new"))
     if (shp.B, shp.Hkv, shp.D) != (cache.B, cache.Hkv, cache.D):
         raise ValueError(f"k_new: expected [B={cache.B}, Hkv={cache.Hkv}, n, D={cache.D}], got "
                          f"{tuple(k_new.shape)}")
@@ -75,17 +85,38 @@ def check_new(cache, k_new, v_new, dtypes):
 
 class DecodeCache:
     """Base of the methods' decode caches: ``spec``, ``B``, ``Hkv``, ``D``, ``dtype``, ``device``,
-    ``length``; :meth:`append` checks the new tokens (``dtypes``), then the method's ``_append``."""
+    ``length``; :meth:`append` checks the new tokens (``dtypes``), then the method's ``_append``.
+
+    Appends are transactional: every check runs before the first write, so a refused append
+    leaves the cache exactly as it was."""
 
     dtypes = ("float16", "bfloat16")
 
-    def append(self, k_new, v_new):
-        """Append ``[B, Hkv, n, D]`` tokens (decode growth); returns the cache."""
+    def append(self, k_new, v_new, check_finite: bool = True):
+        """Append ``[B, Hkv, n, D]`` tokens (decode growth); returns the cache.
+
+        ``check_finite`` (default): refuse NaN/Inf tokens, and values the method cannot store
+        (e.g. an INT8 scale beyond its dtype), with one device reduction and one
+        device-to-host sync before anything is written. ``check_finite=False`` skips that sync
+        (a decode loop whose tokens are known to be finite, or a CUDA graph); such inputs then
+        give undefined (but memory-safe) cache contents."""
         check_new(self, k_new, v_new, self.dtypes)
-        self._append(k_new, v_new)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
+        self._append(k_new, v_new, check_finite)
         return self
 
-    def _append(self, k_new, v_new) -> None:  # pragma: no cover - every cache defines it
+    def _check_values(self, k_new, v_new) -> None:
+        """Refuse NaN/Inf new tokens (one device reduction, one sync)."""
+        torch = torch_module()
+        ok_k, ok_v = torch.stack([torch.isfinite(k_new).all(),
+                                  torch.isfinite(v_new).all()]).tolist()     # one sync
+        for ok, name in ((ok_k, "k_new"), (ok_v, "v_new")):
+            if not ok:
+                raise ValueError(f"{name}: expected finite values, got NaN or Inf")
+
+    def _append(self, k_new, v_new, check: bool) -> None:  # pragma: no cover - every cache has one
+        """Every check (``check``: :meth:`_check_values`) before the first write."""
         raise NotImplementedError
 
 
@@ -100,7 +131,9 @@ class DenseKV(DecodeCache):
         self._v = grow(v, 2, cap)
         self.length = L
 
-    def _append(self, k_new, v_new):
+    def _append(self, k_new, v_new, check: bool) -> None:
+        if check:
+            self._check_values(k_new, v_new)
         n = k_new.shape[2]
         if self.length + n > self._k.shape[2]:
             cap = capacity(self.length + n, self._k.shape[2], 64)
@@ -133,6 +166,8 @@ def flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | No
     # selection, so its K/V rows differ. Default for every G: on H100 (reports/bench/decode_gqa.md)
     # it was faster also at G = 1 (1.56 vs 1.70 ms, B=8 H=32 D=128 L=32K).
     grouped = bool(launch.pop("grouped", True)) and not gather
+    # gather: tensor-core dots and pipelined gathers (default), or CUDA-core products
+    launch_gather_dot = bool(launch.pop("gather_dot", True))
     nt = cdiv(count, bn)
     cfg = decode_launch(nt, B * (Hkv if grouped else Hq), launch)
     splits = int(cfg["splits"])
@@ -150,6 +185,13 @@ def flash_decode(q, k, v, idx, count: int, sm: float, bn: int, launch: dict | No
             v.stride(0), v.stride(1), v.stride(2),
             D=D, BN=bn, BG=max(16, 1 << (G - 1).bit_length()),
             P_BF16=q.dtype == torch.bfloat16, DOT_F32=interpreting(),
+            num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+    elif gather and launch_gather_dot:
+        kd.flash_decode_gather_kernel[(splits, B * Hq)](
+            q, k, v, idx, m, ls, acc, qk, Hq, G, count, splits, sps,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), idx.stride(0),
+            D=D, BN=bn, P_BF16=q.dtype == torch.bfloat16, DOT_F32=interpreting(),
             num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     else:
         cnt = torch.full((B * Hq,), count, dtype=torch.int32, device=dev)

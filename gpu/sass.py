@@ -574,13 +574,14 @@ def _mix(body: list[str]) -> dict:
 
 
 def decode_tables(kv_heads=(32, 8), arch: str = DEFAULT_ARCH) -> dict:
-    """Per-thread SASS of our decode kernels' loops (one K/V tile / key chunk per iteration):
+    """Per-thread SASS of our decode kernels (one K/V tile / key chunk per loop iteration):
     ``{name: {"instr": {class: n}, "regs", "smem", "rounds", "loop"}}``. Whole-kernel counts for
-    the loop-free label_score_kernel."""
+    the loop-free label_score_kernel; loop and straight-line counts of the top-k select."""
     import torch
     from sim.spec import load_method as _lm
     from .kernels import decode as kd
     from .kernels import labels as kl
+    from .kernels import turbo_decode as td
     from .common import interpreting, p_constants, sas_constants
     if interpreting():
         raise RuntimeError("gpu.sass compiles for a GPU target: unset TRITON_INTERPRET")
@@ -597,7 +598,8 @@ def decode_tables(kv_heads=(32, 8), arch: str = DEFAULT_ARCH) -> dict:
                      "waits": sum(1 for t in body if t.startswith("DEPBAR"))}
 
     biggest = lambda ins: max(loops(ins), key=len)
-    # flash_decode_kernel (fp16_flash; GATHER for double_sparse), BN 64, 3 splits
+    whole = lambda ins: [t for _, t in ins]
+    # flash_decode_kernel (CUDA-core; GATHER: double_sparse's launch={"gather_dot": False})
     for gather in (False, True):
         Hkv, bn, S = 8, 64, 3
         q, k = m(B, Hq, 1, D, dt=torch.float16), m(B, Hkv, L, D, dt=torch.float16)
@@ -610,6 +612,17 @@ def decode_tables(kv_heads=(32, 8), arch: str = DEFAULT_ARCH) -> dict:
             kd.flash_decode_kernel, args, dict(D=D, BN=bn, GATHER=gather, P_BF16=False,
                                                num_warps=4, num_stages=3,
                                                enable_fp_fusion=False)), biggest)
+    # flash_decode_gather_kernel (double_sparse default): tl.dot, pipelined gathers
+    Hkv, bn, S = 8, 64, 3
+    q, k = m(B, Hq, 1, D, dt=torch.float16), m(B, Hkv, L, D, dt=torch.float16)
+    ix = m(B * Hq, L // 16, dt=torch.int32)
+    put("flash_decode_gather_dot", *cf(
+        kd.flash_decode_gather_kernel,
+        (q, k, k, ix, m(B * Hq, S), m(B * Hq, S), m(B * Hq, S, D), 0.1, Hq, Hq // Hkv, L // 16,
+         S, bn * 11, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+         k.stride(0), k.stride(1), k.stride(2), ix.stride(0)),
+        dict(D=D, BN=bn, P_BF16=False, DOT_F32=False, num_warps=4, num_stages=3,
+             enable_fp_fusion=False)), biggest)
     # flash_decode_group_kernel (fp16_flash default): one program per KV head and split, the G
     # query heads padded to BG >= 16 rows, tl.dot on tensor cores; K/V tiles by cp.async
     # (LDGSTS, counted as LDG clusters by load_rounds) num_stages - 1 tiles ahead
@@ -624,92 +637,102 @@ def decode_tables(kv_heads=(32, 8), arch: str = DEFAULT_ARCH) -> dict:
             kd.flash_decode_group_kernel, args, dict(D=D, BN=bn, BG=BG, P_BF16=False,
                                                      DOT_F32=False, num_warps=4, num_stages=3,
                                                      enable_fp_fusion=False)), biggest)
-    # turbo passes, fold on, per G and stored width
+    # turbo passes (gpu.kernels.turbo_decode), default clamp, per G and stored width: the
+    # flushed-tile loop (one block of buffer_tokens keys per iteration)
     spec = _lm("turbo")
     kvc, p = spec.kvcache, spec.p
     nb = kvc.buffer_tokens
     sas = dict(sas_constants(spec.softmax))
     sas.pop("SAS")
     pconst = p_constants(p)
+    kpc, vpc = kvc.k_groups == "per_channel", kvc.v_groups == "per_channel"
+    NT = L // nb
+
+    def grid(pc, size, bits):
+        if pc:
+            return m(B, Hkv, L // size, D, dt=torch.float16)
+        return m(B, Hkv, L, D // size, dt=torch.uint8)
+
     for Hkv in kv_heads:
         G = Hq // Hkv
-        use_dot = G > 1
-        BG = max(16, 1 << (G - 1).bit_length()) if use_dot else 1
-        ngrp = D // kvc.k_group_channels
-        ngp = max(ngrp, -(-16 // BG))
-        NT = L // nb
+        BG = 1 << (G - 1).bit_length()
         splits = max(1, min(NT, -(-4 * 132 // (B * Hkv))))
         tps = -(-NT // splits)
         for bits in (kvc.high_bits, kvc.low_bits):
             ng = Hkv // 2
             kc = m(B, ng, L, D * bits // 8, dt=torch.uint8)
-            sc, zc = m(B, Hkv, L, ngrp, dt=torch.uint8), m(B, Hkv, L, ngrp, dt=torch.int8)
-            kb, ks8 = m(B, Hkv, nb, D, dt=torch.int8), m(B, Hkv, NT)
+            ks, vs = grid(kpc, kvc.k_group_size, bits), grid(vpc, kvc.v_group_size, bits)
+            fl = m(B, Hkv, NT, dt=torch.uint8)
+            kb, ks8 = m(B, Hkv, nb, D, dt=torch.int8), m(B, Hkv, NT + 1)
             sout, tmax, tsi = m(B, Hq, NT * nb), m(B, Hq, NT), m(1, dt=torch.int32)
             heads = m(ng, dt=torch.int32)
             put(f"turbo scores BG={BG} bits={bits}", *cf(
-                kd.turbo_scores_kernel,
-                (m(B, Hq, D, dt=torch.int8), m(B, Hq), kc, sc, zc, kb, ks8, sout, tmax, tsi,
-                 heads, 0.1, Hq, Hkv, G, ng, L, NT, NT - 1, L, NT, NT * nb, tps),
-                dict(D=D, BN=nb, BG=BG, KG=kvc.k_group_channels, BITS=bits, TRACE=False,
-                     USE_DOT=use_dot, FOLD=True, NGP=ngp, num_warps=4, num_stages=3,
-                     enable_fp_fusion=False)), biggest)
-            nv = L // kvc.v_group_tokens
+                td.turbo_scores_kernel,
+                (m(B, Hq, D, dt=torch.int8), m(B, Hq), kc, ks, ks, fl, kb, ks8, sout, tmax, tsi,
+                 heads, 0.1, Hq, Hkv, G, ng, L, NT, NT - 1, L, ks[0, 0].numel(), NT, NT + 1,
+                 NT * nb, tps),
+                dict(D=D, BN=nb, BG=BG, BITS=bits, K_PC=kpc, KG=kvc.k_group_size, TRACE=False,
+                     INTERP=False, num_warps=4, num_stages=3, enable_fp_fusion=False)), biggest)
             put(f"turbo pv BG={BG} bits={bits}", *cf(
-                kd.turbo_pv_kernel,
-                (sout, tmax, kc, m(B, Hkv, nv, D, dt=torch.uint8),
-                 m(B, Hkv, nv, D, dt=torch.int8), kb, ks8, m(B, Hq, splits, D),
-                 m(B, Hq, splits), m(B, Hq, splits), tsi, tsi, heads, Hq, Hkv, G, ng, L, NT,
-                 NT - 1, L, nv, NT, NT * nb, tps, splits),
-                dict(D=D, BN=nb, BG=BG, VG=kvc.v_group_tokens, BITS=bits, **pconst, **sas,
-                     EXACT_FMA_F64=False, TMCHUNK=64, TRACE=False, USE_DOT=use_dot, FOLD=True,
+                td.turbo_pv_kernel,
+                (sout, tmax, kc, vs, vs, fl, kb, ks8, m(B, Hq, splits, D), m(B, Hq, splits),
+                 m(B, Hq, splits), tsi, tsi, heads, Hq, Hkv, G, ng, L, NT, NT - 1, L,
+                 vs[0, 0].numel(), NT, NT + 1, NT * nb, tps, splits),
+                dict(D=D, BN=nb, BG=BG, BITS=bits, V_PC=vpc, VG=kvc.v_group_size, **pconst,
+                     **sas, EXACT_FMA_F64=False, TMCHUNK=64, TRACE=False, INTERP=False,
                      num_warps=4, num_stages=3, enable_fp_fusion=False)), biggest)
-    # double_sparse selection: label scores (no loop: whole kernel), radix select loops
-    Hkv, r = 8, 32
-    q = m(B, Hq, 1, D, dt=torch.float16)
-    put("label_score", *cf(
-        kl.label_score_kernel,
-        (q, m(Hkv, r, dt=torch.int32), m(B, Hkv, L, r // 2, dt=torch.uint8),
-         m(B, Hkv, L, dt=torch.float16), m(B, Hkv, L, dt=torch.int32), m(1),
-         m(B, Hq, L, dt=torch.int32), L, L, Hq, Hkv, Hq // Hkv, 0, 0, q.stride(0),
-         q.stride(1), q.stride(3)),
-        dict(R=r, BLOCK=256, BITS=4, WRITE_APPROX=False, KEY32=True, num_warps=4,
-             enable_fp_fusion=False)), lambda ins: [t for _, t in ins])
+    # double_sparse: label scores (no loop: whole kernel, 512 tokens per program), per G
+    r = 32
+    for Hkv in kv_heads:
+        G = Hq // Hkv
+        q = m(B, Hq, 1, D, dt=torch.float16)
+        put(f"label_score G={G}", *cf(
+            kl.label_score_kernel,
+            (q, m(Hkv, r, dt=torch.int32), m(B, Hkv, L, r // 8, dt=torch.int32),
+             m(B, Hkv, L, dt=torch.float16), m(B, Hkv, L, dt=torch.int32), m(1),
+             m(B, Hq, L, dt=torch.int32), L, L, Hq, Hkv, G, 0, 0, q.stride(0), q.stride(1),
+             q.stride(3)),
+            dict(R=r, BLOCK=512, BITS=4, BG=1 << (G - 1).bit_length(), WRITE_APPROX=False,
+                 num_warps=4, enable_fp_fusion=False)), whole)
+    # top-k select, one program (8 warps) per row: the collect pass and the compaction pass
+    # per 2048-key chunk, and the straight-line rest (sample and candidate order statistics)
     kk = L // 16
     lst, regs, smem = cf(
         kl.topk_select_kernel, (m(B * Hq, L, dt=torch.int32), m(B * Hq, kk, dt=torch.int32),
-                                L, kk, kk), dict(BLOCK=2048, num_warps=8))
-    lps = loops(parse(lst))
-    for i, body in enumerate(lps):
-        out[f"radix_select loop{i}"] = {"instr": _mix(body), "regs": regs, "smem": smem,
-                                        "rounds": load_rounds(body), "loop": len(body)}
+                                m(B * Hq, 4096, dt=torch.int64), L, kk, kk),
+        dict(NSAMPLE=4096, CAP=4096, CH=2048, num_warps=8))
+    ins = parse(lst)
+    lps = loops(ins)
+    big = [b_ for b_ in lps if len(b_) > 150]
+    straight = len(ins) - sum(len(b_) for b_ in lps)
+    out["topk_select"] = {"collect": _mix(big[0]), "compact": _mix(big[-1]),
+                          "fixed": straight, "regs": regs, "smem": smem,
+                          "rounds": max(load_rounds(big[0]), load_rounds(big[-1])),
+                          "loop": len(big[0]) + len(big[-1])}
     return out
 
 
 def decode_data(tabs: dict) -> dict:
     """The ``decode.yaml`` structure (sim.cost.kernels.decode_sass) of :func:`decode_tables`:
-    flash-decode (plain / gather), the grouped kernel at G = 4 (BG = 16, 3 cp.async stages),
-    the turbo passes by BG and bits, label scores, and the radix select's histogram passes
-    (their mean, rounded half-even) and compaction pass."""
+    flash-decode (plain / CUDA-core gather / tensor-core gather), the grouped kernel at G = 4
+    (BG = 16, 3 cp.async stages), the turbo passes by BG and bits, label scores by G, and the
+    top-k select's two passes and straight-line part."""
     keep = ("instr", "regs", "smem", "rounds")
     pick = lambda t, *extra: {k: t[k] for k in keep + extra}  # noqa: E731
     out = {"flash_decode": pick(tabs["flash_decode gather=False"]),
            "flash_decode_gather": pick(tabs["flash_decode gather=True"]),
+           "flash_decode_gather_dot": dict(pick(tabs["flash_decode_gather_dot"], "waits"),
+                                           stages=3),
            "flash_decode_group_bg16": dict(pick(tabs["flash_decode_group G=4 BG=16"], "waits"),
                                            stages=3)}
     for name, t in tabs.items():
-        m = re.fullmatch(r"turbo (scores|pv) BG=(\d+) bits=(\d+)", name)
-        if m:
-            out[f"turbo_{m[1]}_bg{m[2]}_bits{m[3]}"] = pick(t)
-    out["label_score"] = pick(tabs["label_score"])
-    loops_ = [t for n, t in sorted(tabs.items()) if n.startswith("radix_select loop")]
-    hist, compact = loops_[:-1], loops_[-1]
-    classes = sorted({c for t in hist for c in t["instr"]})
-    out["radix_select"] = {
-        "hist": {c: int(round(sum(t["instr"].get(c, 0) for t in hist) / len(hist)))
-                 for c in classes},
-        "compact": dict(compact["instr"]), "regs": compact["regs"], "smem": compact["smem"],
-        "rounds": max(t["rounds"] for t in loops_)}
+        mm = re.fullmatch(r"turbo (scores|pv) BG=(\d+) bits=(\d+)", name)
+        if mm:
+            out[f"turbo_{mm[1]}_bg{mm[2]}_bits{mm[3]}"] = pick(t)
+        mm = re.fullmatch(r"label_score G=(\d+)", name)
+        if mm:
+            out[f"label_score_g{mm[1]}"] = pick(t)
+    out["topk_select"] = dict(tabs["topk_select"])
     return out
 
 

@@ -472,12 +472,12 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
             pts[f"turbo {kind}"] = best_launch(f"turbo {kind}",
                                                lambda la, tc=tc: decode_unchecked(q, tc, sm, la),
                                                turbo_bytes(tc, L))
-            if L == P["context"]:  # the previous design (dequantize every element) for contrast
+            if L == P["context"]:  # the read-back clamp behind a per-block flag, for contrast
                 la = {"per_sm": 4, "num_warps": 4, "num_stages": 3}
                 la = dict(pts[f"turbo {kind}"]["launch"]) if pts[f"turbo {kind}"] else la
-                timed(f"variant: turbo {kind} dequant-first (fold off)",
-                      lambda tc=tc, la=la: decode_unchecked(q, tc, sm, {**la, "fold": False}), L,
-                      turbo_bytes(tc, L), kind="stage")
+                timed(f"variant: turbo {kind} clamp by block flags",
+                      lambda tc=tc, la=la: decode_unchecked(q, tc, sm, {**la, "clamp": "flags"}),
+                      L, turbo_bytes(tc, L), kind="stage")
             del tc
             gc.collect()
             torch.cuda.empty_cache()
@@ -497,7 +497,7 @@ def _run_decode_bench(cfg: dict, args, log) -> dict:
             "double_sparse 1/16", lambda la: decode_unchecked(q, dc, sm, la),
             ds_bytes(dc, L, kcount))
         if L == P["context"]:
-            timed("stage: label scores + radix select", lambda: _select(q, dc, False), L,
+            timed("stage: label scores + bracket top-k", lambda: _select(q, dc, False), L,
                   B * Hkv * L * (dc.r * dc.bits // 8 + 6) + B * H * L * 8, kind="stage")
             timed("stage: label scores + torch topk + sort",
                   lambda: _select(q, dc, False, "torch"), L,
@@ -551,7 +551,7 @@ def _decode_markdown(res: dict, command: str) -> str:
               "counts the bytes the kernel must move: turbo the whole cache (packed codes, "
               "scales, zeros, INT8 block scales, the buffer at capacity) plus its f32 score "
               "scratch written and read back; double_sparse the label cache, its uint32 selection "
-              "keys written and read once (the radix select reads them 5 times, mostly from L2), "
+              "keys written and read once (the top-k passes reread them, mostly from L2), "
               "and the selected K/V rows; SDPA / fp16 the full K and V.", ""]
     if res.get("turbo_rel_l2_vs_fp32") is not None:
         lines += [f"turbo ({P['turbo_kinds'][0]}) relative L2 error vs fp32 SDPA at the target: "

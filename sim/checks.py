@@ -376,7 +376,12 @@ PREFILL_LAUNCH = {"block_m": ("pow2", 16, 256), "num_warps": ("choice", (4, 8, 1
                   "kernel": ("word", ("triton", "gluon")), "gluon": ("mapping",)}
 DECODE_LAUNCH = {"splits": ("int", 1, 1 << 16), "per_sm": ("int", 1, 1024),
                  "num_warps": ("choice", (1, 2, 4, 8, 16)), "num_stages": ("int", 1, 8),
-                 "grouped": ("bool",), "fold": ("bool",)}
+                 "grouped": ("bool",),
+                 # method options, checked by the method's launcher: turbo's read-back clamp,
+                 # double_sparse's top-k and gather, and the stage-timing cut-offs
+                 "clamp": ("word", ("never", "flags", "always")),
+                 "select": ("word", ("bracket", "torch")), "gather_dot": ("bool",),
+                 "until": ("word", ("quant", "scores", "labels", "select"))}
 
 
 def check_launch(launch: Any, phase: str, name: str = "launch") -> dict:

@@ -2,14 +2,21 @@
 
 Contract: docs/numerics.md "turbo KV cache", ``sim.methods.turbo.TurboCache`` and
 ``sim.numerics.requantize`` / ``sim.numerics.pack``. Per (batch, KV head), for one flushed block of
-``NB`` tokens (``NB = buffer_tokens = block_n``), with ``LV = 2^BITS - 1``:
+``NB`` tokens (``NB = buffer_tokens = block_n``), with ``LV = 2^BITS - 1`` and a group's integer
+range ``[m, M]``:
 
-    K: groups of KG channels per token; V: groups of VG tokens per channel
-    s = max(1, ceil((M - m) / LV)),  z = m                 (integers; M, m the group's max / min)
+    s = max(1, ceil((M - m) / LV)),  z = m                 (integers)
     c = (v - z + s // 2) // s                              (v - z >= 0: floor == truncation)
 
-Codes are packed little end first along the channel axis (``sim.numerics.pack``: code ``i`` goes
-to byte ``i // PER``, bits ``(i % PER) * BITS``), scales stored uint8, zeros int8.
+Groups, per operand (``*_PC`` constexpr): per channel (one scale/zero per channel over ``G``
+consecutive tokens of the block; grid rows ``cap / G``, ``D`` columns; stored in the decode
+kernels' fp16 operand form, see :func:`_store_grid`) or per token (one per token over ``G``
+consecutive channels; grid ``cap`` rows, ``D / G`` columns, uint8 / int8). Codes are packed
+little end first along the channel axis (``sim.numerics.pack``: code ``i`` goes to byte
+``i // PER``, bits ``(i % PER) * BITS``), scales stored uint8, zeros int8. Each flushed block
+also gets a clamp flag per operand: 1 when some element reads back above 127
+(``c * s + z > 127``, clamped by ``requantize``'s read-back), so decode applies the clamp only
+to those blocks.
 
 Append (``TurboCache.append``): a chunk of ``n <= NB - nbuf`` new tokens gets the INT8 block
 scale ``s_new = R(absmax / 127)``; if the open block already holds tokens, its scale becomes
@@ -33,17 +40,68 @@ def pack_rows(c, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def requant_pack_kernel(K8, V8, KC, VC, KSC, KZ, VSC, VZ, HEADS,
+def _requant_block(x, NB: tl.constexpr, D: tl.constexpr, G: tl.constexpr, PC: tl.constexpr,
+                   LV: tl.constexpr):
+    """Codes [NB, D] (int32), scale and zero on the group grid ([NB // G, D] per channel,
+    [NB, D // G] per token) and the block's clamp flag of INT8 values ``x`` [NB, D] (int32)."""
+    if PC:
+        x3 = tl.reshape(x, [NB // G, G, D])
+        mn = tl.min(x3, axis=1)
+        mx = tl.max(x3, axis=1)
+        s = tl.maximum((mx - mn + (LV - 1)) // LV, 1)
+        c3 = (x3 - mn[:, None, :] + s[:, None, :] // 2) // s[:, None, :]
+        back = c3 * s[:, None, :] + mn[:, None, :]
+    else:
+        x3 = tl.reshape(x, [NB, D // G, G])
+        mn = tl.min(x3, axis=2)
+        mx = tl.max(x3, axis=2)
+        s = tl.maximum((mx - mn + (LV - 1)) // LV, 1)
+        c3 = (x3 - mn[:, :, None] + s[:, :, None] // 2) // s[:, :, None]
+        back = c3 * s[:, :, None] + mn[:, :, None]
+    clamps = tl.max(tl.max(tl.max((back > 127).to(tl.int32), 2), 1), 0)
+    return tl.reshape(c3, [NB, D]), s, mn, clamps
+
+
+@triton.jit
+def _store_grid(SC, ZC, s, z, base, blk, NB: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+                PC: tl.constexpr, BITS: tl.constexpr):
+    """Scale/zero of flushed block ``blk`` into the head's grid at ``base``.
+
+    Per token: uint8 scale, int8 zero, grid [cap, D / G]. Per channel (G = NB: one grid row per
+    block): the decode kernels' operand form in fp16, ``s' = s 2^-b`` and ``k' = z - 1024 s'``
+    (``b = 4`` for INT4, 6 for INT2; both exact), plane-major within the row: channel
+    ``d = j * PER + i`` at column ``i * (D / PER) + j`` (gpu.kernels.turbo_decode)."""
+    if PC:
+        PER: tl.constexpr = 8 // BITS
+        B: tl.constexpr = 4 if BITS == 4 else 6
+        d = tl.arange(0, D)
+        col = (d % PER) * (D // PER) + d // PER
+        r = blk * (NB // G) + tl.arange(0, NB // G)
+        off = base + r[:, None] * D + col[None, :]
+        sp = s.to(tl.float32) * (1.0 / (1 << B))
+        kp = (z - s * (1 << (10 - B))).to(tl.float32)
+        tl.store(SC + off, sp.to(tl.float16))
+        tl.store(ZC + off, kp.to(tl.float16))
+    else:
+        r = blk * NB + tl.arange(0, NB)
+        off = base + r[:, None] * (D // G) + tl.arange(0, D // G)[None, :]
+        tl.store(SC + off, s.to(tl.uint8))
+        tl.store(ZC + off, z.to(tl.int8))
+
+
+@triton.jit
+def requant_pack_kernel(K8, V8, KC, VC, KSC, KZ, VSC, VZ, KFL, VFL, HEADS,
                         skb, skh, skn, skd, svb, svh, svn, svd,
-                        src0, dst0, B0, Hkv, NG, CAP, NCAPV,
+                        src0, dst0, B0, Hkv, NG, CAP, NFL,
                         D: tl.constexpr, NB: tl.constexpr, KG: tl.constexpr, VG: tl.constexpr,
-                        BITS: tl.constexpr):
+                        K_PC: tl.constexpr, V_PC: tl.constexpr, BITS: tl.constexpr):
     """Flush whole INT8 blocks of the heads in HEADS (all of one bit width) into the packed store.
 
     Grid (n_blocks, Bs * NG). Block j reads INT8 tokens ``src0 + j*NB ..`` of K8/V8 (strided
-    [Bs, Hkv, L, D], batches B0 .. B0 + Bs of the cache) and writes store tokens ``dst0 + j*NB ..``.
-    Store layout (this bit group):
-    KC/VC uint8 [B, NG, CAP, D*BITS/8]; KSC/KZ [B, Hkv, CAP, D/KG]; VSC/VZ [B, Hkv, CAP/VG, D].
+    [Bs, Hkv, L, D], batches B0 .. B0 + Bs of the cache) and writes store tokens ``dst0 + j*NB ..``
+    (``dst0`` a multiple of NB). Store layout (this bit group): KC/VC uint8 [B, NG, CAP,
+    D*BITS/8]; KSC/KZ, VSC/VZ the group grids of :func:`_store_grid` ([B, Hkv, CAP/G, D] per
+    channel, [B, Hkv, CAP, D/G] per token); KFL/VFL uint8 [B, Hkv, NFL] clamp flags per block.
     """
     j = tl.program_id(0)
     bg = tl.program_id(1)
@@ -56,39 +114,22 @@ def requant_pack_kernel(K8, V8, KC, VC, KSC, KZ, VSC, VZ, HEADS,
     rows = tl.arange(0, NB)
     cols = tl.arange(0, D)
     src = src0 + j * NB + rows
-    dst = dst0 + j * NB + rows
+    blk = dst0 // NB + j
     hs = h.to(tl.int64)
     k = tl.load(K8 + b_src * skb + hs * skh + src[:, None] * skn + cols[None, :] * skd)
     v = tl.load(V8 + b_src * svb + hs * svh + src[:, None] * svn + cols[None, :] * svd)
-    k = k.to(tl.int32)
-    v = v.to(tl.int32)
-    # K: groups of KG channels per token
-    k3 = tl.reshape(k, [NB, D // KG, KG])
-    kmn = tl.min(k3, axis=2)
-    kmx = tl.max(k3, axis=2)
-    ks = tl.maximum((kmx - kmn + (LV - 1)) // LV, 1)
-    kc = (k3 - kmn[:, :, None] + ks[:, :, None] // 2) // ks[:, :, None]
-    kc = tl.reshape(kc, [NB, D])
-    # V: groups of VG tokens per channel
-    v3 = tl.reshape(v, [NB // VG, VG, D])
-    vmn = tl.min(v3, axis=1)
-    vmx = tl.max(v3, axis=1)
-    vs = tl.maximum((vmx - vmn + (LV - 1)) // LV, 1)
-    vc = (v3 - vmn[:, None, :] + vs[:, None, :] // 2) // vs[:, None, :]
-    vc = tl.reshape(vc, [NB, D])
+    kc, ks, kz, kcl = _requant_block(k.to(tl.int32), NB, D, KG, K_PC, LV)
+    vc, vs, vz, vcl = _requant_block(v.to(tl.int32), NB, D, VG, V_PC, LV)
     bytes_ = tl.arange(0, RB)
+    dst = blk * NB + rows
     cbase = (b * NG + slot).to(tl.int64) * CAP * RB
     tl.store(KC + cbase + dst[:, None] * RB + bytes_[None, :], pack_rows(kc, NB, D, BITS))
     tl.store(VC + cbase + dst[:, None] * RB + bytes_[None, :], pack_rows(vc, NB, D, BITS))
-    gk = tl.arange(0, D // KG)
-    zbase = (b * Hkv + h).to(tl.int64)
-    koff = zbase * CAP * (D // KG) + dst[:, None] * (D // KG) + gk[None, :]
-    tl.store(KSC + koff, ks.to(tl.uint8))
-    tl.store(KZ + koff, kmn.to(tl.int8))
-    gv = (dst0 + j * NB) // VG + tl.arange(0, NB // VG)
-    voff = zbase * NCAPV * D + gv[:, None] * D + cols[None, :]
-    tl.store(VSC + voff, vs.to(tl.uint8))
-    tl.store(VZ + voff, vmn.to(tl.int8))
+    bh = (b * Hkv + h).to(tl.int64)
+    _store_grid(KSC, KZ, ks, kz, bh * CAP * D // KG, blk, NB, D, KG, K_PC, BITS)
+    _store_grid(VSC, VZ, vs, vz, bh * CAP * D // VG, blk, NB, D, VG, V_PC, BITS)
+    tl.store(KFL + bh * NFL + blk, kcl.to(tl.uint8))
+    tl.store(VFL + bh * NFL + blk, vcl.to(tl.uint8))
 
 
 @triton.jit

@@ -1,8 +1,10 @@
 """double_sparse, the kernel path (decode only): the FP16 K/V plus the label cache of the ``r``
 calibrated channels (``sim.methods.double_sparse.label_cache``: packed asymmetric codes + fp16
 scale + int32 zero point per token, or fp16 labels), then per step the label-score kernel
-(approximate scores and selection keys), the radix top-k select, and the split-K flash-decode
-gathering the selected rows inside the kernel.
+(approximate scores and selection keys, labels read once per KV head), the top-k select (a
+sampled bracket, one counting pass, candidates refined on chip, one compaction pass:
+gpu.kernels.labels), and the split-K flash-decode gathering the selected rows inside the
+kernel. The token budget is computed once per (spec, length) on the host.
 
 ``calibration`` is required (a ``sim.methods.double_sparse.Calibration`` or a path): the ``qk``
 channel metric needs queries, which a cache does not have. fp16 inputs only (the method's operand
@@ -17,7 +19,7 @@ import numpy as np
 
 from sim.methods.double_sparse import as_calibration, row_budget
 
-from ..common import cdiv, grow, interpreting, kernels, torch_module
+from ..common import capacity, cdiv, grow, interpreting, kernels, torch_module
 from ..decoding import DenseKV, flash_decode
 from .base import KernelPath
 
@@ -46,9 +48,11 @@ class DoubleSparseCache(DenseKV):
         calibration = as_calibration(calibration, spec, Hkv, D)
         sp = spec.sparse
         r = sp.r(D)
-        if r & (r - 1) or r < 2:
+        if r & (r - 1) or r < 2 or (sp.label_bits != 16 and r * sp.label_bits % 32):
             raise ValueError(f"spec.sparse: the label kernels need r = {r} label channels to be a "
-                             f"power of two >= 2")
+                             f"power of two >= 2 filling whole 32-bit words of codes "
+                             f"(r * label_bits a multiple of 32), got label_bits "
+                             f"{sp.label_bits}")
         torch = torch_module()
         self.spec, self.calibration, self.r, self.bits = spec, calibration, r, sp.label_bits
         self.channels_np = calibration.channels(r)
@@ -59,13 +63,21 @@ class DoubleSparseCache(DenseKV):
             self.labels = torch.zeros((B, Hkv, cap, r), dtype=torch.float16, device=k.device)
         else:
             self.labels = torch.zeros((B, Hkv, cap, r * self.bits // 8), dtype=torch.uint8,
-                                    device=k.device)
+                                      device=k.device)
         self.label_scale = torch.ones((B, Hkv, cap), dtype=torch.float16, device=k.device)
         self.label_zero = torch.zeros((B, Hkv, cap), dtype=torch.int32, device=k.device)
-        self._write_labels(0, L)
+        self._write_labels(0, L, check=True)
 
-    def _write_labels(self, lo: int, hi: int) -> None:
-        """Label-build kernel over tokens [lo, hi) of the stored K."""
+    @property
+    def label_words(self):
+        """The labels as int32 words, what the score kernel reads (packed codes, or two fp16
+        labels per word)."""
+        return self.labels.view(torch_module().int32)
+
+    def _write_labels(self, lo: int, hi: int, check: bool) -> None:
+        """Label-build kernel over tokens [lo, hi) of the stored K; ``check``: one device
+        reduction and sync refusing a label range beyond fp16 or a zero point beyond 2^16 (the
+        tokens are written past ``length``: a refusal leaves the cache as it was)."""
         if hi <= lo:
             return
         kl = kernels("labels")
@@ -76,24 +88,31 @@ class DoubleSparseCache(DenseKV):
             src, self.channels, self.labels, self.label_scale, self.label_zero, n, self.Hkv, self.labels.shape[2],
             lo, *src.stride(), R=self.r, ROWS=rows, BITS=self.bits, num_warps=4,
             enable_fp_fusion=False)
-        if self.bits != 16:
+        if self.bits != 16 and check:
             torch = torch_module()
-            if bool(torch.isinf(self.label_scale[:, :, lo:hi]).any()):
+            bad = torch.stack([torch.isinf(self.label_scale[:, :, lo:hi]).any(),
+                               (self.label_zero[:, :, lo:hi].abs() > (1 << 16)).sum()]).cpu()
+            if bad[0]:
                 raise ValueError("k: a token's label range exceeds the fp16 scale maximum")
-            zp_big = self.label_zero[:, :, lo:hi].abs() > (1 << 16)
-            if bool(zp_big.any()):
-                raise ValueError(f"k: {int(zp_big.sum())} token(s) need a label zero point beyond "
+            if bad[1]:
+                raise ValueError(f"k: {int(bad[1])} token(s) need a label zero point beyond "
                                  f"+-2^16 steps")
 
-    def _append(self, k_new, v_new) -> None:
-        """fp16 tokens and their labels."""
-        lo = self.length
-        super()._append(k_new, v_new)
-        cap = self._k.shape[2]
-        if self.labels.shape[2] < cap:
+    def _append(self, k_new, v_new, check: bool) -> None:
+        """fp16 tokens and their labels, written past ``length`` first; ``length`` moves only
+        once every check passed (transactional)."""
+        if check:
+            self._check_values(k_new, v_new)
+        lo, n = self.length, k_new.shape[2]
+        if lo + n > self._k.shape[2]:
+            cap = capacity(lo + n, self._k.shape[2], 64)
+            self._k, self._v = grow(self._k, 2, cap), grow(self._v, 2, cap)
             self.labels, self.label_scale, self.label_zero = (
                 grow(t, 2, cap) for t in (self.labels, self.label_scale, self.label_zero))
-        self._write_labels(lo, self.length)
+        self._k[:, :, lo:lo + n].copy_(k_new)
+        self._v[:, :, lo:lo + n].copy_(v_new)
+        self._write_labels(lo, lo + n, check=check)
+        self.length = lo + n
 
     def label_arrays(self) -> dict:
         """Numpy copies comparable with ``sim.methods.double_sparse.label_cache``: ``codes`` (unpacked uint8
@@ -117,44 +136,68 @@ class DoubleSparseCache(DenseKV):
         return self.B * self.Hkv * L * (2 * self.D * 2 + lab)
 
 
-def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "radix"):
+@functools.lru_cache(maxsize=4096)
+def selected_count(sparse, L: int) -> int:
+    """Keys a decode row over ``L`` keys keeps: the spec's budget ``min(L, sparse.k(L))``
+    (``sim.methods.double_sparse.row_budget``) plus the sink and recent tokens, capped at L."""
+    budget = int(row_budget(sparse, np.array([L]))[0])
+    forced = min(L, sparse.sink_tokens + sparse.recent_tokens)
+    return min(L, budget + forced)
+
+
+def select(q, cache: DoubleSparseCache, want_approx: bool = True, method: str = "bracket",
+           until: str | None = None):
     """Label scores, selection keys, top-k: (approx f32 [B, Hq, L] or None, idx int32
-    [B*Hq, kcount]). ``method`` "radix" (Triton radix select on uint32 keys, ascending by
-    construction) or "torch" (int64 keys, ``torch.topk`` + ``torch.sort``); same indices."""
-    if method not in ("radix", "torch"):
-        raise ValueError(f"method: expected 'radix' or 'torch', got {method!r}")
+    [B*Hq, kcount] ascending). ``method`` "bracket" (:func:`gpu.kernels.labels.topk_select_kernel`)
+    or "torch" (``torch.topk`` + ``torch.sort`` on int64 keys ``(key << 32) | ~index``); same
+    indices. ``until="labels"`` stops after the label kernel (a timing variant: idx None)."""
+    if method not in ("bracket", "torch"):
+        raise ValueError(f"method: expected 'bracket' or 'torch', got {method!r}")
     torch = torch_module()
     kl = kernels("labels")
     B, Hq, _, D = q.shape
     L = cache.length
     sp = cache.spec.sparse
+    G = Hq // cache.Hkv
     approx = torch.empty((B, Hq, L) if want_approx else (1,), dtype=torch.float32,
                          device=q.device)
-    radix = method == "radix"
-    keys = torch.empty((B, Hq, L), dtype=torch.int32 if radix else torch.int64, device=q.device)
-    block = 16 if interpreting() else 256
-    kl.label_score_kernel[(cdiv(L, block), B * Hq)](
-        q, cache.channels, cache.labels, cache.label_scale, cache.label_zero, approx, keys, L,
-        cache.labels.shape[2], Hq, cache.Hkv, Hq // cache.Hkv, sp.sink_tokens, sp.recent_tokens,
+    keys = torch.empty((B, Hq, L), dtype=torch.int32, device=q.device)
+    block = 16 if interpreting() else 512
+    kl.label_score_kernel[(cdiv(L, block), B * cache.Hkv)](
+        q, cache.channels, cache.label_words, cache.label_scale, cache.label_zero, approx, keys,
+        L, cache.labels.shape[2], Hq, cache.Hkv, G, sp.sink_tokens, sp.recent_tokens,
         q.stride(0), q.stride(1), q.stride(3), R=cache.r, BLOCK=block, BITS=cache.bits,
-        WRITE_APPROX=want_approx, KEY32=radix, num_warps=4, enable_fp_fusion=False)
-    budget = int(row_budget(sp, np.array([L]))[0])
-    j = np.arange(L)
-    forced = int(((j < sp.sink_tokens) | (j >= L - sp.recent_tokens)).sum()) if (
-        sp.sink_tokens or sp.recent_tokens) else 0
-    kcount = min(L, budget + forced)
-    if radix:
-        idx = torch.empty((B * Hq, kcount), dtype=torch.int32, device=q.device)
-        kl.topk_select_kernel[(B * Hq,)](keys, idx, L, kcount, idx.stride(0),
-                                         BLOCK=64 if interpreting() else 2048, num_warps=8)
+        BG=1 << (G - 1).bit_length(), WRITE_APPROX=want_approx, num_warps=4,
+        enable_fp_fusion=False)
+    if until == "labels":
+        return (approx if want_approx else None), None
+    kcount = selected_count(sp, L)
+    rows = B * Hq
+    if kcount >= L:
+        idx = torch.arange(L, dtype=torch.int32, device=q.device).expand(rows, L).contiguous()
+    elif method == "bracket":
+        idx = torch.empty((rows, kcount), dtype=torch.int32, device=q.device)
+        small = interpreting()      # the interpreter runs every tensor op in numpy: small tiles
+        cap = 256 if small else 4096
+        cand = torch.empty((rows, cap), dtype=torch.int64, device=q.device)
+        kl.topk_select_kernel[(rows,)](keys, idx, cand, L, kcount, idx.stride(0),
+                                       NSAMPLE=64 if small else 4096, CAP=cap,
+                                       CH=128 if small else 2048, num_warps=8)
     else:
-        top = torch.topk(keys.view(B * Hq, L), kcount, dim=1, sorted=False).indices
+        signed = (keys.view(rows, L) ^ -2**31).to(torch.int64)     # int32 order = uint32 order
+        k64 = (signed << 32) | (0xFFFFFFFF - torch.arange(L, device=q.device))
+        top = torch.topk(k64, kcount, dim=1, sorted=False).indices
         idx = torch.sort(top, dim=1).values.to(torch.int32).contiguous()
     return (approx if want_approx else None), idx
 
 
 def _decode(q, cache, sm_scale, launch, trace):
-    approx, idx = select(q, cache, want_approx=trace)
+    launch = dict(launch or {})
+    until = launch.pop("until", None)   # timing variants: "labels" or "select" (returns None)
+    approx, idx = select(q, cache, want_approx=trace, method=launch.pop("select", "bracket"),
+                         until=until)
+    if until is not None:
+        return None
     out = flash_decode(q, cache.k, cache.v, idx, idx.shape[1], sm_scale,
                        cache.spec.tiling.block_n, launch)
     if not trace:

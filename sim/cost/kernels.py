@@ -319,20 +319,24 @@ def serial_chain(lau: Launch, iters: float, rounds: float, hbm_share: float) -> 
 
 
 def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: int, d: int,
-                      sm_count: int, gather: bool, sass: dict, per_sm: int = 4) -> list[Launch]:
+                      sm_count: int, gather: bool, sass: dict, per_sm: int = 4,
+                      dot: bool = False) -> list[Launch]:
     """gpu.decode._flash_decode: ``flash_decode_kernel`` on grid (splits, B*Hq) -- one program
     per QUERY head and split, CUDA-core f32 products (no tl.dot), K/V of the head's KV head
     read by each of the G query heads (HBM once when the group's programs, adjacent in the grid,
     hit L2; L2->SM once per query head) -- then ``flash_combine_kernel`` (grid B*Hq, 1 warp),
     always launched. ``gather``: slot i reads key IDX[i] (double_sparse), the selections differ
-    per head so every gathered row is unique HBM traffic; ``count`` slots per row."""
+    per head so every gathered row is unique HBM traffic; ``count`` slots per row. ``dot``
+    (with gather): ``flash_decode_gather_kernel``, the same grid with tensor-core dots (M = 1
+    padded to 16) and cp.async-pipelined gathers (table ``flash_decode_gather_dot``)."""
     programs = B * Hq
     nt = -(-count // bn)
     s = default_splits(nt, programs, sm_count, per_sm)
     sps = -(-nt // s) * bn
     s = -(-count // sps)
     iters = sps // bn
-    mix = sass["flash_decode_gather" if gather else "flash_decode"]
+    mix = sass["flash_decode_gather_dot" if gather and dot else
+               "flash_decode_gather" if gather else "flash_decode"]
     lau = Launch(name, s * programs, 4, mix["smem"], mix["regs"])
     tiles = programs * s * iters                 # every program walks full BN-slot tiles
     # per thread per tile x 128 threads; the table is the BN=64, D=128 compile, other tiles
@@ -348,8 +352,15 @@ def ours_flash_decode(name: str, *, B: int, Hq: int, Hkv: int, count: int, bn: i
     partial = programs * s * (d + 2) * 4
     lau.hbm = uniq + idx + programs * d * 2 + partial
     lau.l2 = slots * row + idx + programs * d * 2 + partial
-    lau.useful_tc = 0.0
-    serial_chain(lau, iters, mix["rounds"], uniq / (slots * row))
+    if gather and dot:
+        lau.add_tc("fp16", 2 * 2.0 * 16 * bn * d * tiles)    # QK^T + PV, M = 1 padded to 16
+        lau.mma = 0.0                            # the HMMA are in the mix's "other"
+        lau.useful_tc = 2 * 2.0 * slots * d
+        # cp.async keeps stages - 1 gathered tiles in flight (indices a stage ahead)
+        serial_chain(lau, iters, mix["waits"] / (mix["stages"] - 1), uniq / (slots * row))
+    else:
+        lau.useful_tc = 0.0
+        serial_chain(lau, iters, mix["rounds"], uniq / (slots * row))
     return [lau, _flash_combine(programs, s, d, partial)]
 
 

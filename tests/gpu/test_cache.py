@@ -32,22 +32,26 @@ def _assert_same_turbo(cache, ref):
     np.testing.assert_array_equal(cache.k_buf[:, :, :nbuf].cpu().numpy(), ref.k_buf)
     np.testing.assert_array_equal(cache.v_buf[:, :, :nbuf].cpu().numpy(), ref.v_buf)
     assert cache.nbytes() == ref.nbytes()
+    assert cache.device_nbytes() >= cache.nbytes()
 
 
-TURBO_BUILD = [  # (label, B, Hkv, L, D, dtype)
-    ("L150-D64", 1, 2, 150, 64, torch.float16),
-    ("L128-D128-B2", 2, 2, 128, 128, torch.float16),     # no buffer: every block flushed
-    ("L17-bf16", 1, 3, 17, 64, torch.bfloat16),          # buffer only
+TURBO_BUILD = [  # (label, spec, B, Hkv, L, D, dtype)
+    ("L150-D64", "turbo", 1, 2, 150, 64, torch.float16),
+    ("L128-D128-B2", "turbo", 2, 2, 128, 128, torch.float16),   # no buffer: every block flushed
+    ("L17-bf16", "turbo", 1, 3, 17, 64, torch.bfloat16),        # buffer only
+    ("token_k-L150-D128", "turbo_token_k", 1, 2, 150, 128, torch.float16),
 ]
 
 
 @pytest.mark.parametrize("case", TURBO_BUILD, ids=[c[0] for c in TURBO_BUILD])
-def test_turbo_build_equals_sim(case):
-    _, B, Hkv, L, D, dtype = case
+def test_turbo_build_equals_sim(case, monkeypatch):
+    _, spec_name, B, Hkv, L, D, dtype = case
     _, k, v = make_qkv(B, Hkv, Hkv, 1, L, D, dtype=dtype, seed=L + D)
-    spec = load_method("turbo")
+    spec = load_method(spec_name)
+    import gpu.methods.turbo as gt
+    monkeypatch.setattr(gt, "_CHUNK", 64)   # stream the build in one-block chunks
     pr = head_priority(np32(k), np32(v))
-    cache = gpu.build_cache(k, v, method="turbo", calibration=pr)
+    cache = gpu.build_cache(k, v, method="turbo", spec=spec, calibration=pr)
     ref = TurboCache.from_prefill(np32(k), np32(v), spec, priority=pr)
     _assert_same_turbo(cache, ref)
     assert cache.nbytes() == cache_nbytes(spec, ref.bits, L, D, batch=B)
@@ -63,6 +67,60 @@ def test_turbo_oracle_priority_and_mixed_bits():
     np.testing.assert_array_equal(cache.bits, ref_bits)
     assert sorted(set(cache.bits.tolist())) == [2, 4]
     assert cache.priority.source == "oracle"
+
+
+def _snapshot(cache) -> dict:
+    """Every device tensor of a turbo cache, as numpy, and its lengths."""
+    out = {"length": cache.length, "nbuf": cache.nbuf}
+    for name in ("k_scale", "k_zero", "v_scale", "v_zero", "k_flag", "v_flag", "k_scale8",
+                 "v_scale8", "k_buf", "v_buf"):
+        out[name] = getattr(cache, name).float().cpu().numpy()
+    for bits, (_, kc, vc) in cache.store.items():
+        out[f"kc{bits}"], out[f"vc{bits}"] = kc.cpu().numpy(), vc.cpu().numpy()
+    return out
+
+
+def test_turbo_refused_append_leaves_cache_unchanged():
+    """A refused append (NaN token, INT8 scale beyond fp16) changes nothing on the device, the
+    cache stays usable, and equals the simulator's after the next append."""
+    B, Hkv, D = 1, 2, 64
+    _, k, v = make_qkv(B, Hkv, Hkv, 1, 100, D, dtype=torch.bfloat16, seed=12)
+    spec = load_method("turbo", v__scale_dtype="fp16")
+    pr = head_priority(np32(k), np32(v))
+    cache = gpu.build_cache(k[:, :, :60].contiguous(), v[:, :, :60].contiguous(), "turbo",
+                            spec=spec, calibration=pr)
+    before = _snapshot(cache)
+    bad = k[:, :, 60:70].clone()
+    bad[0, 1, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        cache.append(bad, v[:, :, 60:70].contiguous())
+    big = torch.full_like(v[:, :, 60:70], 1e7)         # absmax / 127 > 65504: fp16 scale inf
+    with pytest.raises(ValueError, match="fp16"):
+        cache.append(k[:, :, 60:70].contiguous(), big)
+    after = _snapshot(cache)
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]), err_msg=key)
+    cache.append(k[:, :, 60:].contiguous(), v[:, :, 60:].contiguous())
+    ref = TurboCache.from_prefill(np32(k)[:, :, :60], np32(v)[:, :, :60], spec, priority=pr)
+    ref.append(np32(k)[:, :, 60:], np32(v)[:, :, 60:])
+    _assert_same_turbo(cache, ref)
+
+
+def test_dense_refused_append_leaves_cache_unchanged():
+    _, k, v = make_qkv(1, 2, 2, 1, 60, 64, seed=6)
+    for method, kw in (("fp16_flash", {}),
+                       ("double_sparse", {"calibration": calibrate(np32(k), np32(k), "qk")})):
+        cache = gpu.build_cache(k[:, :, :40].contiguous(), v[:, :, :40].contiguous(), method,
+                                **kw)
+        kb = cache.k.clone()
+        bad = k[:, :, 40:50].clone()
+        bad[0, 0, 0, 0] = float("inf")
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            cache.append(bad, v[:, :, 40:50].contiguous())
+        assert cache.length == 40 and torch.equal(cache.k, kb)
+        cache.append(k[:, :, 40:].contiguous(), v[:, :, 40:].contiguous())
+        assert torch.equal(cache.k, k) and torch.equal(cache.v, v)
 
 
 def test_turbo_append_equals_sim():

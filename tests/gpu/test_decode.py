@@ -1,9 +1,10 @@
 """Decode kernels vs the simulator (interpreter in CI; QSATTN_GPU_TESTS=1 runs them on the GPU).
 
 turbo: q codes, S_int, P codes, O_int per tile and the running max equal ``sim.simulate(q, k,
-v, spec, kv_cache=True, trace=True)``'s exactly (``gpu.compare``); the fp16 output is within 1
-fp16 ulp of the simulator's f32 output rounded (the split-K regrouping changes only f32
-rounding).
+v, spec, kv_cache=True, trace=True)``'s exactly (``gpu.compare``), for the default cache layout
+(K per channel, V per token) and ``turbo_token_k`` (K per token, V per channel); the fp16 output
+is within 1 fp16 ulp of the simulator's f32 output rounded (the split-K regrouping changes only
+f32 rounding).
 double_sparse: label scores within 1e-5 of the row's largest |score|, selected indices identical to
 ``simulate(..., trace=True)["indices"]`` except rows with a near-tie at the selection boundary
 (counted, asserted none at these sizes); output within 2 fp16 ulp + 2^-12 of the simulator.
@@ -26,30 +27,33 @@ from tests.gpu.helpers import DEVICE, make_qkv, np32, report, ulp
 BIG = os.environ.get("QSATTN_GPU_TESTS") == "1"
 
 
-TURBO = [  # (label, B, Hq, Hkv, L, D, dtype, splits); G = Hq / Hkv > 2 takes the tl.dot path
-    ("gqa-L150-D64-split2", 1, 4, 2, 150, 64, torch.float16, 2),
-    ("mha-L128-D128-nobuffer", 2, 2, 2, 128, 128, torch.float16, 1),
-    ("L17-bufferonly-bf16", 1, 2, 1, 17, 64, torch.bfloat16, 1),
-    ("L1", 1, 2, 2, 1, 64, torch.float16, 1),
-    ("L200-split4-G3", 1, 3, 1, 200, 64, torch.float16, 4),
-    ("G16-dot-L70", 1, 16, 1, 70, 64, torch.float16, 2),
+TURBO = [  # (label, spec, B, Hq, Hkv, L, D, dtype, splits)
+    ("gqa-L150-D64-split2", "turbo", 1, 4, 2, 150, 64, torch.float16, 2),
+    ("mha-L128-D128-nobuffer", "turbo", 2, 2, 2, 128, 128, torch.float16, 1),
+    ("L17-bufferonly-bf16", "turbo", 1, 2, 1, 17, 64, torch.bfloat16, 1),
+    ("L1", "turbo", 1, 2, 2, 1, 64, torch.float16, 1),
+    ("L200-split4-G3", "turbo", 1, 3, 1, 200, 64, torch.float16, 4),
+    ("G16-L70", "turbo", 1, 16, 1, 70, 64, torch.float16, 2),
+    ("token_k-gqa-L150", "turbo_token_k", 1, 4, 2, 150, 64, torch.float16, 2),
+    ("token_k-mha-L200-D128", "turbo_token_k", 1, 2, 2, 200, 128, torch.float16, 3),
 ]
 if BIG:
-    TURBO += [("big-L4097-D128", 2, 8, 2, 4097, 128, torch.float16, None)]
+    TURBO += [("big-L4097-D128", "turbo", 2, 8, 2, 4097, 128, torch.float16, None),
+              ("big-token_k-L4097", "turbo_token_k", 2, 8, 8, 4097, 128, torch.float16, None)]
 
 
 @pytest.mark.parametrize("case", TURBO, ids=[c[0] for c in TURBO])
 def test_turbo_decode_equals_sim(case):
-    name, B, Hq, Hkv, L, D, dtype, splits = case
+    name, spec_name, B, Hq, Hkv, L, D, dtype, splits = case
     q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, dtype=dtype, seed=L + Hq)
-    spec = load_method("turbo")
+    spec = load_method(spec_name)
     pr = head_priority(np32(k), np32(v))
     if L > 64:  # grow the cache: whole blocks appended reproduce the prefill codes
         cache = gpu.build_cache(k[:, :, :64].contiguous(), v[:, :, :64].contiguous(), "turbo",
-                                calibration=pr)
+                                spec=spec, calibration=pr)
         cache.append(k[:, :, 64:].contiguous(), v[:, :, 64:].contiguous())
     else:
-        cache = gpu.build_cache(k, v, "turbo", calibration=pr)
+        cache = gpu.build_cache(k, v, "turbo", spec=spec, calibration=pr)
     kr = gpu.decode_trace(q, cache, launch=None if splits is None else {"splits": splits})
     res = simulate(np32(q), np32(k), np32(v), spec, kv_cache=True, trace=True, calibration=pr)
     cmp = compare(res, kr, dtype=str(dtype).removeprefix("torch."), ulp_bound=1.0)
@@ -63,57 +67,59 @@ def test_turbo_decode_equals_sim(case):
 
 def _clamped_elements(cache) -> tuple[int, int]:
     """(K, V) elements of the flushed store whose ``code * scale + zero`` exceeds 127 (the
-    clamp of the INT8 read-back triggers), counted with numpy over every head."""
+    clamp of the INT8 read-back triggers), counted with numpy over every head, on the
+    simulator's group grids."""
     from sim.numerics import unpack
-    nk = nv = 0
-    kg, vg = cache.kvc.k_group_channels, cache.kvc.v_group_tokens
+    kvc = cache.kvc
+    n = [0, 0]
     for h in range(cache.Hkv):
         p = cache.packed(h)
         bits = int(cache.bits[h])
-        kc = unpack(p["k_codes"], bits, cache.D).astype(np.int32)
-        vc = unpack(p["v_codes"], bits, cache.D).astype(np.int32)
-        ks = np.repeat(p["k_scale"].astype(np.int32), kg, -1)
-        kz = np.repeat(p["k_zero"].astype(np.int32), kg, -1)
-        vs = np.repeat(p["v_scale"].astype(np.int32), vg, -2)
-        vz = np.repeat(p["v_zero"].astype(np.int32), vg, -2)
-        nk += int((kc * ks + kz > 127).sum())
-        nv += int((vc * vs + vz > 127).sum())
-    return nk, nv
+        for i, (x, groups, size) in enumerate((("k", kvc.k_groups, kvc.k_group_size),
+                                               ("v", kvc.v_groups, kvc.v_group_size))):
+            c = unpack(p[f"{x}_codes"], bits, cache.D).astype(np.int32)
+            ax = 1 if groups == "per_channel" else 2
+            s_ = np.repeat(p[f"{x}_scale"].astype(np.int32), size, ax)[:, :c.shape[1], :c.shape[2]]
+            z_ = np.repeat(p[f"{x}_zero"].astype(np.int32), size, ax)[:, :c.shape[1], :c.shape[2]]
+            n[i] += int((c * s_ + z_ > 127).sum())
+    return n[0], n[1]
 
 
-FOLD = [  # (label, B, Hq, Hkv, L, D, splits, low_share): uniform data clamps many groups
-    ("mha-int4-L256", 1, 2, 2, 256, 64, 2, 0.0),
-    ("mha-int2-L200", 1, 2, 2, 200, 128, 3, 1.0),
-    ("gqa4-mixed-L192", 1, 8, 2, 192, 64, 2, 0.5),
-    ("gqa2-int4-L130", 2, 4, 2, 130, 64, 1, 0.0),
+CLAMP = [  # (label, spec, B, Hq, Hkv, L, D, splits, low_share): uniform data clamps many groups
+    ("mha-int4-L256", "turbo", 1, 2, 2, 256, 64, 2, 0.0),
+    ("mha-int2-L200", "turbo", 1, 2, 2, 200, 128, 3, 1.0),
+    ("gqa4-mixed-L192", "turbo", 1, 8, 2, 192, 64, 2, 0.5),
+    ("token_k-gqa2-int4-L130", "turbo_token_k", 2, 4, 2, 130, 64, 1, 0.0),
 ]
 
 
-@pytest.mark.parametrize("case", FOLD, ids=[c[0] for c in FOLD])
-def test_turbo_fold_equals_dequant_with_clamped_groups(case):
-    """The folded flushed-tile path (default) gives S_int, P, O_int and the output bit for bit
-    equal to the dequantize-first path (``launch={"fold": False}``) and to the simulator, on
-    data whose groups do hit the read-back clamp (asserted)."""
-    name, B, Hq, Hkv, L, D, splits, low = case
+@pytest.mark.parametrize("case", CLAMP, ids=[c[0] for c in CLAMP])
+def test_turbo_clamped_groups(case):
+    """Blocks whose read-back clamps (asserted present) give the simulator's integers with the
+    default clamp (every block) and with the clamp only in the blocks the flush kernel flagged
+    (``launch={"clamp": "flags"}``): the flags mark every block that needs it."""
+    name, spec_name, B, Hq, Hkv, L, D, splits, low = case
     g = torch.Generator().manual_seed(L + 7 * Hq)
     u = lambda *s: (torch.rand(*s, generator=g) * 2 - 1)  # noqa: E731
     q = u(B, Hq, 1, D).to(torch.float16).to(DEVICE)
     k = u(B, Hkv, L, D).to(torch.float16).to(DEVICE)
     v = u(B, Hkv, L, D).to(torch.float16).to(DEVICE)
-    spec = load_method("turbo").replace(kvcache__low_share=low)
+    spec = load_method(spec_name).replace(kvcache__low_share=low)
     pr = head_priority(np32(k), np32(v))
     cache = gpu.build_cache(k, v, "turbo", spec=spec, calibration=pr)
     nk, nv = _clamped_elements(cache)
+    fk, fv = cache.clamp_flags()
     assert nk > 0 and nv > 0, (nk, nv)
+    assert 0 < fk.sum() and 0 < fv.sum()
     kr = gpu.decode_trace(q, cache, launch={"splits": splits})
-    kr0 = gpu.decode_trace(q, cache, launch={"splits": splits, "fold": False})
-    assert kr.trace["fold"] and not kr0.trace["fold"]
+    kr2 = gpu.decode_trace(q, cache, launch={"splits": splits, "clamp": "flags"})
     for key in ("s_int", "p_codes", "o_int", "s", "m"):
-        np.testing.assert_array_equal(np32(kr.trace[key]), np32(kr0.trace[key]), err_msg=key)
-    np.testing.assert_array_equal(np32(kr.out), np32(kr0.out))
+        np.testing.assert_array_equal(np32(kr.trace[key]), np32(kr2.trace[key]), err_msg=key)
+    np.testing.assert_array_equal(np32(kr.out), np32(kr2.out))
     res = simulate(np32(q), np32(k), np32(v), spec, kv_cache=True, trace=True, calibration=pr)
     assert compare(res, kr, ulp_bound=1.0).failures() == []
-    report(f"turbo fold {name}", clamped_k=nk, clamped_v=nv)
+    report(f"turbo clamp {name}", clamped_k=nk, clamped_v=nv, flagged_blocks=(int(fk.sum()),
+                                                                             int(fv.sum())))
 
 
 DS = [  # (label, B, Hq, Hkv, L0, L, D, overrides, splits)
@@ -217,25 +223,31 @@ def test_decode_rejects_bad_input(monkeypatch):
             gpu.decode(q, cache)
 
 
-SELECT = [  # (label, rows, L, K, distinct key values): ties, K = L, K = 1, L not a tile multiple
-    ("ties-L1000-K63", 3, 1000, 63, 7),
+SELECT = [  # (label, rows, L, K, distinct key values): ties, K = L - 1, K = 1, tile remainders
+    ("ties-L600-K63", 2, 600, 63, 7),
     ("distinct-L300-K20", 2, 300, 20, None),
     ("all-equal-L129-K5", 1, 129, 5, 1),
-    ("K-equals-L-97", 2, 97, 97, 40),
+    ("K-almost-L-97", 2, 97, 96, 40),
     ("K1-L64", 2, 64, 1, None),
+    ("gauss-L3000-K188", 2, 3000, 188, "gauss"),
 ]
 
 
 @pytest.mark.parametrize("case", SELECT, ids=[c[0] for c in SELECT])
 def test_topk_select_kernel_equals_stable_topk(case):
-    """Radix select: the K largest uint32 keys, equal keys to the lower index, ascending —
-    identical to a stable descending sort (numpy) cut at K, on keys with many ties and keys
-    spanning the whole uint32 range (sign bit, 0, 2^32 - 1)."""
+    """The K largest uint32 keys, equal keys to the lower index, ascending -- identical to a
+    stable descending sort (numpy) cut at K -- on keys with many ties (the bracket misses and
+    the exact fallback runs), keys spanning the whole uint32 range (sign bit, 0, 2^32 - 1), and
+    score-like keys (the bracket path)."""
     from gpu.common import interpreting, kernels
     name, rows, L, K, distinct = case
     rng = np.random.default_rng(L + K)
     if distinct is None:
         u = rng.choice(np.uint64(1) << np.uint64(32), size=(rows, L), replace=False)
+    elif distinct == "gauss":   # keys of f32 scores, as label_score_kernel writes them
+        f = rng.standard_normal((rows, L)).astype(np.float32)
+        b = f.view(np.int32)
+        u = (np.where(b < 0, b ^ 0x7FFFFFFF, b) ^ np.int32(-2**31)).view(np.uint32)
     else:
         vals = np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 12345, 2**31 + 7], np.uint64)
         vals = np.concatenate([vals, rng.integers(0, 2**32, 64, dtype=np.uint64)])[:distinct]
@@ -243,15 +255,18 @@ def test_topk_select_kernel_equals_stable_topk(case):
     u = u.astype(np.uint32)
     keys = torch.from_numpy(u.view(np.int32).copy()).to(DEVICE)
     idx = torch.full((rows, K), -1, dtype=torch.int32, device=DEVICE)
+    cap = 256 if interpreting() else 4096
+    cand = torch.empty((rows, cap), dtype=torch.int64, device=DEVICE)
     kl = kernels("labels")
-    kl.topk_select_kernel[(rows,)](keys, idx, L, K, idx.stride(0),
-                                   BLOCK=64 if interpreting() else 2048, num_warps=8)
+    kl.topk_select_kernel[(rows,)](keys, idx, cand, L, K, idx.stride(0),
+                                   NSAMPLE=64 if interpreting() else 4096, CAP=cap,
+                                   CH=128 if interpreting() else 2048, num_warps=8)
     want = np.sort(np.argsort(-u.astype(np.int64), axis=1, kind="stable")[:, :K], axis=1)
     np.testing.assert_array_equal(idx.cpu().numpy(), want)
 
 
-def test_double_sparse_radix_select_equals_torch_topk():
-    """The radix path of gpu.decode's selection returns the indices of the int64-key
+def test_double_sparse_bracket_select_equals_torch_topk():
+    """The bracket select of gpu.decode's selection returns the indices of the int64-key
     torch.topk + torch.sort path, with forced sink/recent tokens and 2-bit labels (many equal
     approximate scores)."""
     from gpu.methods.double_sparse import select as _select
@@ -261,7 +276,7 @@ def test_double_sparse_radix_select_equals_torch_topk():
                                                 sparse__recent_tokens=4)
     cal = calibrate(np32(q), np32(k), "qk")
     cache = gpu.build_cache(k, v, "double_sparse", spec=spec, calibration=cal)
-    a1, i1 = _select(q, cache, True, "radix")
+    a1, i1 = _select(q, cache, True, "bracket")
     a2, i2 = _select(q, cache, True, "torch")
     np.testing.assert_array_equal(a1.cpu().numpy(), a2.cpu().numpy())
     ap = a1.cpu().numpy().reshape(B * Hq, L)
@@ -270,3 +285,30 @@ def test_double_sparse_radix_select_equals_torch_topk():
     np.testing.assert_array_equal(i1.cpu().numpy(), i2.cpu().numpy())
     with pytest.raises(ValueError, match="method"):
         _select(q, cache, True, "heap")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (QSATTN_GPU_TESTS=1)")
+@pytest.mark.parametrize("method", ["fp16_flash", "turbo", "double_sparse"])
+def test_decode_step_replays_in_a_cuda_graph(method):
+    """One decode step (check_finite=False: no host sync) captured in a CUDA graph and replayed
+    on a new query gives the eager call's output bit for bit."""
+    B, Hq, Hkv, L, D = 2, 8, 2, 3000, 128
+    q, k, v = make_qkv(B, Hq, Hkv, 1, L, D, seed=21)
+    kw = {"calibration": calibrate(np32(q), np32(k), "qk")} if method == "double_sparse" else {}
+    cache = gpu.build_cache(k, v, method, **kw)
+    static_q = q.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):            # compile and warm up outside the capture
+        for _ in range(2):
+            gpu.decode(static_q, cache, check_finite=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = gpu.decode(static_q, cache, check_finite=False)
+    q2 = make_qkv(B, Hq, Hkv, 1, L, D, seed=22)[0]
+    static_q.copy_(q2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = gpu.decode(q2, cache)
+    assert torch.equal(static_out, want)

@@ -1,5 +1,5 @@
 """double_sparse, the cost path (decode only: Double Sparsity targets decode; its prefill runs
-dense): our kernels (label scores, radix select, gathered flash-decode, combine) at the tiled
+dense): our kernels (label scores, top-k select, gathered flash-decode, combine) at the tiled
 tiers, and ``ideal``: label scores, top-k and sparse attention at their byte floor."""
 from __future__ import annotations
 
@@ -43,40 +43,45 @@ def _ideal_decode(spec, s: Shape, ctx) -> list[K.Launch]:
 
 
 def _ours_decode(spec, s: Shape, ctx) -> list[K.Launch]:
-    """gpu.decode._select + _flash_decode (radix path, the default):
+    """gpu.methods.double_sparse._decode:
 
-    1. ``label_score_kernel``, grid (cdiv(L, 256), B*Hq), 4 warps: per query head, the KV
-       head's packed labels (R codes of ``label_bits`` + fp16 scale + int32 zero point per
-       token; HBM once per KV head, L2 once per query head), dequant ``(c - z) s`` and dot with
-       q's R channels (FMUL + FADD, no fusion), the uint32 selection key written (4 B).
-    2. ``topk_select_kernel``, grid B*Hq (ONE program per row, 8 warps, BLOCK 2048): 4 radix
-       histogram passes (9-bit digits, tl.histogram over 512 bins) and one compaction pass
-       (two cumsums, index stores) over all L keys: 5 x cdiv(L, 2048) dependent chunk steps.
-    3. ``flash_decode_kernel`` with GATHER over the k selected slots + ``flash_combine_kernel``
-       (:func:`kernels.ours_flash_decode`)."""
+    1. ``label_score_kernel``, grid (cdiv(L, 512), B*Hkv), 4 warps: a KV head's packed labels
+       (R codes of ``label_bits`` + fp16 scale + int32 zero point per token) read once for its G
+       query heads, one token per thread: per code a shift, a LOP3, FADD, FMUL, one FFMA per
+       query head; the uint32 selection keys written (4 B per query head and token). SASS
+       tables ``label_score_g{1,4}`` (whole kernel, R = 32 4-bit labels; other R scale by R,
+       G > 4 by G / 4: estimates).
+    2. ``topk_select_kernel``, grid B*Hq (one program per row, 8 warps): the straight-line
+       order statistics of a 4096-key sample and of the candidates, and two passes over the
+       row's keys in 2048-key chunks (collect; ascending write), SASS table ``topk_select``.
+       The row's keys were just written (L2), the candidate scratch stays in L2.
+    3. ``flash_decode_gather_kernel`` over the k selected slots (tensor-core dots, pipelined
+       gathers) + ``flash_combine_kernel`` (:func:`kernels.ours_flash_decode`)."""
     sp, D = spec.sparse, s.head_dim
     r, k = sp.r(D), sp.k(s.kv_len)
     B, Hq, Hkv, L = s.batch, s.q_heads, s.kv_heads, s.kv_len
+    G = Hq // Hkv
     rows = B * Hq
     bits = sp.label_bits
     lab_tok = r * bits / 8 + (0.0 if bits == 16 else 2.0 + 4.0)
-    # SASS tables: R=32 4-bit labels, BLOCK 256; other label widths scale by R (an estimate)
     sm_count, sass = ctx.sm_count, K.decode_sass(ctx.arch)
-    lm, rm = sass["label_score"], sass["radix_select"]
-    a = K.Launch("label_scores", ceil_div(L, 256) * rows, 4, lm["smem"], lm["regs"])
-    a.hbm = B * Hkv * L * lab_tok + rows * L * 4 + rows * r * 4
-    a.l2 = rows * L * lab_tok + rows * L * 4 + rows * r * 4
-    a.add(lm["instr"], a.ctas * 128 * r / 32)
-    K.serial_chain(a, 1, lm["rounds"], Hkv / Hq)        # channels + labels, then the gathered q
+    lm = sass["label_score_g1" if G == 1 else "label_score_g4"]
+    a = K.Launch("label_scores", ceil_div(L, 512) * B * Hkv, 4, lm["smem"], lm["regs"])
+    a.hbm = B * Hkv * L * lab_tok + rows * L * 4 + rows * r * 2
+    a.l2 = a.hbm
+    a.add(lm["instr"], a.ctas * 128 * r / 32 * max(1.0, G / 4))
+    K.serial_chain(a, 1, lm["rounds"], 1.0)
+    tm = sass["topk_select"]
     chunks = ceil_div(L, 2048)
-    t = K.Launch("radix_select", rows, 8, rm["smem"], rm["regs"])
+    t = K.Launch("topk_select", rows, 8, tm["smem"], tm["regs"])
     t.hbm = rows * L * 4 + rows * k * 4
-    t.l2 = 5 * rows * chunks * 2048 * 4 + rows * k * 4
-    t.add(rm["hist"], 4 * rows * chunks * 256)
-    t.add(rm["compact"], rows * chunks * 256)
-    K.serial_chain(t, 5 * chunks, rm["rounds"], 0.0)    # keys were just written: L2 hits
+    t.l2 = 2 * rows * chunks * 2048 * 4 + rows * k * 4 + rows * 4096 * 8 * 2
+    t.add(tm["collect"], rows * chunks * 256)
+    t.add(tm["compact"], rows * chunks * 256)
+    t.add({"int32": float(tm["fixed"])}, rows * 256)
+    K.serial_chain(t, 2 * chunks, tm["rounds"], 0.0)    # keys were just written: L2 hits
     att = K.ours_flash_decode("sparse_attn", B=B, Hq=Hq, Hkv=Hkv, count=k, bn=spec.tiling.block_n,
-                              d=D, sm_count=sm_count, gather=True, sass=sass)
+                              d=D, sm_count=sm_count, gather=True, sass=sass, dot=True)
     return [a, t, *att]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from .. import kernels as K
+from ...methods.turbo import group_grid
 from ..paths import ceil_div, decode_common, integer_prefill, q_quant
 from ..shape import Shape
 from .base import CostPath
@@ -22,8 +23,9 @@ def _ideal_decode(spec, s: Shape, ctx) -> list[K.Launch]:
     low = s.kv_len - nb
     bits = (1 - kv.low_share) * kv.high_bits + kv.low_share * kv.low_bits
     meta = (kv.scale_bits + kv.zero_bits) / 8
-    per_head = (low * D * 2 * bits / 8
-                + low * D / kv.k_group_channels * meta + low * D / kv.v_group_tokens * meta
+    groups = (math.prod(group_grid(kv.k_groups, kv.k_group_size, low, D))
+              + math.prod(group_grid(kv.v_groups, kv.v_group_size, low, D)))
+    per_head = (low * D * 2 * bits / 8 + groups * meta
                 + nb * D * 2 + 2 * 4 * -(-s.kv_len // bn))
     # flash() prices an INT8 stream of kv_len rows; express the real per-row bytes as INT8 +
     # a signed extra so that HBM/L2/smem bytes equal the cache's.
@@ -36,46 +38,49 @@ def _ideal_decode(spec, s: Shape, ctx) -> list[K.Launch]:
 
 
 def _ours_decode(spec, s: Shape, ctx) -> list[K.Launch]:
-    """gpu.decode._turbo (fold on, the default when v_group_tokens % buffer_tokens == 0):
-    Q quantization; per stored bit width (INT4 heads, INT2 heads: one launch each)
-    ``turbo_scores_kernel`` then ``turbo_pv_kernel`` on grid (splits, B x heads of that width),
-    one program per KV head holding its G query rows padded to BG rows (1 for G = 1, else 16);
-    ``turbo_combine_kernel`` (grid B*Hq, one warp, splits walked in order). Tile = BN =
-    ``buffer_tokens`` keys; the splits follow gpu.decode's default launch over B*Hkv programs.
+    """gpu.methods.turbo._decode: Q quantization; per stored bit width (INT4 heads, INT2 heads:
+    one launch each) ``turbo_scores_kernel`` then ``turbo_pv_kernel`` (gpu.kernels.turbo_decode)
+    on grid (splits, B x heads of that width), one program per KV head holding its G query rows
+    (BG = next_pow2(G) rows; the tensor-core dots pad them to 16), 4 warps;
+    ``turbo_combine_kernel`` (grid B*Hq, one warp, splits walked in order). Tile = one flushed
+    block of ``buffer_tokens`` keys; the splits follow gpu.decode's default launch over B*Hkv
+    programs.
 
-    Instructions, registers, shared memory and load rounds per tile: the SASS tables
-    :data:`kernels.TURBO_DECODE_SASS` (the buffer tile is priced as a flushed one). Tensor
-    ops: pass 1 the fold dot ``[BN, D] x [D, NGP*BG]``, pass 2 ``[max(16, BG), BN] x [BN, D]``
-    (one query row padded to the 16 rows of tl.dot). Bytes: codes + uint8 scale/zero
-    (per token and K channel group; per V channel per tile) + fp32 block scales, the f32 score
-    scratch (G rows x the LKP-padded keys) and tile maxima written by pass 1 and read back by
-    pass 2 (from HBM: the code stream evicts it), pass 2's prefix reads of the tile maxima,
-    the f32 partials (acc, l, A per split) read by the combine."""
+    Instructions, registers, shared memory and load rounds per tile: the SASS tables of
+    ``configs/kernels/<arch>/decode.yaml`` (``turbo_{scores,pv}_bg{1,4}_bits{4,2}``: the
+    flushed-tile loop with its fp16 read-back in registers and the default clamp; G > 4 scales
+    the BG = 4 table by BG / 4, an estimate). Tensor ops: fp16 dots over 16-row-padded tiles,
+    ``[16, BN] x [BN, D]`` per pass. Bytes: the device cache (packed codes; per-channel groups'
+    fp16 (s', k') pairs, per-token groups' uint8/int8; the clamp flags; fp32 block scales), the
+    f32 score scratch and tile maxima written by pass 1 and read back by pass 2, pass 2's prefix
+    reads of the tile maxima, the f32 partials (acc, l, A per split) read by the combine."""
     sm_count, sass = ctx.sm_count, K.decode_sass(ctx.arch)
     kv, D, nb = spec.kvcache, s.head_dim, spec.kvcache.buffer_tokens
     B, Hq, Hkv, L = s.batch, s.q_heads, s.kv_heads, s.kv_len
     G = Hq // Hkv
-    if not kv.v_group_tokens % nb == 0:
-        raise ValueError(f"spec.kvcache: the turbo decode cost path prices the fold kernel "
-                         f"(v_group_tokens % buffer_tokens == 0), got v_group_tokens="
-                         f"{kv.v_group_tokens}, buffer_tokens={nb} (use kernel='ideal')")
-    BG = 1 if G == 1 else max(16, 1 << (G - 1).bit_length())
-    # the tables were compiled at BN=64, D=128, BG in (1, 16): elsewhere the per-thread counts
-    # are scaled by the tile's elements per thread (an estimate, not a compile)
-    scale = nb * D / (64 * 128) * max(1, BG // 16)
-    ngrp = D // kv.k_group_channels
-    ngp = max(ngrp, ceil_div(16, BG))
+    BG = 1 << (G - 1).bit_length()
+    table_bg = 1 if BG == 1 else 4
+    # the tables were compiled at BN=64, D=128: other tiles scale the per-thread counts by the
+    # tile's elements per thread, and BG > 4 by its rows (estimates, not compiles)
+    scale = nb * D / (64 * 128) * max(1, BG // 4)
     NT = ceil_div(L, nb)
     splits = K.default_splits(NT, B * Hkv, sm_count)
     tps = ceil_div(NT, splits)
     splits = ceil_div(NT, tps)
     n_low = int(math.floor(kv.low_share * Hkv + 0.5))
     widths = [(w, n) for w, n in ((kv.high_bits, Hkv - n_low), (kv.low_bits, n_low)) if n > 0]
-    meta = (kv.scale_bits + kv.zero_bits) / 8
+
+    def grid_bytes(groups, size):     # per head per flushed token: scale + zero
+        per_ch = groups == "per_channel"
+        groups_per_token = D / size if per_ch else ceil_div(D, size)
+        return groups_per_token * (4.0 if per_ch else 2.0)
+
+    kmeta, vmeta = grid_bytes(kv.k_groups, kv.k_group_size), grid_bytes(kv.v_groups,
+                                                                         kv.v_group_size)
     out = [q_quant(B, Hq, D)]
     p1s, p2s = [], []
     for bits, ng in widths:
-        key = f"bg{min(BG, 16)}_bits{4 if bits > 2 else 2}"
+        key = f"bg{table_bg}_bits{4 if bits > 2 else 2}"
         mix1 = sass[f"turbo_scores_{key}"]
         mix2 = sass[f"turbo_pv_{key}"]
         progs = splits * B * ng
@@ -85,18 +90,18 @@ def _ours_decode(spec, s: Shape, ctx) -> list[K.Launch]:
         codes = keys * D * bits / 8
         scratch = B * ng * G * NT * nb * 4.0 + B * ng * G * NT * 4.0
         a = K.Launch(f"turbo_scores{bits}", progs, 4, mix1["smem"], mix1["regs"])
-        a.add_tc("int8", 2.0 * keys * D * ngp * BG)
+        a.add_tc("fp16", 2.0 * max(16, BG) * keys * D)
         a.mma = 0.0                           # in the mix's "other"
         a.add(mix1["instr"], walked * 128 * scale)
-        a.hbm = codes + keys * ngrp * meta + tiles * 4 + scratch + B * ng * G * D
+        a.hbm = codes + keys * kmeta + tiles * (4 + 1) + scratch + B * ng * G * D
         a.l2 = a.hbm
         K.serial_chain(a, tps, mix1["rounds"], 1.0)
         b = K.Launch(f"turbo_pv{bits}", progs, 4, mix2["smem"], mix2["regs"])
-        b.add_tc("int8", 2.0 * max(16, BG) * keys * D)
+        b.add_tc("fp16", 2.0 * max(16, BG) * keys * D)
         b.mma = 0.0
         b.add(mix2["instr"], walked * 128 * scale)
         partial = B * ng * G * splits * (D + 2) * 4.0
-        b.hbm = scratch + codes + tiles * D * meta + tiles * 4 + partial
+        b.hbm = scratch + codes + keys * vmeta + tiles * (4 + 1) + partial
         b.l2 = b.hbm + B * ng * G * splits * (splits - 1) / 2 * tps * 4
         K.serial_chain(b, tps, mix2["rounds"], 1.0)
         p1s.append(a)
