@@ -29,12 +29,15 @@ __all__ = ["install", "KernelCounter", "KERNELS", "register_kernel", "bound_call
 
 class BoundCall:
     """A JIT function with the arguments of one launch: ``fn``, positional ``args``, keyword
-    ``kwargs`` (constexprs and ``num_warps``/``num_stages``/...), and a ``name``."""
+    ``kwargs`` (constexprs and ``num_warps``/``num_stages``/...), a ``name``, whether it is a
+    Gluon kernel, and for a warp-specialized kernel the ``partition`` the cost model runs
+    (``{"name": "default", "warps": n}``: the consumers; the producer feeds them)."""
 
-    __slots__ = ("fn", "args", "kwargs", "name")
+    __slots__ = ("fn", "args", "kwargs", "name", "gluon", "partition")
 
-    def __init__(self, fn, args, kwargs, name):
+    def __init__(self, fn, args, kwargs, name, gluon=False, partition=None):
         self.fn, self.args, self.kwargs, self.name = fn, tuple(args), dict(kwargs), name
+        self.gluon, self.partition = bool(gluon), partition
 
 
 # kernel name -> builder(request) -> BoundCall
@@ -56,7 +59,10 @@ def _meta(*shape, dtype=None):
 
 @register_kernel("prefill")
 def _prefill(req: KernelRequest) -> BoundCall:
-    """attn_fwd_kernel with the argument set of gpu.prefill.prefill_call on meta tensors."""
+    """The prefill forward the launcher would run for ``req.launch`` (``kernel: triton``:
+    gpu/kernels/flash_fwd.py ``attn_fwd_kernel`` with :func:`gpu.prefill.prefill_call`'s
+    arguments; ``kernel: gluon``: the sm_90 kernel with :func:`gpu.prefill_sm90.sm90_call`'s),
+    on meta tensors of the request's shape, through :func:`gpu.prefill.forward_kernel`."""
     import torch
     from sim.checks import check_sm_scale
     from . import common, prefill
@@ -65,19 +71,29 @@ def _prefill(req: KernelRequest) -> BoundCall:
     KERNEL_PATHS.get(spec.method).check_spec(spec)
     B, H, Hk, Lq, Lk, D = s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len, s.head_dim
     q, k, v = _meta(B, H, Lq, D), _meta(B, Hk, Lk, D), _meta(B, Hk, Lk, D)
-    kw = dict(causal=s.causal, sm_scale=check_sm_scale(None, D), out_dtype=torch.float16,
-              launch=lc)
+    kernel, cfg = prefill.forward_kernel(spec, D, "float16", "meta", lc)
+    kw = dict(causal=s.causal, sm_scale=check_sm_scale(None, D), out_dtype=torch.float16)
     if spec.integer:
         bn = spec.tiling.block_n
-        qq = common.empty_quantized(q, spec.q, lc["block_m"])
-        kq = common.empty_quantized(k, spec.k, bn)
-        vq = common.empty_quantized(v, spec.v, bn, transpose=True)
-        call = prefill.prefill_call(qq, kq, vq, spec, **kw)
+        bm = 128 if kernel == "gluon" else cfg["block_m"]
+        ops = (common.empty_quantized(q, spec.q, bm), common.empty_quantized(k, spec.k, bn),
+               common.empty_quantized(v, spec.v, bn, transpose=True))
+        raw = {}
     else:
-        call = prefill.prefill_call(None, None, None, spec, q=q, k=k, v=v, **kw)
-    from .kernels import flash_fwd
-    return BoundCall(flash_fwd.attn_fwd_kernel, call.args,
-                     dict(call.constexprs, **call.options), "attn_fwd_kernel")
+        ops, raw = (None, None, None), dict(q=q, k=k, v=v)
+    if kernel == "gluon":
+        from .prefill_sm90 import sm90_call
+        call = sm90_call(*ops, spec, stages=cfg["num_stages"], options=cfg["gluon"], **raw,
+                         **kw)
+        # the consumers (two warpgroups: one 8-warp partition, or two 4-warp ones running
+        # the same code) are what the model runs
+        part = {"name": "default", "warps": 8}
+    else:
+        call = prefill.prefill_call(*ops, spec, launch=cfg or None, **raw, **kw)
+        part = None
+    return BoundCall(call.fn(), call.args, dict(call.constexprs, **call.options),
+                     "attn_fwd_sm90_kernel" if kernel == "gluon" else "attn_fwd_kernel",
+                     gluon=kernel == "gluon", partition=part)
 
 
 def bound_call(req: KernelRequest) -> BoundCall:
@@ -117,6 +133,8 @@ def _key(call: BoundCall, arch: str) -> str:
 def _compile(call: BoundCall, arch: str):
     import triton
     from triton.compiler import ASTSource
+    if call.gluon:
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource  # noqa: F811
     backend, kwargs, bound, specialization, options, tgt = _bind(call, arch)
     fn = call.fn
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
@@ -198,6 +216,7 @@ class KernelCounter:
         src = getattr(call.fn, "fn", None)
         return {
             "name": call.name,
+            "partition": call.partition,
             "warps": int(ck.metadata.num_warps),
             "registers": regs,
             "shared": int(ck.metadata.shared),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 
-from sim.arch import GLUON_OPTIONS
+from sim.arch import GLUON_DEFAULTS, GLUON_OPTIONS
 from sim.engine import qk_scale_of
 from sim.spec import MethodSpec
 
@@ -39,8 +39,7 @@ BLOCK_M = 128      # query rows per program (two warpgroups of 64)
 OPTION_FLAGS = {"merged": "MERGED", "unroll": "UNROLL", "one_loop": "ONE_LOOP",
                 "k_perm": "K_PERM", "defer_pv": "DEFER_PV", "skip_rescale": "SKIP_RESCALE"}
 assert set(OPTION_FLAGS) == set(GLUON_OPTIONS)
-DEFAULT_OPTIONS = {"merged": False, "unroll": True, "one_loop": False, "k_perm": True,
-                   "defer_pv": False, "skip_rescale": False}
+DEFAULT_OPTIONS = dict(GLUON_DEFAULTS)
 _BLOCK_NS = (64, 128)
 _STAGES = (2, 3, 4, 5, 6)
 

@@ -20,7 +20,8 @@ from .schema import ConfigError, build, load_yaml, meta
 from .spec import config_dir
 
 __all__ = ["Arch", "arch", "archs", "arch_of_capability", "kernel_data", "prefill_launch",
-           "prefill_kernel_launch", "DATA_FILES", "KERNELS", "GLUON_OPTIONS", "TENSOR_DTYPES",
+           "prefill_kernel_launch", "DATA_FILES", "KERNELS", "GLUON_OPTIONS", "GLUON_DEFAULTS",
+           "TENSOR_DTYPES",
            "missing_kernel_data"]
 
 # Tensor-core operand dtypes the cost model knows (a Hardware has a tc_<dtype> rate for each).
@@ -107,6 +108,10 @@ KERNELS = ("triton", "gluon")
 # types; ``block_n`` maps a spec block_n to overrides of these for specs with that tile.
 GLUON_OPTIONS = {"merged": bool, "unroll": bool, "one_loop": bool, "k_perm": bool,
                  "defer_pv": bool, "skip_rescale": bool}
+# the value of each option a launch leaves unset (gpu.prefill_sm90 runs these; the cost model
+# counts the same kernel)
+GLUON_DEFAULTS = {"merged": False, "unroll": True, "one_loop": False, "k_perm": True,
+                  "defer_pv": False, "skip_rescale": False}
 
 
 def _check_entry(where: str, path: str, launch) -> None:

@@ -162,6 +162,65 @@ def prefill_trips(cols: int, q_len: int, kv_len: int, bm: int, bn: int,
     return tuple(per) * cols
 
 
+def _gluon_tiles(r0: int, rows: int, q_len: int, kv_len: int, bn: int,
+                 causal: bool) -> tuple[int, int]:
+    """(unmasked tiles, all tiles) of the ``rows`` query rows from ``r0`` (the sm_90 kernel's
+    ``_tile_counts``, flash_fwd's split)."""
+    if r0 >= q_len:
+        return 0, 0
+    coff = kv_len - q_len
+    if causal:
+        hi = min(r0 + rows + coff, kv_len)
+        first = max(r0 + coff + 1, 0)
+        full = max(min(min(first // bn, kv_len // bn) * bn, hi), 0)
+        n_tot = -(-max(hi, 0) // bn)
+    else:
+        full, n_tot = (kv_len // bn) * bn, -(-kv_len // bn)
+    return min(full // bn, n_tot), n_tot
+
+
+def gluon_prefill_trips(cols: int, q_len: int, kv_len: int, bn: int, causal: bool, *,
+                        merged: bool, one_loop: bool, unroll: bool) -> tuple:
+    """Loop trips of every CTA of gpu/kernels/flash_fwd_sm90.py ``attn_fwd_sm90_kernel`` (grid
+    ``(cdiv(q_len, 128), cols)``, causal grids longest rows first) for its consumer partition's
+    loops in program order:
+
+    * ``one_loop``: the tile loop (``n_tot`` trips; ``cdiv(n_tot, 2)`` when ``unroll``), then (two
+      consumers) the release of stages loaded for the other consumer (``n_cta - n_tot``);
+    * two loops: the unmasked loop after its two-tile prologue (``(n_full - 2) // 2`` trips
+      unrolled, ``n_full - 2`` rolled; none when ``n_full < 2``), the remaining tiles one at a time
+      (``n_tot - n_full``, all ``n_tot`` when ``n_full < 2``), then (two consumers) the release
+      loop.
+
+    Two 64-row consumers (not ``merged``) run one code path: the model runs both with the trips
+    of the one with more tiles (the CTA ends with it).
+
+    >>> gluon_prefill_trips(1, 256, 256, 64, True, merged=True, one_loop=True, unroll=False)
+    ((4,), (2,))
+    """
+    nq = -(-q_len // 128)
+    per = []
+    for pid in range(nq):
+        start = (nq - 1 - pid if causal else pid) * 128
+        if merged:
+            n_full, n_tot = _gluon_tiles(start, 128, q_len, kv_len, bn, causal)
+            n_cta = n_tot
+        else:
+            parts = [_gluon_tiles(start + 64 * w, 64, q_len, kv_len, bn, causal) for w in (0, 1)]
+            n_full, n_tot = max(parts, key=lambda t: (t[1], t[0]))
+            n_cta = max(t[1] for t in parts)
+        # merged: the consumer's tiles are the CTA's, so the release loop compiles away
+        rel = () if merged else (n_cta - n_tot,)
+        if one_loop:
+            per.append((-(-n_tot // 2) if unroll else n_tot,) + rel)
+        elif n_full >= 2:
+            main = (n_full - 2) // 2 if unroll else n_full - 2
+            per.append((main, n_tot - n_full) + rel)
+        else:
+            per.append((0, n_tot) + rel)
+    return tuple(per) * cols
+
+
 def _regs(bm: int, bn: int, d: int, dv: int, threads: int, q_bytes: float) -> int:
     # fp32 accumulator + fp32 score tile + Q fragment + ~40 for addresses, m, l, loop state.
     r = (bm * dv + bm * bn + bm * d * q_bytes / 4) / threads + 40

@@ -8,7 +8,7 @@ only), except ``sage_v1`` whose Q/K quantization pre-pass is a launch of its own
 """
 from __future__ import annotations
 
-from ..arch import prefill_launch
+from ..arch import GLUON_DEFAULTS, prefill_kernel_launch
 from . import kernels as K
 from .calibrated import Program
 from .counted import KernelRequest
@@ -60,11 +60,34 @@ def prefill_program(spec, s: Shape, ctx) -> Program:
     """The calibrated tier's :class:`Program` of our prefill forward (gpu/kernels/flash_fwd.py
     ``attn_fwd_kernel``): the launch the launcher would make (the arch's launch table, the
     caller's override on top) and every CTA's loop trips (:func:`kernels.prefill_trips`)."""
-    lc = dict(prefill_launch(ctx.arch, spec.method, s.head_dim), **(ctx.launch or {}))
-    req = KernelRequest.make("prefill", ctx.arch, spec, s, lc)
+    table = prefill_kernel_launch(ctx.arch, spec.method, s.head_dim, spec.tiling.block_n)
+    over = dict(ctx.launch or {})
+    if over and "kernel" not in over and not set(over) & {"gluon"}:
+        # a portable launch (block_m / num_warps / num_stages) names the portable kernel, as
+        # gpu.prefill.forward_kernel reads it
+        lc = dict(over, kernel="triton")
+        lc = {**{k: table[k] for k in ("block_m", "num_warps", "num_stages")}, **lc}
+    else:
+        lc = {**table, **over}
+    if lc.get("kernel") == "gluon":
+        g = {**GLUON_DEFAULTS, **(lc.get("gluon") or {})}
+        lc["gluon"] = g
+        ctas = K.gluon_prefill_trips(s.batch * s.q_heads, s.q_len, s.kv_len,
+                                     spec.tiling.block_n, s.causal, merged=g["merged"],
+                                     one_loop=g["one_loop"], unroll=g["unroll"])
+        return Program(KernelRequest.make("prefill", ctx.arch, spec, s, _freeze(lc)), ctas,
+                       "attn_fwd_sm90_kernel")
+    lc.pop("gluon", None)
+    req = KernelRequest.make("prefill", ctx.arch, spec, s, _freeze(lc))
     ctas = K.prefill_trips(s.batch * s.q_heads, s.q_len, s.kv_len, int(lc["block_m"]),
                            spec.tiling.block_n, s.causal)
     return Program(req, ctas, "attn_fwd_kernel")
+
+
+def _freeze(launch: dict) -> dict:
+    """A launch whose nested options are hashable (KernelRequest keys requests by value)."""
+    return {k: (tuple(sorted(v.items())) if isinstance(v, dict) else v)
+            for k, v in launch.items()}
 
 
 def foreign_launches(name: str, s: Shape, ctx) -> list[K.Launch]:

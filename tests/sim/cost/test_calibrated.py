@@ -174,3 +174,29 @@ def test_prediction_from_our_kernel_and_a_foreign_one():
     names = [n for n, *_ in sage.launches]
     assert names[-1] == "sage_v1.attn_causal"
     assert [n for n, _ in sage.analytical] == ["sage_v1.k_mean", "sage_v1.k_smooth"]
+
+
+def test_gluon_trips_follow_the_consumer_loops():
+    from sim.cost.kernels import gluon_prefill_trips as trips
+    # merged one loop: every tile in one loop, no release loop
+    assert trips(1, 256, 256, 64, True, merged=True, one_loop=True, unroll=False) == ((4,), (2,))
+    # merged two loops unrolled: (n_full - 2) // 2 double steps, then the rest one at a time
+    assert trips(2, 512, 512, 64, False, merged=True, one_loop=False,
+                 unroll=True) == ((3, 0),) * 8
+    # two consumers, causal, longest rows first: the consumer with more tiles sets the trips
+    assert trips(1, 512, 512, 64, True, merged=False, one_loop=False,
+                 unroll=True) == ((2, 1, 0), (1, 1, 0), (0, 1, 0), (0, 2, 0))
+
+
+@pytest.mark.slow
+def test_gluon_record_loops_match_the_trips():
+    """The Hopper launch table's Gluon kernels: the counted consumer partition has exactly the
+    loops the cost path gives trips for (a structure change fails here, not silently)."""
+    pytest.importorskip("triton")
+    import gpu.counting
+    gpu.counting.install()
+    for method in ("int8_flash", "fp16_flash", "turbo"):
+        p = predict(method, Shape(1, 8, 8, 1024, 1024, 128, True), "h100_sxm",
+                    tier="calibrated")
+        assert p.counted[0][1].startswith("attn_fwd_sm90_kernel-sm_90-"), method
+        assert not p.analytical
