@@ -159,7 +159,7 @@ def test_prediction_from_our_kernel_and_a_foreign_one():
     gpu.counting.install()
     s = Shape(2, 16, 16, 1024, 1024, 128, True)
     p = predict("int8_flash", s, "h100_sxm", tier="calibrated")
-    assert p.counted and p.counted[0][1].startswith("attn_fwd_kernel-sm_90-")
+    assert p.counted and p.counted[0][1].startswith("attn_fwd_sm90_kernel-sm_90-")   # Gluon
     assert not p.analytical and p.bound in ("pipeline", "hbm")
     # a causal grid takes longer than half the non-causal one (diagonal tiles, imbalance)
     full = predict("int8_flash", Shape(2, 16, 16, 1024, 1024, 128, False), "h100_sxm",
