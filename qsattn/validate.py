@@ -695,8 +695,11 @@ def run(args: argparse.Namespace) -> int:
     store = ResultStore(args.out / STORE_NAME, rerun=args.rerun, required=ROW_SCHEMA)
     command = provenance.command_line()
     not_run = []
-    points = [(m, "prefill", s) for m in cfg["prefill_methods"] for s in cfg["shapes"]]
-    points += [(p, "peer", s) for p in cfg.get("peers", ()) for s in cfg["shapes"]]
+    # shape by shape (every method and peer of a shape together): a sweep cut short by
+    # --budget-s keeps whole shapes, so its speedup ratios stay complete
+    points = [pt for s in cfg["shapes"]
+              for pt in [(m, "prefill", s) for m in cfg["prefill_methods"]]
+              + [(p, "peer", s) for p in cfg.get("peers", ())]]
     points += decode_points(cfg, not_run)
     digest = model_state(hw)
     tiers = _tiers(args.predict_tiers)
