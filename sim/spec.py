@@ -222,9 +222,25 @@ class Softmax:
             raise ValueError("softmax.exp is 'sas' but the softmax.sas section is missing")
 
 
+KVGroups = Literal["per_channel", "per_token"]
+
+
 @dataclass(frozen=True)
 class KVCache:
-    """FlashQ progressive KV cache (TurboAttention): INT8 buffer + INT4/INT2 per-head storage."""
+    """FlashQ progressive KV cache (TurboAttention): INT8 buffer + INT4/INT2 per-head storage.
+
+    Each flushed INT8 block of ``buffer_tokens`` tokens is re-quantized with one integer scale
+    and zero point per group. ``k_groups`` / ``v_groups`` name what one scale/zero belongs to,
+    and ``k_group_size`` / ``v_group_size`` how many elements it covers *along the other axis*:
+
+    - ``per_channel``: one scale/zero per channel over ``group_size`` consecutive tokens of a
+      flushed block (``group_size`` divides ``buffer_tokens``);
+    - ``per_token``: one scale/zero per token over ``group_size`` consecutive channels.
+
+    The default (configs/methods/turbo.yaml) is KIVI's choice (Liu et al., KIVI, ICML 2024):
+    K per channel (K's outliers are whole channels), V per token. The opposite layout (K per
+    token over 32 channels, V per channel over 64 tokens) is ``configs/methods/turbo_token_k.yaml``.
+    """
 
     buffer_tokens: int = field(metadata=meta("newest tokens kept INT8 (nb)", min=1))
     high_bits: int = field(metadata=meta("bits for high-priority heads", min=2, max=8))
@@ -232,8 +248,18 @@ class KVCache:
     low_share: float = field(metadata=meta("share of heads given low_bits", min=0, max=1))
     priority: Literal["range_std"] = field(
         metadata=meta("head ranking metric: (max - min) * std of the head's K and V entries"))
-    k_group_channels: int = field(metadata=meta("K requant group: channels per group", min=1))
-    v_group_tokens: int = field(metadata=meta("V requant group: tokens per group", min=1))
+    k_groups: KVGroups = field(metadata=meta(
+        "K requant groups: per_channel (one scale/zero per channel over k_group_size tokens) "
+        "or per_token (one per token over k_group_size channels)"))
+    k_group_size: int = field(metadata=meta("K requant group length along the other axis "
+                                            "(tokens for per_channel, channels for per_token)",
+                                            min=1))
+    v_groups: KVGroups = field(metadata=meta(
+        "V requant groups: per_token (one scale/zero per token over v_group_size channels) "
+        "or per_channel (one per channel over v_group_size tokens)"))
+    v_group_size: int = field(metadata=meta("V requant group length along the other axis "
+                                            "(channels for per_token, tokens for per_channel)",
+                                            min=1))
     scale_bits: int = field(default=8, metadata=meta("storage of one integer scale", min=1))
     zero_bits: int = field(default=8, metadata=meta("storage of one integer zero point", min=1))
 
@@ -241,6 +267,12 @@ class KVCache:
         for name in ("high_bits", "low_bits"):
             if getattr(self, name) not in (2, 4, 8):
                 raise ValueError(f"kvcache.{name} must be 2, 4 or 8, got {getattr(self, name)}")
+        for name in ("k", "v"):
+            groups, size = getattr(self, f"{name}_groups"), getattr(self, f"{name}_group_size")
+            if groups == "per_channel" and self.buffer_tokens % size:
+                raise ValueError(f"kvcache.{name}_group_size: per_channel groups run along the "
+                                 f"tokens of a flushed block, so the size must divide "
+                                 f"buffer_tokens ({self.buffer_tokens}), got {size}")
 
 
 @dataclass(frozen=True)
@@ -432,5 +464,5 @@ def available_methods() -> list[str]:
 
 __all__ = ["MethodSpec", "Tiling", "FloatOperands", "OperandQuant", "PQuant", "SAS", "Softmax",
            "Arithmetic",
-           "KVCache", "Sparse", "ConfigError", "load_method", "resolve_spec", "available_methods",
+           "KVCache", "KVGroups", "Sparse", "ConfigError", "load_method", "resolve_spec", "available_methods",
            "config_dir"]

@@ -13,18 +13,22 @@ Layout and rules (docs/numerics.md, "turbo KV cache"), per (batch, KV head):
   So when the row at absolute position ``p`` attends (after its own token was appended), keys
   ``j < c(p) = floor((p + 1) / nb) * nb`` are read re-quantized and keys ``c(p) <= j <= p`` as
   INT8: the buffer always holds the newest ``(p + 1) mod nb < nb`` tokens.
-- Re-quantization (``sim.numerics.requantize``, integer scale and zero): K along channels in
-  groups of ``k_group_channels`` per token (K's outliers are per channel), V along tokens in groups
-  of ``v_group_tokens`` per channel (``buffer_tokens`` must be a multiple of it). High-priority
-  heads get ``high_bits``, the ``round(low_share * Hkv)`` lowest-priority heads ``low_bits``.
+- Re-quantization (``sim.numerics.requantize``, integer scale and zero) of each flushed block,
+  grouped as ``spec.kvcache`` says (``k_groups``/``v_groups``, sizes along the other axis):
+  ``per_channel`` = one scale/zero per channel over ``group_size`` consecutive tokens of the
+  block (``requantize(axis=-2)``), ``per_token`` = one per token over ``group_size`` consecutive
+  channels (``axis=-1``). Default (KIVI's axes): K per channel over the block's 64 tokens, V per
+  token over 32 channels; ``turbo_token_k`` ships the opposite layout. High-priority heads get
+  ``high_bits``, the ``round(low_share * Hkv)`` lowest-priority heads ``low_bits``.
 - Reading: ``to_int8`` (integer only), then the int8 tile sequence with the INT8 block scale.
 - Head priority (``range_std``): ``(max - min) * std`` over all K and V entries of the head
   (every batch and token), from a calibration (:class:`HeadPriority`) or the call's own inputs
   ("oracle"). Ties rank the lower head index as lower priority.
 
 Byte accounting (:meth:`TurboCache.nbytes`, per (batch, KV head)), every stored field counted:
-packed codes (``ceil(D * bits / 8)`` bytes per token for K and for V), K's scale+zero per token
-per channel group, V's scale+zero per channel per token group (``scale_bits + zero_bits``), the
+packed codes (``ceil(D * bits / 8)`` bytes per token for K and for V), the scale+zero of every
+K and V group (``scale_bits + zero_bits`` each: per_channel ``ceil(T / size) * D`` groups,
+per_token ``T * ceil(D / size)`` for ``T`` flushed tokens), the
 fp32 INT8 block scale of every flushed block (K and V), and the INT8 buffer at its full capacity
 ``buffer_tokens`` (codes + its two fp32 scales), since that memory is reserved whatever its fill.
 
@@ -54,7 +58,8 @@ from ..softmax import exp_fns
 from .base import CalibrationKind, SimMethod
 
 __all__ = ["HeadPriority", "head_priority", "head_bits", "TurboCache", "cache_nbytes",
-           "compression_vs_fp16", "compressed_len", "simulate_turbo_cache"]
+           "compression_vs_fp16", "compressed_len", "simulate_turbo_cache", "group_grid",
+           "requant_axis"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,14 +127,35 @@ def compressed_len(length: int, buffer_tokens: int) -> int:
     return (length // buffer_tokens) * buffer_tokens
 
 
+def requant_axis(groups: str) -> int:
+    """The ``requantize`` axis of a ``[..., tokens, channels]`` block for ``k_groups`` /
+    ``v_groups``: per_channel groups run along tokens (-2), per_token along channels (-1)."""
+    if groups not in ("per_channel", "per_token"):
+        raise ValueError(f"groups: expected 'per_channel' or 'per_token', got {groups!r}")
+    return -2 if groups == "per_channel" else -1
+
+
+def group_grid(groups: str, size: int, tokens: int, dim: int) -> tuple[int, int]:
+    """Shape ``(rows, cols)`` of the scale (and zero) grid of ``tokens`` flushed tokens of
+    ``dim`` channels: per_channel ``(ceil(tokens / size), dim)``, per_token
+    ``(tokens, ceil(dim / size))``.
+
+    >>> group_grid("per_channel", 64, 128, 32), group_grid("per_token", 32, 128, 64)
+    ((2, 32), (128, 2))
+    """
+    if requant_axis(groups) == -2:
+        return -(-tokens // size), dim
+    return tokens, -(-dim // size)
+
+
 def _head_bytes(kvc, bits: int, tokens: int, D: int, Dv: int) -> dict:
     tc = compressed_len(tokens, kvc.buffer_tokens)
     gbytes = (kvc.scale_bits + kvc.zero_bits) / 8
     return {
         "k_codes": tc * math.ceil(D * bits / 8),
         "v_codes": tc * math.ceil(Dv * bits / 8),
-        "k_scale_zero": tc * math.ceil(D / kvc.k_group_channels) * gbytes,
-        "v_scale_zero": math.ceil(tc / kvc.v_group_tokens) * Dv * gbytes,
+        "k_scale_zero": math.prod(group_grid(kvc.k_groups, kvc.k_group_size, tc, D)) * gbytes,
+        "v_scale_zero": math.prod(group_grid(kvc.v_groups, kvc.v_group_size, tc, Dv)) * gbytes,
         "int8_block_scales": 2 * 4 * (tc // kvc.buffer_tokens),
         "buffer": kvc.buffer_tokens * (D + Dv) + 2 * 4,
     }
@@ -170,9 +196,6 @@ def check_cache_spec(spec):
         raise ValueError(f"spec.kvcache.buffer_tokens: expected the INT8 block "
                          f"(tiling.block_n = {spec.tiling.block_n}) so a flushed group is one "
                          f"INT8 block, got {kvc.buffer_tokens}")
-    if kvc.buffer_tokens % kvc.v_group_tokens:
-        raise ValueError(f"spec.kvcache.v_group_tokens: expected a divisor of buffer_tokens "
-                         f"({kvc.buffer_tokens}), got {kvc.v_group_tokens}")
     for name in ("k", "v"):
         op = getattr(spec, name)
         if op.granularity != "per_block" or (op.block_tokens or spec.tiling.block_n) != kvc.buffer_tokens:
@@ -196,11 +219,20 @@ class _Packed:
     """One head's re-quantized store: packed codes + integer scale/zero (one batch axis kept)."""
 
     k_codes: np.ndarray      # uint8 [B, T, ceil(D*bits/8)]
-    k_scale: np.ndarray      # uint8 [B, T, D/kg]
-    k_zero: np.ndarray       # int8
+    k_scale: np.ndarray      # uint8 [B, *group_grid(k_groups, k_group_size, T, D)]
+    k_zero: np.ndarray       # int8, as k_scale
     v_codes: np.ndarray      # uint8 [B, T, ceil(Dv*bits/8)]
-    v_scale: np.ndarray      # uint8 [B, T/vg, Dv]
+    v_scale: np.ndarray      # uint8 [B, *group_grid(v_groups, v_group_size, T, Dv)]
     v_zero: np.ndarray
+
+
+def _read_int8(codes: np.ndarray, scale, zero, bits: int, groups: str, size: int) -> np.ndarray:
+    """``clamp(code * scale + zero, -127, 127)`` of one head's flushed codes ``[B, T, D]``
+    (``sim.numerics.requantize``'s read-back, on the group grid of ``groups``)."""
+    axis = requant_axis(groups) % 3
+    g = min(size, codes.shape[axis])
+    block = (1, g, 1) if axis == 1 else (1, 1, g)
+    return Requantized(codes, scale, zero, bits, 8, axis, g, block).to_int8()
 
 
 @dataclass(eq=False)
@@ -241,8 +273,8 @@ class TurboCache:
 
     @staticmethod
     def _requant(kvc, bits: int, k8h: np.ndarray, v8h: np.ndarray):
-        rk = requantize(k8h, 8, bits, axis=-1, group=kvc.k_group_channels)
-        rv = requantize(v8h, 8, bits, axis=-2, group=kvc.v_group_tokens)
+        rk = requantize(k8h, 8, bits, axis=requant_axis(kvc.k_groups), group=kvc.k_group_size)
+        rv = requantize(v8h, 8, bits, axis=requant_axis(kvc.v_groups), group=kvc.v_group_size)
         return rk, rv
 
     @classmethod
@@ -251,11 +283,11 @@ class TurboCache:
         Dv = v8h.shape[-1]
         if T == 0:
             z = np.zeros
-            return _Packed(z((B, 0, math.ceil(D * bits / 8)), np.uint8),
-                           z((B, 0, math.ceil(D / kvc.k_group_channels)), np.uint8),
-                           z((B, 0, math.ceil(D / kvc.k_group_channels)), np.int8),
-                           z((B, 0, math.ceil(Dv * bits / 8)), np.uint8),
-                           z((B, 0, Dv), np.uint8), z((B, 0, Dv), np.int8))
+            kg = (B, *group_grid(kvc.k_groups, kvc.k_group_size, 0, D))
+            vg = (B, *group_grid(kvc.v_groups, kvc.v_group_size, 0, Dv))
+            return _Packed(z((B, 0, math.ceil(D * bits / 8)), np.uint8), z(kg, np.uint8),
+                           z(kg, np.int8), z((B, 0, math.ceil(Dv * bits / 8)), np.uint8),
+                           z(vg, np.uint8), z(vg, np.int8))
         if bits == 8:
             raise ValueError("bits: a re-quantized head must have fewer than 8 bits")
         rk, rv = cls._requant(kvc, bits, k8h, v8h)
@@ -269,6 +301,9 @@ class TurboCache:
         buffer's codes are re-scaled in integers-from-float32 as ``rint(code * s_old / s_new)``
         (half-even, f32), the cost of quantizing a block whose tokens arrive one by one. A
         block appended whole gets exactly the codes of :meth:`from_prefill`.
+
+        Transactional: an append that raises (bad shape, non-finite token, a scale beyond its
+        dtype's range) leaves the cache exactly as it was.
         """
         kvc = check_cache_spec(self.spec)
         B, _, Hkv, _, n, D, Dv, _ = check_qkv(k_new, k_new, v_new)
@@ -276,18 +311,38 @@ class TurboCache:
                                self.v_buf.shape[3]):
             raise ValueError(f"k_new: expected [B={self.k_buf.shape[0]}, Hkv={self.k_buf.shape[1]}, "
                              f"n, D={self.k_buf.shape[3]}], got {tuple(np.shape(k_new))}")
+        saved = self._state()
+        try:
+            self._append(kvc, np.asarray(k_new), np.asarray(v_new), n)
+        except BaseException:
+            self._restore(saved)
+            raise
+        return self
+
+    _FIELDS = ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero")
+
+    def _state(self) -> tuple:
+        """References to every array the append replaces (it never writes one in place)."""
+        return (self.k_buf, self.v_buf, self.k_scale8, self.v_scale8, self.length,
+                [tuple(getattr(st, f) for f in self._FIELDS) for st in self.store])
+
+    def _restore(self, saved: tuple) -> None:
+        self.k_buf, self.v_buf, self.k_scale8, self.v_scale8, self.length, store = saved
+        for st, arrays in zip(self.store, store):
+            for f, a in zip(self._FIELDS, arrays):
+                setattr(st, f, a)
+
+    def _append(self, kvc, k_new: np.ndarray, v_new: np.ndarray, n: int) -> None:
         nb = kvc.buffer_tokens
         pos = 0
         while pos < n:
             room = nb - self.k_buf.shape[2]
             take = min(room, n - pos)
-            self._extend(np.asarray(k_new)[:, :, pos:pos + take],
-                         np.asarray(v_new)[:, :, pos:pos + take])
+            self._extend(k_new[:, :, pos:pos + take], v_new[:, :, pos:pos + take])
             pos += take
             self.length += take
             if self.k_buf.shape[2] == nb:
                 self._flush(kvc)
-        return self
 
     def _extend(self, kc: np.ndarray, vc: np.ndarray) -> None:
         fresh = self.k_buf.shape[2] == 0
@@ -320,7 +375,7 @@ class TurboCache:
     def _flush(self, kvc) -> None:
         for h, st in enumerate(self.store):
             new = self._compress(kvc, int(self.bits[h]), self.k_buf[:, h], self.v_buf[:, h])
-            for f in ("k_codes", "k_scale", "k_zero", "v_codes", "v_scale", "v_zero"):
+            for f in self._FIELDS:
                 setattr(st, f, np.concatenate([getattr(st, f), getattr(new, f)], axis=1))
         self.k_buf = self.k_buf[:, :, :0]
         self.v_buf = self.v_buf[:, :, :0]
@@ -343,13 +398,10 @@ class TurboCache:
         if tc:
             for h, st in enumerate(self.store):
                 bits = int(self.bits[h])
-                kg = min(kvc.k_group_channels, D)
-                rk = Requantized(unpack(st.k_codes, bits, D), st.k_scale, st.k_zero, bits, 8,
-                                 2, kg, (1, 1, kg))
-                rv = Requantized(unpack(st.v_codes, bits, Dv), st.v_scale, st.v_zero, bits, 8,
-                                 1, kvc.v_group_tokens, (1, kvc.v_group_tokens, 1))
-                k8[:, h, :tc] = rk.to_int8()
-                v8[:, h, :tc] = rv.to_int8()
+                k8[:, h, :tc] = _read_int8(unpack(st.k_codes, bits, D), st.k_scale, st.k_zero,
+                                           bits, kvc.k_groups, kvc.k_group_size)
+                v8[:, h, :tc] = _read_int8(unpack(st.v_codes, bits, Dv), st.v_scale, st.v_zero,
+                                           bits, kvc.v_groups, kvc.v_group_size)
         return k8, v8
 
     def nbytes(self, detail: bool = False):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from .. import kernels as K
+from ...methods.turbo import group_grid
 from ..paths import ceil_div, decode_common, integer_prefill, q_quant
 from ..shape import Shape
 from .base import CostPath
@@ -22,8 +23,9 @@ def _ideal_decode(spec, s: Shape, ctx) -> list[K.Launch]:
     low = s.kv_len - nb
     bits = (1 - kv.low_share) * kv.high_bits + kv.low_share * kv.low_bits
     meta = (kv.scale_bits + kv.zero_bits) / 8
-    per_head = (low * D * 2 * bits / 8
-                + low * D / kv.k_group_channels * meta + low * D / kv.v_group_tokens * meta
+    groups = (math.prod(group_grid(kv.k_groups, kv.k_group_size, low, D))
+              + math.prod(group_grid(kv.v_groups, kv.v_group_size, low, D)))
+    per_head = (low * D * 2 * bits / 8 + groups * meta
                 + nb * D * 2 + 2 * 4 * -(-s.kv_len // bn))
     # flash() prices an INT8 stream of kv_len rows; express the real per-row bytes as INT8 +
     # a signed extra so that HBM/L2/smem bytes equal the cache's.

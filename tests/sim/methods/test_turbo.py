@@ -6,7 +6,8 @@ import pytest
 import ref
 from sim import load_method
 from sim.methods.turbo import (HeadPriority, TurboCache, cache_nbytes, compressed_len,
-                         compression_vs_fp16, head_bits, head_priority, simulate_turbo_cache)
+                               compression_vs_fp16, group_grid, head_bits, head_priority,
+                               simulate_turbo_cache)
 from sim.numerics.quantize import quantize
 from sim.numerics.requantize import requantize
 from sim.simulate import simulate
@@ -19,9 +20,10 @@ def _kv(B=1, H=4, L=130, D=64, seed=0):
     return k, v
 
 
-def test_default_share_reaches_paper_compression():
-    c = compression_vs_fp16(load_method("turbo"), tokens=4096, head_dim=128, kv_heads=32)
-    print("compression at 4K tokens, D=128, 32 KV heads:", c)
+@pytest.mark.parametrize("name", ["turbo", "turbo_token_k"])
+def test_default_share_reaches_paper_compression(name):
+    c = compression_vs_fp16(load_method(name), tokens=4096, head_dim=128, kv_heads=32)
+    print(name, "compression at 4K tokens, D=128, 32 KV heads:", c)
     assert 4.4 <= c < 4.5
 
 
@@ -29,8 +31,8 @@ def test_bytes_hand_derived_tiny_case():
     # 130 tokens, D=64, buffer 64: 128 tokens flushed, 2 INT8 blocks.
     spec = load_method("turbo")
     int4 = (128 * 32 * 2              # K and V codes: 64 ch x 4 bits = 32 B per token
-            + 128 * 2 * 2             # K: 2 channel groups of 32 per token, scale+zero 1 B each
-            + 2 * 64 * 2              # V: 2 token groups x 64 channels, scale+zero
+            + 2 * 64 * 2              # K per channel: 2 blocks of 64 tokens x 64 channels, s+z
+            + 128 * 2 * 2             # V per token: 2 groups of 32 channels per token, s+z
             + 2 * 4 * 2               # fp32 INT8 block scales of 2 flushed blocks, K and V
             + 64 * 128 + 8)           # buffer capacity: 64 tokens x (64 + 64) INT8 + 2 fp32 scales
     assert cache_nbytes(spec, [4], 130, 64) == int4
@@ -39,6 +41,73 @@ def test_bytes_hand_derived_tiny_case():
     k, v = _kv()
     cache = TurboCache.from_prefill(k, v, spec)
     assert cache.nbytes() == cache_nbytes(spec, cache.bits, 130, 64)
+    old = load_method("turbo_token_k")    # the same counts with the axes swapped
+    assert cache_nbytes(old, [4], 130, 64) == int4
+    assert cache_nbytes(spec, [4], 130, 64, detail=True)["k_scale_zero"] == 2 * 64 * 2
+    assert cache_nbytes(old, [4], 130, 64, detail=True)["k_scale_zero"] == 128 * 2 * 2
+
+
+def test_group_grid_and_spec_checks():
+    assert group_grid("per_channel", 64, 192, 128) == (3, 128)
+    assert group_grid("per_token", 32, 192, 100) == (192, 4)     # partial last channel group
+    with pytest.raises(ValueError, match="k_group_size"):
+        load_method("turbo", kvcache__k_group_size=48)          # 48 does not divide 64
+    with pytest.raises(ValueError, match="k_groups"):
+        load_method("turbo", kvcache__k_groups="per_head")
+
+
+def test_per_channel_k_per_token_v_hand_example():
+    """Exact integers: one flushed block whose INT8 scale is 1 (absmax 127), D = 4, INT4.
+    K channel 0 holds 0 except +127 (token 5) and -127 (token 6): s = ceil(254 / 15) = 17,
+    z = -127, codes (0 + 127 + 8) // 17 = 7 -> 7 * 17 - 127 = -8, 15 -> 128 clamped to 127,
+    0 -> -127. Channel 1 is constant 3 (s = 1, z = 3, exact); channel 2 ramps -20 .. 43
+    (s = ceil(63 / 15) = 5, z = -20). V token 0 = [127, -127, 0, 5] is one 4-channel group
+    (v_group_size 32 > D): s = 17, z = -127, read back [127, -127, -8, 9]."""
+    spec = load_method("turbo", kvcache__low_share=0.0)
+    k = np.zeros((1, 1, 64, 4), np.float16)
+    v = np.zeros((1, 1, 64, 4), np.float16)
+    k[0, 0, :, 1] = 3
+    k[0, 0, 5, 0], k[0, 0, 6, 0] = 127, -127
+    k[0, 0, :, 2] = np.arange(64) - 20
+    k[0, 0, :, 3] = -1
+    v[0, 0, 0] = [127, -127, 0, 5]
+    v[0, 0, 1:] = [1, 2, 3, 4]
+    cache = TurboCache.from_prefill(k, v, spec, priority=HeadPriority(np.ones(1)))
+    st = cache.store[0]
+    assert st.k_scale.shape == (1, 1, 4) and st.v_scale.shape == (1, 64, 1)
+    assert st.k_scale[0, 0].tolist() == [17, 1, 5, 1]
+    assert st.k_zero[0, 0].tolist() == [-127, 3, -20, -1]
+    assert (st.v_scale[0, :3, 0].tolist(), st.v_zero[0, :3, 0].tolist()) == ([17, 1, 1],
+                                                                              [-127, 1, 1])
+    kh, vh = cache.int8()
+    assert kh[0, 0, 4:8, 0].tolist() == [-8, 127, -127, -8]
+    assert kh[0, 0, :4, 2].tolist() == [-20, -20, -20, -15]   # (1 + 2) // 5 = 0, (3 + 2) // 5 = 1
+    assert (kh[0, 0, :, 1] == 3).all() and (kh[0, 0, :, 3] == -1).all()
+    assert vh[0, 0, 0].tolist() == [127, -127, -8, 9] and vh[0, 0, 1].tolist() == [1, 2, 3, 4]
+
+
+def test_append_is_transactional():
+    """An append that raises leaves every array and the length as they were."""
+    spec = load_method("turbo", v__scale_dtype="fp16")
+    k, v = _kv(H=2, L=100)
+    cache = TurboCache.from_prefill(k[:, :, :60], v[:, :, :60], spec)
+    before = cache.int8(), cache.nbytes(detail=True), cache.k_scale8.copy(), cache.length
+    big = np.full((1, 2, 10, 64), 1e7, np.float32)      # absmax / 127 beyond the fp16 scale range
+    with pytest.raises(ValueError):                     # K is appended first, then V fails
+        cache.append(k[:, :, 60:70], big)
+    bad = k[:, :, 60:70].astype(np.float32)
+    bad[0, 1, 3, 5] = np.nan
+    with pytest.raises(ValueError):
+        cache.append(bad, v[:, :, 60:70])
+    after = cache.int8(), cache.nbytes(detail=True), cache.k_scale8, cache.length
+    for a, b in zip(before[0], after[0]):
+        assert np.array_equal(a, b)
+    assert before[1] == after[1] and np.array_equal(before[2], after[2]) and before[3] == after[3]
+    cache.append(k[:, :, 60:], v[:, :, 60:])             # still usable, and equal to a fresh one
+    fresh = TurboCache.from_prefill(k[:, :, :60], v[:, :, :60], spec).append(k[:, :, 60:],
+                                                                              v[:, :, 60:])
+    for a, b in zip(cache.int8(), fresh.int8()):
+        assert np.array_equal(a, b)
 
 
 def test_priority_and_head_bits():
@@ -57,8 +126,10 @@ def test_priority_save_load(tmp_path):
     assert np.array_equal(back.priority, pr.priority) and back.source == "slice"
 
 
-def test_round_trip_matches_numerics_exactly():
-    spec = load_method("turbo")
+@pytest.mark.parametrize("name, k_axis, k_group, v_axis, v_group",
+                         [("turbo", -2, 64, -1, 32), ("turbo_token_k", -1, 32, -2, 64)])
+def test_round_trip_matches_numerics_exactly(name, k_axis, k_group, v_axis, v_group):
+    spec = load_method(name)
     k, v = _kv()
     pr = HeadPriority(np.array([4.0, 1.0, 3.0, 2.0]))
     cache = TurboCache.from_prefill(k, v, spec, priority=pr)
@@ -66,8 +137,8 @@ def test_round_trip_matches_numerics_exactly():
     v8 = quantize(v, 8, block=(1, 1, 64, None)).codes
     kh, vh = cache.int8()
     for h, bits in enumerate(cache.bits):
-        want_k = requantize(k8[:, h, :128], 8, int(bits), axis=-1, group=32).to_int8()
-        want_v = requantize(v8[:, h, :128], 8, int(bits), axis=-2, group=64).to_int8()
+        want_k = requantize(k8[:, h, :128], 8, int(bits), axis=k_axis, group=k_group).to_int8()
+        want_v = requantize(v8[:, h, :128], 8, int(bits), axis=v_axis, group=v_group).to_int8()
         assert np.array_equal(kh[:, h, :128], want_k) and np.array_equal(vh[:, h, :128], want_v)
     assert np.array_equal(kh[:, :, 128:], k8[:, :, 128:]) and np.array_equal(vh[:, :, 128:], v8[:, :, 128:])
     assert cache.bits.tolist() == [4, 2, 4, 2]
