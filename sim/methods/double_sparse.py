@@ -265,6 +265,10 @@ def select_topk(scores: np.ndarray, visible: np.ndarray, budget: np.ndarray, *,
     forced = _forced(visible, Lk, sink, recent) if (sink or recent) else np.zeros_like(vis)
     cand = vis & ~forced
     key = np.where(cand, -scores.astype(np.float64), np.inf)
+    budget = np.asarray(budget)
+    ub = np.unique(budget)
+    if ub.size <= 4 and Lk > 256 and int(ub.max()) < Lk // 4:
+        return forced | _select_by_threshold(key, cand, budget, ub)
     order = np.argsort(key, axis=1, kind="stable")      # best first, ties -> lower index
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(Lk)[None, :].repeat(rows, 0), axis=1)
@@ -309,6 +313,33 @@ def _query_labels(qL: np.ndarray, bits: int) -> np.ndarray:
     qz = quantize(np.asarray(qL, dtype=np.float16), bits, symmetric=False, block=(1, None),
                   rounding="half_even", scale_dtype="fp16", zero_scale="one", arithmetic="fp32")
     return dequantize(qz, dtype="fp32")
+
+
+def _select_by_threshold(key, cand, budget, values) -> np.ndarray:
+    """The same selection as the stable sort in :func:`select_topk` (the ``budget[row]``
+    smallest keys among the candidates, ties to the lower index), found with a partition per
+    distinct budget: keys below the row's k-th smallest are taken, then keys equal to it in
+    index order until the row holds k."""
+    sel = np.zeros(key.shape, bool)
+    ncand = cand.sum(axis=1)
+    for b in values:
+        rows = np.flatnonzero(budget == b)
+        if b <= 0 or rows.size == 0:
+            continue
+        kr = key[rows]
+        full = ncand[rows] <= b                      # every candidate fits
+        if full.any():
+            sel[rows[full]] = cand[rows[full]]
+        part = ~full
+        if not part.any():
+            continue
+        rr, kp = rows[part], kr[part]
+        thr = np.partition(kp, int(b) - 1, axis=1)[:, int(b) - 1:int(b)]
+        below = kp < thr
+        tie = kp == thr
+        need = int(b) - below.sum(axis=1, keepdims=True)
+        sel[rr] = below | (tie & (np.cumsum(tie, axis=1) <= need))
+    return sel
 
 
 def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None,
