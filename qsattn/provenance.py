@@ -113,3 +113,29 @@ def header(title: str, command: str | None = None, *, measured: bool = True) -> 
         return head + f"Generated {environment()}.\n"
     return head + (f"Computed from git {inputs_revision()} (the last commit outside reports/); "
                    f"regenerating it at that revision reproduces this file.\n")
+
+
+def code_digest(functions=(), modules=()) -> str:
+    """16-hex digest of the code that computes a result point: every module of ``sim`` outside
+    the cost model and of ``ref``, the source of ``functions`` (the caller's point functions)
+    and the versions of ``modules`` (e.g. numpy, torch). Stored points are keyed by it, so a
+    change to any of that code recomputes them instead of reusing stale numbers."""
+    import hashlib
+    import inspect
+
+    import ref
+    import sim
+
+    h = hashlib.sha256()
+    for pkg in (sim, ref):
+        root = Path(pkg.__file__).resolve().parent
+        for f in sorted(root.rglob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            if rel.startswith("cost/"):
+                continue
+            h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
+    for fn in functions:
+        h.update(inspect.getsource(fn).encode())
+    for m in modules:
+        h.update(f"{m.__name__}={m.__version__}".encode())
+    return h.hexdigest()[:16]

@@ -300,8 +300,23 @@ class Sparse:
                                                                  min=1))
     sink_tokens: int = field(default=0, metadata=meta("first tokens always kept", min=0))
     recent_tokens: int = field(default=0, metadata=meta("last tokens always kept", min=0))
+    selection: Literal["labels", "exact", "recent"] = field(default="labels", metadata=meta(
+        "what ranks the keys: labels (Double Sparsity's approximate scores), exact (fp16 q.k "
+        "scores in f32: the oracle top-k the labels approximate) or recent (position: with "
+        "sink_tokens this is StreamingLLM's sink + recent window at the same budget)"))
+    label_scope: Literal["kv_head", "q_head"] = field(default="kv_head", metadata=meta(
+        "label channels per KV head (statistics summed over its query heads) or per query "
+        "head (G label caches per KV head)"))
+    q_label_bits: int = field(default=16, metadata=meta(
+        "query labels: 16 = fp16, else asymmetric per-row int bits", min=2, max=16))
+    short_rows: Literal["error", "dense"] = field(default="error", metadata=meta(
+        "an explicit token_budget above the keys: error, or dense (rows that see at most k "
+        "keys attend to all of them, the Double Sparsity code's rule)"))
 
     def __post_init__(self):
+        if self.q_label_bits not in (2, 4, 8, 16):
+            raise ValueError(f"sparse.q_label_bits must be 2, 4, 8 or 16 (fp16), got "
+                             f"{self.q_label_bits}")
         if self.label_bits not in (2, 4, 8, 16):
             raise ValueError(f"sparse.label_bits must be 2, 4, 8 or 16 (fp16), got {self.label_bits}")
         if self.label_fraction == 0 and self.label_channels is None:
@@ -319,7 +334,7 @@ class Sparse:
     def k(self, kv_len: int) -> int:
         """Token budget for kv_len keys (ValueError when it exceeds kv_len)."""
         k = self.token_budget or max(self.min_tokens, math.ceil(kv_len * self.token_fraction))
-        if self.token_budget is not None and k > kv_len:
+        if self.token_budget is not None and k > kv_len and self.short_rows == "error":
             raise ValueError(f"sparse.token_budget: k = {k} exceeds the {kv_len} keys")
         return min(k, kv_len)
 

@@ -6,11 +6,11 @@ machinery (the engine, the dense path, quantizers) lives outside this package an
 method by name. docs/architecture.md walks through adding a method.
 """
 from ..registry import Registry
-from . import double_sparse, fp8_flash, fp16_flash, int8_flash, turbo
+from . import double_sparse, fp8_flash, fp16_flash, int8_flash, kivi, turbo
 from .base import SECTIONS, CalibrationKind, SimMethod
 
 SIMULATORS: Registry[SimMethod] = Registry("simulator")
-for _m in (fp16_flash, fp8_flash, int8_flash, turbo, double_sparse):
+for _m in (fp16_flash, fp8_flash, int8_flash, turbo, double_sparse, kivi):
     SIMULATORS.register(_m.METHOD.name, _m.METHOD)
 
 __all__ = ["SIMULATORS", "SimMethod", "CalibrationKind", "SECTIONS"]

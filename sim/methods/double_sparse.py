@@ -21,7 +21,17 @@ explicit budget is validated once against ``Lk`` (``spec.sparse.k(Lk)`` raises w
 the keys). Sink (first ``sink_tokens``) and recent (last ``recent_tokens`` visible) keys are
 always kept, *in addition* to the k chosen by score among the other visible keys.
 
-Channel statistics for GQA sum over the query heads of a group. ``qk`` pairs query row ``i`` with
+Protocol options (``spec.sparse``; defaults = the sequence above): ``selection`` ranks the keys
+by the label scores (``labels``), by the exact fp16 ``q . k`` scores in f32 (``exact``: the
+oracle top-k that the labels approximate) or by position (``recent``: with ``sink_tokens`` = s
+and ``token_budget`` = k - s this is StreamingLLM's attention sink + recent window at a total
+budget k); ``label_scope: q_head`` calibrates channels per query head and keeps one label cache
+per query head (K of its KV head at the head's own channels); ``q_label_bits`` < 16 quantizes
+the query labels per row with the label cache's quantizer; ``short_rows: dense`` lets an
+explicit ``token_budget`` exceed the keys (rows that see at most k keys attend to all of them,
+as the Double Sparsity code does below its ``heavy_const``).
+
+Channel statistics for GQA sum over the query heads of a group (``label_scope: kv_head``). ``qk`` pairs query row ``i`` with
 key ``i + Lk - Lq`` (the token at the same position, bottom-right aligned like the causal mask):
 ``mean |q[i, c] * k[i + Lk - Lq, c]|`` (the paper's |Q * K| outlier statistic).
 
@@ -166,26 +176,35 @@ class Calibration:
         return cls(metric, sums, count, str(source))
 
 
-def calibrate(q, k, metric: str = "qk", *, source: str = "oracle") -> Calibration:
+def calibrate(q, k, metric: str = "qk", *, source: str = "oracle",
+              scope: str = "kv_head") -> Calibration:
     """Channel statistics of one batch of (post-RoPE) ``q`` ``[B, Hq, Lq, D]`` and ``k``
-    ``[B, Hkv, Lk, D]``; see the module docstring for ``qk``'s pairing. Merge several batches
-    with :meth:`Calibration.merge`.
+    ``[B, Hkv, Lk, D]``; see the module docstring for ``qk``'s pairing. ``scope="kv_head"``
+    sums the query heads of a group (``[Hkv, D]``), ``"q_head"`` keeps one row per query head
+    (``[Hq, D]``; spec ``sparse.label_scope``). Merge batches with :meth:`Calibration.merge`.
     """
     if metric not in CHANNEL_METRICS:
         raise ValueError(f"metric: expected one of {CHANNEL_METRICS}, got {metric!r}")
+    if scope not in ("kv_head", "q_head"):
+        raise ValueError(f"scope: expected 'kv_head' or 'q_head', got {scope!r}")
     q, k = as_numpy(q, "q"), as_numpy(k, "k")
     B, Hq, Hkv, Lq, Lk, D, _, G = check_qkv(q, k, k, names=("q", "k", "k"))
     qa = np.abs(np.asarray(q, dtype=np.float64)).reshape(B, Hkv, G, Lq, D)
     ka = np.abs(np.asarray(k, dtype=np.float64))
+    per_q = scope == "q_head"
     if metric == "q":
-        sums, count = qa.sum(axis=(0, 2, 3)), B * G * Lq
+        sums, count = (qa.sum(axis=(0, 3)).reshape(Hq, D), B * Lq) if per_q else \
+            (qa.sum(axis=(0, 2, 3)), B * G * Lq)
     elif metric == "k":
         sums, count = ka.sum(axis=(0, 2)), B * Lk
+        if per_q:
+            sums = np.repeat(sums, G, axis=0)
     else:
         n = min(Lq, Lk)  # rows whose same-position key exists
         qp = qa[:, :, :, Lq - n:]                     # rows i >= Lq - n
         kp = ka[:, :, Lk - n:][:, :, None]            # keys i + Lk - Lq
-        sums, count = (qp * kp).sum(axis=(0, 2, 3)), B * G * n
+        sums, count = ((qp * kp).sum(axis=(0, 3)).reshape(Hq, D), B * n) if per_q else \
+            ((qp * kp).sum(axis=(0, 2, 3)), B * G * n)
     return Calibration(metric, np.ascontiguousarray(sums, dtype=np.float64), int(count), source)
 
 
@@ -272,6 +291,10 @@ def select_topk(scores: np.ndarray, visible: np.ndarray, budget: np.ndarray, *,
     forced = _forced(visible, Lk, sink, recent) if (sink or recent) else np.zeros_like(vis)
     cand = vis & ~forced
     key = np.where(cand, -scores.astype(np.float64), np.inf)
+    budget = np.asarray(budget)
+    ub = np.unique(budget)
+    if ub.size <= 4 and Lk > 256 and int(ub.max()) < Lk // 4:
+        return forced | _select_by_threshold(key, cand, budget, ub)
     order = np.argsort(key, axis=1, kind="stable")      # best first, ties -> lower index
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(Lk)[None, :].repeat(rows, 0), axis=1)
@@ -283,8 +306,9 @@ def select_topk(scores: np.ndarray, visible: np.ndarray, budget: np.ndarray, *,
 # --------------------------------------------------------------------------------------------
 def as_calibration(calibration, spec, Hkv: int, D: int) -> Calibration:
     """``calibration`` (a Calibration or a path to a saved one) checked against the spec's
-    channel metric and a ``[Hkv, D]`` shape. Shared by the simulator and the GPU label cache so
-    both accept and refuse the same inputs."""
+    channel metric and a ``[Hkv, D]`` shape (``[Hq, D]`` with ``sparse.label_scope: q_head``:
+    pass Hq as ``Hkv``). Shared by the simulator and the GPU label cache so both accept and
+    refuse the same inputs."""
     metric = spec.sparse.channel_metric
     if isinstance(calibration, (str, os.PathLike)):
         calibration = Calibration.load(calibration)
@@ -302,8 +326,46 @@ def as_calibration(calibration, spec, Hkv: int, D: int) -> Calibration:
 
 def _calibration_for(calibration, q, k, spec, Hkv, D) -> Calibration:
     if calibration is None:
-        return calibrate(q, k, spec.sparse.channel_metric, source="oracle")
+        return calibrate(q, k, spec.sparse.channel_metric, source="oracle",
+                         scope=spec.sparse.label_scope)
     return as_calibration(calibration, spec, Hkv, D)
+
+
+def _query_labels(qL: np.ndarray, bits: int) -> np.ndarray:
+    """Query label values: fp16 (``bits`` 16) or asymmetric per-row codes dequantized to f32
+    (the label cache's quantizer applied to the query's label channels)."""
+    if bits == 16:
+        return qL
+    qz = quantize(np.asarray(qL, dtype=np.float16), bits, symmetric=False, block=(1, None),
+                  rounding="half_even", scale_dtype="fp16", zero_scale="one", arithmetic="fp32")
+    return dequantize(qz, dtype="fp32")
+
+
+def _select_by_threshold(key, cand, budget, values) -> np.ndarray:
+    """The same selection as the stable sort in :func:`select_topk` (the ``budget[row]``
+    smallest keys among the candidates, ties to the lower index), found with a partition per
+    distinct budget: keys below the row's k-th smallest are taken, then keys equal to it in
+    index order until the row holds k."""
+    sel = np.zeros(key.shape, bool)
+    ncand = cand.sum(axis=1)
+    for b in values:
+        rows = np.flatnonzero(budget == b)
+        if b <= 0 or rows.size == 0:
+            continue
+        kr = key[rows]
+        full = ncand[rows] <= b                      # every candidate fits
+        if full.any():
+            sel[rows[full]] = cand[rows[full]]
+        part = ~full
+        if not part.any():
+            continue
+        rr, kp = rows[part], kr[part]
+        thr = np.partition(kp, int(b) - 1, axis=1)[:, int(b) - 1:int(b)]
+        below = kp < thr
+        tie = kp == thr
+        need = int(b) - below.sum(axis=1, keepdims=True)
+        sel[rr] = below | (tie & (np.cumsum(tie, axis=1) <= need))
+    return sel
 
 
 def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None,
@@ -328,9 +390,12 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
     check_problem(spec, q_len=Lq, kv_len=Lk, head_dim=D)
     r = sp.r(D)
     q16, k16, v16 = _f16_input(q, "q"), _f16_input(k, "k"), _f16_input(v, "v")
-    cal = _calibration_for(calibration, q, k, spec, Hkv, D)
+    per_q = sp.label_scope == "q_head"
+    cal = _calibration_for(calibration, q, k, spec, Hq if per_q else Hkv, D)
     channels = cal.channels(r)
-    labels = label_cache(k, channels, sp.label_bits)
+    # q_head scope: one label cache per query head (K of its KV head, the head's own channels)
+    k_lab = np.repeat(np.asarray(k), G, axis=1) if per_q and G > 1 else k
+    labels = label_cache(k_lab, channels, sp.label_bits)
     qk_scale = qk_scale_of(sm)
     rows_idx = np.arange(Lq)
     visible = (np.clip(last_visible_key(rows_idx, Lq, Lk) + 1, 0, Lk) if causal
@@ -350,14 +415,20 @@ def simulate_double_sparse(q, k, v, spec, *, causal: bool = False, sm_scale=None
     for b in range(B):
         for h in range(Hq):
             g = h // G
-            ch = channels[g]
-            qL = _f16(q[b, h][:, ch])
-            kL = labels.values[b, g]
+            lh = h if per_q else g
+            ch = channels[lh]
+            qL = _query_labels(_f16(q[b, h][:, ch]), sp.q_label_bits)
+            kL = labels.values[b, lh]
             kg, vg = k16[b, g], v16[b, g]
             for r0 in range(0, Lq, chunk):
                 r1 = min(Lq, r0 + chunk)
                 vis = visible[r0:r1]
-                approx = (qL[r0:r1] @ kL.T).astype(np.float32)
+                if sp.selection == "labels":
+                    approx = (qL[r0:r1] @ kL.T).astype(np.float32)
+                elif sp.selection == "exact":
+                    approx = (q16[b, h, r0:r1] @ kg.T).astype(np.float32)
+                else:  # recent: rank by position, newest first
+                    approx = np.broadcast_to(np.arange(Lk, dtype=np.float32), (r1 - r0, Lk))
                 sel = select_topk(approx, vis, budget[r0:r1], sink=sp.sink_tokens,
                                   recent=sp.recent_tokens)
                 counts = sel.sum(axis=1)
@@ -446,17 +517,30 @@ def label_bytes(bits: int, r: int, *, tokens: int, kv_heads: int) -> int:
 
 
 def _kv_bytes(spec, *, tokens, head_dim, kv_heads, mode, calibration):
-    """The full FP16 K/V (the method gathers from it) plus the label cache."""
+    """The full FP16 K/V (the method gathers from it) plus the label cache (none for the exact
+    and recent selections; one per query head with ``label_scope: q_head``, whose head count
+    is the calibration's rows)."""
     sp = spec.sparse
-    return 2 * 2 * tokens * kv_heads * head_dim + label_bytes(
-        sp.label_bits, sp.r(head_dim), tokens=tokens, kv_heads=kv_heads)
+    fp16 = 2 * 2 * tokens * kv_heads * head_dim
+    if sp.selection != "labels":
+        return fp16
+    heads = kv_heads
+    if sp.label_scope == "q_head":
+        if calibration is None:
+            raise ValueError("calibration: label_scope q_head counts one label cache per query "
+                             "head; pass the calibration (its rows are the query heads)")
+        heads = calibration.shape[0]
+    return fp16 + label_bytes(sp.label_bits, sp.r(head_dim), tokens=tokens, kv_heads=heads)
 
 
 CALIBRATION = CalibrationKind(
     "double_sparse_channels",
     compute=lambda q, k, v, spec, source: calibrate(q, k, spec.sparse.channel_metric,
-                                                    source=source),
-    load=Calibration.load, key=lambda spec: spec.sparse.channel_metric, suffix=".npz")
+                                                    source=source, scope=spec.sparse.label_scope),
+    load=Calibration.load,
+    key=lambda spec: spec.sparse.channel_metric + (
+        "" if spec.sparse.label_scope == "kv_head" else "/" + spec.sparse.label_scope),
+    suffix=".npz")
 
 METHOD = SimMethod("double_sparse", sections=frozenset({"operands", "sparse"}), exps=("exp2",),
                    run=_run, check_spec=_check_spec, kv_bytes=_kv_bytes, calibrated=(None,),

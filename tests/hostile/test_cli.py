@@ -125,10 +125,16 @@ def test_accuracy_configs(hostile, capsys, tmp_path, changes, field):
     assert not (tmp_path / "o" / "results.jsonl").exists()
 
 
-def test_model_config_too_large(hostile, capsys, tmp_path):
-    path = _cfg(tmp_path, "model.yaml", "model_smollm2.yaml", **{"evaluation.window": 100_000})
+@pytest.mark.parametrize("changes,field", [
+    ({"layer_error.window": 100_000}, "layer_error.window"),       # one point too large
+    ({"needle.lengths": [200_000]}, "needle.lengths"),             # too much in all
+])
+def test_model_config_too_large(hostile, capsys, tmp_path, changes, field):
+    """Refused before the model loads, naming the field that sizes the work."""
+    path = _cfg(tmp_path, "model.yaml", "model_smollm2.yaml", **changes)
     hostile.error(lambda: _run(["model", "--config", path, "--out", tmp_path / "o"], capsys),
-                  "evaluation.window", exc=CliError)
+                  field, exc=CliError)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("changes,field", [

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from sim import load_method
+from sim import load_method, simulate
 from sim.numerics.quantize import quantize
 from sim.methods.double_sparse import (Calibration, calibrate, label_cache, row_budget, select_topk,
                         simulate_double_sparse)
@@ -168,3 +168,84 @@ def test_given_calibration_is_used_and_named():
                                  trace=True)
     assert res.trace["calibration"] == "slice-A"
     assert np.array_equal(res.trace["label_channels"], other.channels(8))
+
+
+# -- protocol options (selection, label scope, query labels, short rows) -------------------------
+def _inputs(L=300, Hq=4, Hkv=2, D=16, seed=3):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((1, Hq, L, D)).astype(np.float16)
+    k = rng.standard_normal((1, Hkv, L, D)).astype(np.float16)
+    v = rng.standard_normal((1, Hkv, L, D)).astype(np.float16)
+    return q, k, v
+
+
+def test_exact_selection_is_the_true_topk_and_recent_is_sink_plus_window():
+    q, k, v = _inputs()
+    base = load_method("double_sparse", sparse__token_budget=8, sparse__short_rows="dense")
+    ex = simulate(q, k, v, base.replace(sparse__selection="exact"), causal=True, trace=True).trace
+    # oracle: the selection is the top-8 of the f32 dot of the fp16 operands, ties to lower index
+    s = (q[0, 1].astype(np.float32) @ k[0, 0].astype(np.float32).T)
+    want = np.sort(np.argsort(-s[299].astype(np.float64), kind="stable")[:8])
+    assert ex["indices"][0, 1, 299].tolist() == want.tolist()
+    assert np.nanmin(ex["recall"]) > 0.99
+    st = simulate(q, k, v, base.replace(sparse__selection="recent", sparse__sink_tokens=2,
+                                        sparse__token_budget=6), causal=True, trace=True).trace
+    assert st["indices"][0, 0, 299].tolist() == [0, 1, 294, 295, 296, 297, 298, 299]
+    assert st["indices"][0, 0, 4, :5].tolist() == [0, 1, 2, 3, 4]       # short row: all keys
+    assert (st["counts"][0, 0] == np.minimum(np.arange(1, 301), 8)).all()
+
+
+def test_short_rows_dense_and_error():
+    q, k, v = _inputs(L=20)
+    sp = load_method("double_sparse", sparse__token_budget=64)
+    with pytest.raises(ValueError, match="sparse.token_budget: k = 64 exceeds the 20 keys"):
+        simulate(q, k, v, sp, causal=True)
+    dense = simulate(q, k, v, sp.replace(sparse__short_rows="dense"), causal=True)
+    fp16 = simulate(q, k, v, load_method("fp16_flash"), causal=True)
+    np.testing.assert_allclose(dense.out, fp16.out, rtol=0, atol=2e-3)
+
+
+def test_label_scope_q_head_uses_each_heads_channels():
+    q, k, v = _inputs(L=64, Hq=4, Hkv=1)
+    cal = calibrate(q, k, "qk", scope="q_head")
+    assert cal.shape == (4, 16)
+    kv = calibrate(q, k, "qk")
+    np.testing.assert_allclose(cal.sums.sum(axis=0), kv.sums[0])      # the group's sum splits
+    sp = load_method("double_sparse", sparse__label_scope="q_head", sparse__token_budget=8)
+    tr = simulate(q, k, v, sp, causal=True, calibration=cal, trace=True).trace
+    assert tr["label_channels"].shape == (4, 4)
+    assert tr["label_channels"].tolist() == cal.channels(4).tolist()
+    with pytest.raises(ValueError, match=r"calibration: expected channel statistics for \[Hkv=4"):
+        simulate(q, k, v, sp, causal=True, calibration=kv)
+
+
+def test_query_label_bits_quantize_the_query_labels():
+    q, k, v = _inputs(L=64)
+    sp = load_method("double_sparse", sparse__token_budget=8)
+    a = simulate(q, k, v, sp, causal=True, trace=True).trace["approx_scores"]
+    b = simulate(q, k, v, sp.replace(sparse__q_label_bits=2), causal=True,
+                 trace=True).trace["approx_scores"]
+    fin = np.isfinite(a)
+    assert not np.array_equal(a[fin], b[fin])
+    assert np.corrcoef(a[fin], b[fin])[0, 1] > 0.5
+    with pytest.raises(ValueError, match="q_label_bits"):
+        load_method("double_sparse", sparse__q_label_bits=3)
+
+
+def test_threshold_selection_equals_the_stable_sort():
+    from sim.methods import double_sparse as dsm
+
+    rng = np.random.default_rng(0)
+    for t in range(20):
+        R, Lk = int(rng.integers(1, 40)), int(rng.integers(257, 700))
+        sc = (rng.integers(0, 12, (R, Lk)) if t % 2 else rng.standard_normal((R, Lk))).astype(np.float32)
+        vis = rng.integers(1, Lk + 1, R)
+        b = np.minimum(rng.choice([3, 9, 50], R), vis)
+        got = select_topk(sc, vis, b, sink=2 * (t % 3 == 0), recent=3 * (t % 3 == 0))
+        vb = np.arange(Lk)[None] < vis[:, None]
+        forced = dsm._forced(vis, Lk, 2, 3) if t % 3 == 0 else np.zeros_like(vb)
+        cand = vb & ~forced
+        order = np.argsort(np.where(cand, -sc.astype(np.float64), np.inf), axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(Lk)[None].repeat(R, 0), axis=1)
+        assert np.array_equal(got, forced | (cand & (rank < b[:, None]))), t
