@@ -24,11 +24,22 @@ from ..decoding import DenseKV, flash_decode
 from .base import KernelPath
 
 
+# The Double Sparsity protocol options the simulator implements and the kernels do not: the
+# kernels rank by labels (fp16 query labels) from one label cache per KV head. A spec asking for
+# another ranking is refused rather than run as label selection (a silently different answer).
+_KERNEL_SPARSE = {"selection": "labels", "label_scope": "kv_head", "q_label_bits": 16}
+
+
 @functools.lru_cache(maxsize=64)
 def _check_spec(spec) -> None:
     sp = spec.sparse
     if sp.label_bits not in (2, 4, 8, 16):
         raise ValueError(f"spec.sparse.label_bits: expected 2, 4, 8 or 16, got {sp.label_bits}")
+    for name, supported in _KERNEL_SPARSE.items():
+        if getattr(sp, name) != supported:
+            raise ValueError(f"spec.sparse.{name}: the double_sparse kernels implement "
+                             f"{supported!r} only, got {getattr(sp, name)!r} (the simulator "
+                             f"runs it: executor 'sim')")
     if spec.tiling.block_n not in (16, 32, 64, 128):
         raise ValueError(f"spec.tiling.block_n: expected 16, 32, 64 or 128, got "
                          f"{spec.tiling.block_n}")

@@ -98,3 +98,19 @@ def test_import_gpu_is_light():
     code = "import sys, gpu; print('triton' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"sparse__selection": "exact"}, "spec.sparse.selection"),
+    ({"sparse__selection": "recent"}, "spec.sparse.selection"),
+    ({"sparse__label_scope": "q_head"}, "spec.sparse.label_scope"),
+    ({"sparse__q_label_bits": 4}, "spec.sparse.q_label_bits"),
+])
+def test_double_sparse_protocol_options_the_kernels_lack(overrides, field):
+    """The simulator's Double Sparsity protocol options the decode kernels do not implement are
+    refused by name, never run as label selection."""
+    from gpu.api import resolve
+    with pytest.raises(ValueError, match=field):
+        resolve("double_sparse", load_method("double_sparse", **overrides), phase="decode")
+    assert resolve("double_sparse", load_method("double_sparse", sparse__short_rows="dense",
+                                                sparse__token_budget=16), phase="decode")
