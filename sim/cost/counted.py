@@ -256,7 +256,7 @@ def _decoded(ck: CountedKernel, params: P.SMParams) -> P.Decoded:
     return d
 
 
-TIMING_VERSION = 1        # bump when the pipeline model's rules change: cached timings go stale
+TIMING_VERSION = 2        # bump when the pipeline model's rules change: cached timings go stale
 
 
 def _timing_path(k: tuple) -> Path:

@@ -53,7 +53,8 @@ from ..checks import check_launch
 from ..methods import SIMULATORS
 from ..spec import resolve_spec
 from .calibrated import program_time
-from .hardware import Hardware, UnsupportedOnHardware, apply_measured, load_hardware
+from .hardware import (Hardware, UnsupportedOnHardware, apply_measured, load_hardware,
+                       measured_path)
 from .kernels import UNIT_OF, Launch, load_latency_clk
 from .methods import COST_PATHS, BuildContext
 from .paths import foreign_launches
@@ -498,7 +499,12 @@ _CAL: dict = {}
 
 
 def _calibrated(hw: Hardware) -> Hardware:
+    """``hw`` with its measured overlay, re-read when the overlay file changes."""
+    try:
+        stamp = (str(measured_path(hw)), measured_path(hw).stat().st_mtime_ns)
+    except OSError:
+        stamp = None                          # apply_measured names the missing file
     got = _CAL.get(hw.name)
-    if got is None or got[0] is not hw:
-        got = _CAL[hw.name] = (hw, apply_measured(hw))
-    return got[1]
+    if got is None or got[0] is not hw or got[1] != stamp:
+        got = _CAL[hw.name] = (hw, stamp, apply_measured(hw))
+    return got[2]

@@ -29,7 +29,11 @@ below describe it:
   group and ``DEPBAR.LE SB0, N`` waits until at most N groups are outstanding.
 * ``BAR.SYNC id[, threads]``: a warp waits until every expected warp of its CTA arrived (all of
   the CTA when no thread count is given); released ``bar`` clocks after the last arrival.
-  ``BAR.ARV`` arrives without waiting.
+  ``BAR.ARV`` arrives without waiting. Every warp runs the same instruction stream, so a barrier
+  expecting fewer warps than the CTA has (``bar.sync 0, 128`` in a kernel of two warpgroups) is
+  taken as local to consecutive groups of that many warps: pooling arrivals across groups would
+  let one group pass on another's arrivals and strand the rest (a deadlock the real kernel,
+  whose groups run different code, does not have).
 
 Not modelled (stated, not hidden): register-bank conflicts and the operand reuse cache, the
 instruction cache, mbarrier waits (``SYNCS``: issue slot only, so warp-specialized kernels are
@@ -226,10 +230,11 @@ def decode(instrs: list, p: SMParams) -> Decoded:
 
 class _Warp:
     __slots__ = ("stream", "pc", "t", "sb", "smsp", "cta", "wg", "wg_open", "cp", "cp_open",
-                 "blocked", "done", "end")
+                 "blocked", "done", "end", "index")
 
-    def __init__(self, stream, smsp, cta):
+    def __init__(self, stream, smsp, cta, index):
         self.stream, self.pc, self.t, self.smsp, self.cta = stream, 0, 0.0, smsp, cta
+        self.index = index                     # warp number within its CTA
         self.sb = [0.0] * 6
         self.wg, self.wg_open = [], None       # wgmma groups: completion times
         self.cp, self.cp_open = [], None       # cp.async groups
@@ -257,7 +262,7 @@ def simulate(dec: Decoded, stream: list, *, ctas: int, warps: int, marks: tuple 
     ops = dec.ops
     lat_wg, lat_gm, lat_b = dec.lat_wgmma, dec.lat_gmem, dec.lat_bar
     n_warps = ctas * warps
-    ws = [_Warp(stream, (w % warps) % 4, w // warps) for w in range(n_warps)]
+    ws = [_Warp(stream, (w % warps) % 4, w // warps, w % warps) for w in range(n_warps)]
     by_smsp = [[w for w in ws if w.smsp == s] for s in range(4)]
     pipe_free = [[0.0, 0.0, 0.0] for _ in range(4)]
     tc_free = [0.0] * 4
@@ -359,10 +364,11 @@ def simulate(dec: Decoded, stream: list, *, ctas: int, warps: int, marks: tuple 
         w.pc += 1
         if kind in (BAR, ARV):
             bid, need = arg
-            key = (w.cta, bid)
+            need = need or warps
+            key = (w.cta, bid, w.index // need)
             st = bars.get(key)
             if st is None:
-                st = bars[key] = [[], need or warps, t]
+                st = bars[key] = [[], need, t]
             st[2] = max(st[2], t)
             if kind == BAR:
                 st[0].append(w)

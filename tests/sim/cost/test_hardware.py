@@ -95,16 +95,27 @@ def test_calibrated_without_file_names_it(cfgdir):
         predict("fp16_flash", s, "h100_sxm", tier="calibrated")
 
 
-def test_calibrated_uses_measured_values(cfgdir):
-    (cfgdir / "hardware" / "measured" / "h100_sxm.yaml").write_text(
-        "name: h100_sxm\n"
-        "sfu: {value: 8, unit: inst/clk/SM, source: 'test probe', kind: measured}\n"
-        "hbm_bandwidth: {value: 3000, unit: GB/s, source: 'test probe', kind: measured}\n")
+@pytest.mark.slow
+def test_calibrated_uses_measured_values(cfgdir, tmp_path, monkeypatch):
+    """A measured MUFU rate reaches the counted pipeline model: a quarter of the rate makes an
+    exp-heavy kernel slower, everything else equal. (At sfu 8 this launch once stranded two
+    warps of the Gluon fp16 kernel on a 128-thread barrier shared by its two warpgroups.)
+
+    Only the wide ratio is asserted: the model is a greedy list scheduler, and between sfu 8 and
+    16 its ping-pong timing is not monotone (1.08 vs 1.20 ms here)."""
+    pytest.importorskip("triton")
+    import gpu.counting
+    gpu.counting.install()
+    monkeypatch.setenv("QSATTN_CACHE", str(tmp_path / "cache"))   # fresh timings for this overlay
     s = Shape(4, 32, 32, 4096, 4096, 64)
-    tiled = predict("fp16_flash", s, "h100_sxm")
-    cal = predict("fp16_flash", s, "h100_sxm", tier="calibrated")
-    print(tiled.time, cal.time)
-    assert cal.time > tiled.time  # half the MUFU rate on an exp-heavy kernel
+    times = {}
+    for sfu in (4, 8, 16):
+        (cfgdir / "hardware" / "measured" / "h100_sxm.yaml").write_text(
+            "name: h100_sxm\n"
+            f"sfu: {{value: {sfu}, unit: inst/clk/SM, source: 'test probe', kind: measured}}\n"
+            "hbm_bandwidth: {value: 3000, unit: GB/s, source: 'test probe', kind: measured}\n")
+        times[sfu] = predict("fp16_flash", s, "h100_sxm", tier="calibrated").time
+    assert times[4] > times[16]
 
 
 @pytest.mark.parametrize("body,match", [
