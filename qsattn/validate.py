@@ -608,6 +608,23 @@ def point_key(method: str, phase: str, s: dict, cfg: dict, hardware: str) -> str
                     cold_l2=cfg["timing"]["cold_l2"])
 
 
+def peer_points(cfg: dict, s: dict, not_run: list[str]) -> list[tuple[str, str, dict]]:
+    """``(peer, "peer", s)`` for every configured peer whose foreign description accepts the
+    shape (its ``requires``); for each one that does not, appends the reason to ``not_run``
+    instead of timing a call the peer refuses."""
+    from sim.cost import Shape
+    from sim.cost.foreign import load_foreign
+    out = []
+    for p in cfg.get("peers", ()):
+        try:
+            load_foreign(p).env(Shape(**{k_: s[k_] for k_ in SHAPE_KEYS}))
+        except ValueError as e:
+            not_run.append(f"{p} {shape_label(s)}: not run: {e}")
+            continue
+        out.append((p, "peer", s))
+    return out
+
+
 def decode_points(cfg: dict, not_run: list[str]) -> list[tuple[str, str, dict]]:
     """``(method, "decode", shape)`` for every decode method that can run; for each one that
     cannot, appends ``"decode <method>: not run: <reason>"`` to ``not_run`` (never silent)."""
@@ -699,7 +716,7 @@ def run(args: argparse.Namespace) -> int:
     # --budget-s keeps whole shapes, so its speedup ratios stay complete
     points = [pt for s in cfg["shapes"]
               for pt in [(m, "prefill", s) for m in cfg["prefill_methods"]]
-              + [(p, "peer", s) for p in cfg.get("peers", ())]]
+              + peer_points(cfg, s, not_run)]
     points += decode_points(cfg, not_run)
     digest = model_state(hw)
     tiers = _tiers(args.predict_tiers)

@@ -276,6 +276,19 @@ def test_decode_method_that_cannot_run_gets_a_not_run_line(monkeypatch):
                                      for n in not_run)
 
 
+def test_peer_points_keep_only_shapes_the_peer_accepts():
+    """sageattn 1.0.6 refuses causal attention with q_len != kv_len: the sweep plans no call
+    for it and says why (the H200 run once timed that call and recorded a failure)."""
+    cfg = {"peers": ["sage_v1"]}
+    square = dict(batch=1, q_heads=8, kv_heads=8, q_len=1024, kv_len=1024, head_dim=128,
+                  causal=True)
+    not_run = []
+    assert validate.peer_points(cfg, square, not_run) == [("sage_v1", "peer", square)]
+    assert not_run == []
+    assert validate.peer_points(cfg, dict(square, q_len=512), not_run) == []
+    assert len(not_run) == 1 and "not run" in not_run[0] and "q_len == kv_len" in not_run[0]
+
+
 @pytest.mark.parametrize("method", ["fp16_flash", "turbo", "double_sparse"])
 def test_run_decode_point_end_to_end_through_the_interpreter(method):
     """The row of one decode point on a tiny shape (GQA, L not a tile multiple): every integer
