@@ -1,8 +1,8 @@
 """Predicted vs measured time on every measured H100 point: ``python -m qsattn.costcheck``.
 
 Reads ``reports/bench/h100_sxm/prefill.json`` (our Triton kernels: launch-config sweep, target point,
-L sweep; each with the launch it ran) and ``reports/validation/results.jsonl`` (fp16_flash at
-the shipped tiling and the default launch of ``configs/kernels/<arch>/launch.yaml``), predicts each at the tiled and calibrated
+L sweep; each with the launch it ran) and ``reports/validation/h100_sxm/results.jsonl``
+(fp16_flash at the shipped tiling and the default launch of ``configs/kernels/<arch>/launch.yaml``), predicts each at the tiled and calibrated
 tiers with the same spec overrides and launch, and prints one markdown table plus medians.
 
 Kinds of points: ``attn`` = the attention kernel alone (what the model prices); ``+quant`` =
@@ -19,8 +19,8 @@ turbo with exp2. Its other rows are left out: the turbo SAS rows ran a floor tha
 reverted, and the ``p-fp32-even`` rows run PQUANT mode 2, which has no counted mix.
 
 ``python -m qsattn.costcheck --validation`` re-predicts every measured row of
-``reports/validation/results.jsonl`` (prefill and decode; the file is only read) with the current
-model and prints the median signed errors per method/phase and tier, stored vs now.
+``reports/validation/h100_sxm/results.jsonl`` (prefill and decode; the file is only read) with
+the current model and prints the median signed errors per method/phase and tier, stored vs now.
 
 >>> rows = points()                   # doctest: +SKIP
 """
@@ -43,7 +43,7 @@ _install_counter()
 
 ROOT = provenance.ROOT
 BENCH = ROOT / "reports" / "bench" / "h100_sxm" / "prefill.json"
-VALIDATION = ROOT / "reports" / "validation" / "results.jsonl"
+VALIDATION = ROOT / "reports" / "validation" / "h100_sxm" / "results.jsonl"
 PROBE = ROOT / "reports" / "bench" / "prefill_probe.json"
 _PROBE_VARIANTS = {"int8_flash": ("int8_flash", {}),               # probe row name -> spec
                    "turbo exp2": ("turbo", {"softmax__exp": "exp2"})}
@@ -207,7 +207,7 @@ def summary(pts: list[dict], tiers=("tiled", "calibrated")) -> str:
 
 def repredict_validation(path: Path = VALIDATION, hardware: str = "h100_sxm",
                          tiers=("roofline", "tiled", "calibrated")) -> list[dict]:
-    """Every measured row of ``reports/validation/results.jsonl`` (both phases) with the
+    """Every measured row of ``reports/validation/h100_sxm/results.jsonl`` (both phases) with the
     predictions stored at measurement (``stored``) and the current model's (``now``), per
     tier, in us. The file is only read. Prefill rows use the hardware architecture's default
     launch."""
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", action="store_true",
                     help="predict the probe's points of today's kernels (module doc) instead")
     ap.add_argument("--validation", action="store_true",
-                    help="re-predict every measured row of reports/validation/results.jsonl "
+                    help="re-predict every measured row of reports/validation/h100_sxm/results.jsonl "
                          "(read only) and print median errors, stored vs now, per method/phase")
     a = ap.parse_args(argv)
     if a.validation:
