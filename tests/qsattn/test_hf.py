@@ -1,6 +1,6 @@
 """qsattn.hf: registered names through transformers' public API, use(), the method caches in
 generate(), left padding, and no deprecation warnings. Runs on the transformers installed;
-.ci runs it again on the oldest the pin allows (see tests/qsattn/test_hf_versions.py)."""
+``python tools/transformers_versions.py`` runs it on the oldest and newest the pin allows."""
 import warnings
 
 import numpy as np

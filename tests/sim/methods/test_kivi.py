@@ -40,9 +40,11 @@ def test_residual_rows_are_fp16_and_decode_matches_prefill_rows():
         # rows before the first full residual read FP16 K/V only
         np.testing.assert_allclose(out.out[:, :, :127], fp16[:, :, :127], rtol=0, atol=1e-4)
         # a decode row over the cache reads the same K/V as that row of the causal run (equal up
-        # to the f32 dot's summation order, which BLAS picks by the number of rows)
+        # to the f32 dots' summation order, which BLAS picks by the number of rows and threads:
+        # up to ~1e-5 seen on a loaded 2-core machine; a different K/V code would move the
+        # output by a quantization step, ~1e-2)
         dec = simulate(q[:, :, -1:], k, v, sp, causal=True, kv_cache=True).out
-        np.testing.assert_allclose(dec[:, :, 0], out.out[:, :, -1], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(dec[:, :, 0], out.out[:, :, -1], rtol=0, atol=5e-5)
         errs[bits] = np.linalg.norm(out.out - exact) / np.linalg.norm(exact)
         # the plain mode is KIVI's full-precision prefill
         np.testing.assert_array_equal(simulate(q, k, v, sp, causal=True).out, fp16)
