@@ -165,15 +165,24 @@ def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> dict
             "host_us": host_time(fn, make())}
 
 
-def predictions(spec, s: dict, hardware: str, tiers=TIERS) -> tuple[dict, dict, dict]:
-    """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier."""
-    from sim.arch import prefill_launch
-    from sim.cost import Shape, load_hardware, predict
+def table_launch(method: str, s: dict, hardware: str) -> dict:
+    """The launch time_kernel's launch_prefill call makes (no launch= given): the entry of the
+    hardware architecture's table (which kernel, its program config), which
+    gpu.prefill.default_launch reads on the device. Stored with each prefill row."""
+    from sim.arch import prefill_kernel_launch
+    from sim.cost import load_hardware
+    return prefill_kernel_launch(load_hardware(hardware).arch, method, s["head_dim"])
+
+
+def predictions(spec, s: dict, hardware: str, tiers=TIERS,
+                launch: dict | None = None) -> tuple[dict, dict, dict]:
+    """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier, for the
+    kernel ``launch`` (default: :func:`table_launch`)."""
+    from sim.cost import Shape, predict
 
     shape = Shape(**{k: s[k] for k in SHAPE_KEYS})
-    # the launch time_kernel's launch_prefill call makes (no launch= given): the table of the
-    # hardware's architecture, which gpu.prefill.default_launch reads on the device
-    launch = prefill_launch(load_hardware(hardware).arch, spec.method, s["head_dim"])
+    if launch is None:
+        launch = table_launch(spec.method, s, hardware)
     pred, bound, errors = {}, {}, {}
     for tier in tiers:
         try:
@@ -288,6 +297,7 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> di
     k[..., :2] *= 4.0          # a few outlier channels, as real keys have
     spec = gpu.resolve(method, None, dtype)
     row = {"method": method, "phase": "prefill", "shape": s, "label": shape_label(s),
+           "launch": table_launch(spec.method, s, hardware),
            "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
            "hardware": hardware, "device": torch.cuda.get_device_name()}
     def timed():
@@ -308,7 +318,7 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> di
                                    f"numerics.max_elements for one head")
     if cfg["timing"].get("repeat"):
         row["timing"]["repeat_us"] = timed()["us"]
-    row["pred_us"], row["bound"], errs = predictions(spec, s, hardware, tiers)
+    row["pred_us"], row["bound"], errs = predictions(spec, s, hardware, tiers, row["launch"])
     if errs:
         row["pred_errors"] = errs
     row["git"] = provenance.git_revision()
@@ -598,6 +608,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repredict", action="store_true",
                    help="no GPU needed: re-predict the stored rows with the current cost model "
                         "and rewrite the summary (measurements are kept as they are)")
+    p.add_argument("--launch", type=_launch_arg, default=None, metavar="JSON",
+                   help="with --repredict: the prefill launch that stored rows recording none "
+                        "ran, by head dim, e.g. '{\"128\": {\"kernel\": \"triton\", "
+                        "\"block_m\": 128, \"num_warps\": 8, \"num_stages\": 3}}' "
+                        "(default: today's launch table)")
+
+
+def _launch_arg(text: str) -> dict:
+    """``--launch``: a JSON object ``{head_dim: launch}``, each launch checked as predict checks
+    it."""
+    import json
+
+    from sim.checks import check_launch
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e})")
+    if not isinstance(doc, dict) or not doc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{head_dim: launch}}, "
+                                         f"got {text!r}")
+    out = {}
+    for d, la in doc.items():
+        if not str(d).isdigit():
+            raise argparse.ArgumentTypeError(f"expected head dims as keys, got {d!r}")
+        try:
+            out[str(int(d))] = check_launch(la, "prefill", f"--launch[{d}]")
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e))
+    return out
 
 
 def point_key(method: str, phase: str, s: dict, cfg: dict, hardware: str) -> str:
@@ -638,9 +677,11 @@ def decode_points(cfg: dict, not_run: list[str]) -> list[tuple[str, str, dict]]:
     return out
 
 
-def repredicted(row: dict) -> dict:
+def repredicted(row: dict, launch: dict | None = None) -> dict:
     """``row`` with ``pred_us``/``bound`` re-made by the current cost model; the predictions
-    made at measurement time stay under ``pred_us_at_measurement``."""
+    made at measurement time stay under ``pred_us_at_measurement``. A prefill row is priced
+    as the kernel it ran: its stored ``launch``, else ``launch`` (``{head_dim: launch}`` for
+    rows that record none, ``--launch``), else today's table."""
     import torch
 
     from gpu import resolve as resolve_spec
@@ -659,7 +700,9 @@ def repredicted(row: dict) -> dict:
             spec, s, row["hardware"])
     else:
         spec = resolve_spec(row["method"], None, getattr(torch, row["dtype"]))
-        out["pred_us"], out["bound"], errs = predictions(spec, row["shape"], row["hardware"])
+        ran = row.get("launch") or (launch or {}).get(str(row["shape"]["head_dim"]))
+        out["pred_us"], out["bound"], errs = predictions(spec, row["shape"], row["hardware"],
+                                                         launch=ran)
     out.pop("pred_errors", None)
     if errs:
         out["pred_errors"] = errs
@@ -674,7 +717,7 @@ def _repredict_summary(args: argparse.Namespace) -> int:
         h = r.get("hardware")
         if h not in digests:
             digests[h] = model_state(h)
-        rows.append(dict(repredicted(r), pred_model_digest=digests[h]))
+        rows.append(dict(repredicted(r, args.launch), pred_model_digest=digests[h]))
     if not rows:
         raise ValueError(f"--repredict: no stored rows in {store.path}")
     note = (f"predictions re-made at git {provenance.git_revision()} with the current cost model "

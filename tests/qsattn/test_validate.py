@@ -276,6 +276,33 @@ def test_decode_method_that_cannot_run_gets_a_not_run_line(monkeypatch):
                                      for n in not_run)
 
 
+def test_prefill_rows_are_priced_as_the_kernel_that_ran(monkeypatch):
+    """The launch a prefill point ran is the table's whole entry (kernel and Gluon options): a
+    launch without ``kernel`` prices the portable Triton kernel, which on Hopper is not what
+    runs (the H200 held-out run's own predictions did that). --repredict prices a row's stored
+    launch, else ``--launch`` by head dim, else today's table."""
+    s = dict(batch=1, q_heads=8, kv_heads=8, q_len=1024, kv_len=1024, head_dim=128,
+             causal=False)
+    la = validate.table_launch("int8_flash", s, "h200")
+    assert la["kernel"] == "gluon" and "merged" in la["gluon"]
+    assert validate.table_launch("int8_flash", s, "a100_40gb")["kernel"] == "triton"
+    seen = []
+    monkeypatch.setattr(validate, "predictions",
+                        lambda spec, shape, hw, tiers=validate.TIERS, launch=None:
+                        (seen.append(launch), ({}, {}, {}))[1])
+    row = {"method": "int8_flash", "phase": "prefill", "shape": s, "dtype": "float16",
+           "hardware": "h100_sxm", "pred_us": {}}
+    triton = {"kernel": "triton", "block_m": 128, "num_warps": 8, "num_stages": 3}
+    validate.repredicted(row)
+    validate.repredicted(row, {"128": triton})
+    validate.repredicted(dict(row, launch=la), {"128": triton})
+    assert seen == [None, triton, la]
+    assert validate._launch_arg('{"64": {"kernel": "triton"}}') == {"64": {"kernel": "triton"}}
+    for bad in ("[1]", '{"x": {}}', '{"64": {"block_m": 3}}', "{"):
+        with pytest.raises(validate.argparse.ArgumentTypeError):
+            validate._launch_arg(bad)
+
+
 def test_peer_points_keep_only_shapes_the_peer_accepts():
     """sageattn 1.0.6 refuses causal attention with q_len != kv_len: the sweep plans no call
     for it and says why (the H200 run once timed that call and recorded a failure)."""
