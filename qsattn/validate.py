@@ -165,13 +165,13 @@ def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> dict
             "host_us": host_time(fn, make())}
 
 
-def table_launch(method: str, s: dict, hardware: str) -> dict:
+def table_launch(method: str, s: dict, hardware: str, block_n: int | None = None) -> dict:
     """The launch time_kernel's launch_prefill call makes (no launch= given): the entry of the
     hardware architecture's table (which kernel, its program config), which
     gpu.prefill.default_launch reads on the device. Stored with each prefill row."""
     from sim.arch import prefill_kernel_launch
     from sim.cost import load_hardware
-    return prefill_kernel_launch(load_hardware(hardware).arch, method, s["head_dim"])
+    return prefill_kernel_launch(load_hardware(hardware).arch, method, s["head_dim"], block_n)
 
 
 def predictions(spec, s: dict, hardware: str, tiers=TIERS,
@@ -182,7 +182,7 @@ def predictions(spec, s: dict, hardware: str, tiers=TIERS,
 
     shape = Shape(**{k: s[k] for k in SHAPE_KEYS})
     if launch is None:
-        launch = table_launch(spec.method, s, hardware)
+        launch = table_launch(spec.method, s, hardware, spec.tiling.block_n)
     pred, bound, errors = {}, {}, {}
     for tier in tiers:
         try:
@@ -297,7 +297,7 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> di
     k[..., :2] *= 4.0          # a few outlier channels, as real keys have
     spec = gpu.resolve(method, None, dtype)
     row = {"method": method, "phase": "prefill", "shape": s, "label": shape_label(s),
-           "launch": table_launch(spec.method, s, hardware),
+           "launch": table_launch(spec.method, s, hardware, spec.tiling.block_n),
            "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
            "hardware": hardware, "device": torch.cuda.get_device_name()}
     def timed():
