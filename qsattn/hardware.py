@@ -171,7 +171,7 @@ def new_yaml(name: str, src, arch: str | None, command: str) -> str:
              "# (never converted). The comment on each line is "
              f"{src.name}'s value and source, a guide only.",
              f"# Every qsattn command refuses this file while a FILL is left; `qsattn hardware "
-             f"show {name}`",
+             f"show PATH-OF-THIS-FILE`",
              "# then checks it and lists what else the cost model needs (kernel data of the "
              "arch, measured overlay).",
              f"name: {name}",
@@ -196,8 +196,10 @@ def new_yaml(name: str, src, arch: str | None, command: str) -> str:
             lines.append(f"{f.name}: null   # {arch} has no warpgroup MMA "
                          f"(configs/kernels/archs.yaml async_mma)")
             continue
+        optional = (" Optional: if unknown, replace the whole value by null"
+                    f" (`{f.name}: null`)." if f.default is None else "")
         lines.append(f"{f.name}: {{value: {FILL}, unit: {unit}, source: {FILL}, kind: spec}}"
-                     f"   # {doc}. {was}")
+                     f"   # {doc}.{optional} {was}")
     return "\n".join(lines) + "\n"
 
 

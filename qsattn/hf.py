@@ -192,7 +192,13 @@ def _backend(method: str, *, executor: str = "sim", kv_cache: bool = False,
             raise ValueError("device: only the gpu executor takes a device")
         return HFAttention(spec, **kw)
     import os
+
+    import torch
     dev = device or ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")
+    if str(dev).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("executor: 'gpu' runs the Triton kernels on a CUDA device and this "
+                         "torch has none; use executor='sim' (the bit-accurate simulator) or "
+                         "TRITON_INTERPRET=1 to run the kernels on the CPU")
     return HFKernelAttention(spec, device=dev, **kw)
 
 

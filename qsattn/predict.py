@@ -43,14 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated METHOD or METHOD:KERNEL (default: every method with a "
                         "kernel for the phase; `qsattn specs` lists them)")
     m.add_argument("--kernel", default=None,
-                   help="kernel for every method given without one, e.g. ideal (the optimal "
-                        "kernel the bytes and units allow); choices per method: `qsattn specs`")
+                   help="kernel for every method given without one, e.g. ideal (decode: the "
+                        "optimal kernel the bytes and units allow); choices per method and "
+                        "phase: `qsattn specs`")
     m.add_argument("--hardware", default=None,
                    help="comma-separated hardware ids or YAML paths (default: every shipped "
                         "description; `qsattn hardware list`)")
-    m.add_argument("--tier", choices=("roofline", "tiled", "calibrated"), default="tiled",
-                   help="roofline: pure; tiled: tiles, waves and overlap (default); calibrated: "
-                        "tiled on measured ceilings")
+    m.add_argument("--tier", choices=("roofline", "tiled", "pipeline", "calibrated"),
+                   default="tiled",
+                   help="roofline: pure; tiled: tiles, waves and overlap (default); pipeline: "
+                        "each kernel's own SASS through the SM pipeline model on datasheet "
+                        "values (compiles on the CPU with triton the first time); calibrated: "
+                        "pipeline on the GPU's measured values (configs/hardware/measured/)")
     m.add_argument("--clock", choices=("boost", "sustained"), default="boost")
     m.add_argument("--baseline", default="fp16_flash",
                    help="method the speedup is taken against (default fp16_flash)")
@@ -64,14 +68,14 @@ def _shape(args: argparse.Namespace):
     if q is None and k is None:
         raise ValueError("--q-len/--kv-len: give at least one (e.g. --q-len 1 --kv-len 8192 for "
                          "a decode step, --q-len 4096 for a prefill)")
+    for name, v in (("--batch", args.batch), ("--heads", args.heads), ("--q-len", q),
+                    ("--kv-len", k), ("--head-dim", args.head_dim)):
+        if v is not None and v < 1:          # before defaulting one length from the other
+            raise ValueError(f"{name}: expected a positive integer, got {v}")
     if q is None:
         q = 1 if args.phase == "decode" else k
     if k is None:
         k = q
-    for name, v in (("--batch", args.batch), ("--heads", args.heads), ("--q-len", q),
-                    ("--kv-len", k), ("--head-dim", args.head_dim)):
-        if v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v}")
     kv = args.heads if args.kv_heads is None else args.kv_heads
     if kv < 1:
         raise ValueError(f"--kv-heads: expected a positive integer, got {kv}")
@@ -128,8 +132,20 @@ def rows(args: argparse.Namespace) -> list[dict]:
     """The table's rows (raw numbers; ``note`` says why a method cannot run on a GPU)."""
     from sim.cost import UnsupportedOnHardware, available_hardware, load_hardware, speedup
 
+    from sim.cost.methods import COST_PATHS
+
     shape, phase = _shape(args)
     entries = parse_entries(args.methods, phase, args.kernel)
+    if args.baseline not in COST_PATHS:
+        raise ValueError(f"--baseline: expected one of {COST_PATHS.names()}, "
+                         f"got {args.baseline!r}")
+    if args.tier in ("pipeline", "calibrated"):
+        try:
+            import gpu.counting
+        except ImportError as e:
+            raise ValueError(f"--tier {args.tier}: counts each kernel's SASS, which needs "
+                             f"triton ({e}); use --tier tiled") from None
+        gpu.counting.install()
     hws = ([h.strip() for h in args.hardware.split(",") if h.strip()] if args.hardware
            else available_hardware())
     if not hws:

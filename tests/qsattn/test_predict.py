@@ -54,6 +54,8 @@ def test_kernel_flag_and_default_methods(capsys):
     (["--q-len", "8", "--methods", "nope"], "--methods"),
     (["--q-len", "8", "--methods", "fp16_flash:ideal"], "--kernel"),
     (["--q-len", "8", "--hardware", "nope_gpu"], "--hardware"),
+    (["--kv-len", "0"], "--kv-len: expected a positive integer, got 0"),
+    (["--q-len", "8", "--baseline", "nope"], "--baseline"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
     rc, out, err = _run(capsys, *argv)
@@ -81,3 +83,16 @@ def test_a_gpu_without_kernel_data_names_the_missing_file(capsys, tmp_path):
         assert "configs/kernels/ada/" not in err and (rc == 0 or err.count("\n") == 1)
         return
     assert rc == 2 and "configs/kernels/ada/" in err and "python -m gpu.sass" in err
+
+
+@pytest.mark.slow
+def test_counted_tiers_from_the_shell(capsys):
+    """--tier pipeline/calibrated install the kernel counter (compiles on the CPU) like the
+    other commands; the calibrated tier reads the shipped measured overlay."""
+    pytest.importorskip("triton")
+    for tier in ("pipeline", "calibrated"):
+        rc, out, err = _run(capsys, "--q-len", "1024", "--methods", "int8_flash", "--hardware",
+                            "h100_sxm", "--tier", tier, "--format", "json")
+        assert rc == 0, err
+        row, = json.loads(out)
+        assert row["tier"] == tier and row["bound"] and row["time_us"] > 0

@@ -327,3 +327,20 @@ def test_bad_shapes(kw, match):
     base.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         Shape(**base)
+
+
+@pytest.mark.parametrize("hw", __import__("sim.cost.hardware", fromlist=["x"]).available_hardware())
+def test_every_shipped_gpu_prices_every_method_in_both_phases(hw):
+    """Every hardware description and its architecture's kernel tables price every method at
+    prefill and decode, MHA and GQA (an Ada decode table older than the decode kernels' names
+    once raised KeyError here); a unit the GPU lacks is the only accepted refusal."""
+    for m in COST_PATHS.names():
+        for kv in (32, 8):
+            for s in (Shape(2, 32, kv, 2048, 2048, 128, True), Shape(8, 32, kv, 1, 8192, 128)):
+                if not COST_PATHS.get(m).kernels.get("prefill" if s.q_len > 1 else "decode"):
+                    continue                  # decode-only methods refuse prefill by name
+                try:
+                    p = predict(m, s, hw)
+                except UnsupportedOnHardware:
+                    continue
+                assert p.time > 0, (hw, m, s)
