@@ -202,7 +202,11 @@ class KernelCounter:
         if interpreting():
             from sim.cost.counted import cached_path, read_record, shipped_path
             key = self.key(req)
-            for path in (shipped_path(req.arch, key), cached_path(req.arch, key)):
+            paths = (shipped_path(req.arch, key), cached_path(req.arch, key))
+            if not any(p.is_file() for p in paths):
+                # a foreign kernel's key needs no compile (key() made no child): count it now
+                _in_subprocess(req)
+            for path in paths:
                 if path.is_file():
                     return read_record(path)
             raise RuntimeError(f"gpu.counting: the child process did not write {key}")
