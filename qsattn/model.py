@@ -1114,7 +1114,9 @@ def _needle_plot(summ: dict, lengths: list[int], path: Path) -> None:
         cols = [ps.lighter(styles[v]["color"], 0.5 * j / max(1, len(lengths) - 1))
                 if len(lengths) > 1 else styles[v]["color"] for v in vids]
         ax.bar(x, np.nan_to_num(acc), w, color=cols, edgecolor="0.2", linewidth=0.5)
-        ax.errorbar(x, np.nan_to_num(acc), yerr=[np.nan_to_num(acc - lo), np.nan_to_num(hi - acc)],
+        ax.errorbar(x, np.nan_to_num(acc),
+                    yerr=[np.maximum(0.0, np.nan_to_num(acc - lo)),
+                          np.maximum(0.0, np.nan_to_num(hi - acc))],
                     fmt="none", ecolor="0.5", capsize=3, lw=1.2)
         data += [{"variant": v, "tokens": int(L), "correct": c["correct"], "trials": c["trials"],
                   "accuracy": a, "wilson_lo": l_, "wilson_hi": h_}

@@ -133,4 +133,5 @@ def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, flo
     den = 1 + z * z / trials
     c = (ph + z * z / (2 * trials)) / den
     h = z * math.sqrt(ph * (1 - ph) / trials + z * z / (4 * trials * trials)) / den
-    return (max(0.0, c - h), min(1.0, c + h))
+    # the interval contains ph; rounding at ph = 0 or 1 must not put it outside
+    return (min(ph, max(0.0, c - h)), max(ph, min(1.0, c + h)))
