@@ -729,7 +729,62 @@ def report_section(ctx) -> str:
            "under `bench/`.", ""]
     for d in gpus:
         out += _gpu_section(d, d.relative_to(Path(ctx.out)).as_posix())
+    out += _dev_runs(root, Path(ctx.out))
     return "\n".join(out) + "\n"
+
+
+def _dev_runs(root: Path, out_root: Path) -> list[str]:
+    """The kernel issues' device runs (``bench/gluon_dev/run*``, ``bench/decode_dev/run*``): the
+    newest of each, summarized from its JSON (ratios from the same run)."""
+    out = []
+    runs = sorted((root / "gluon_dev").glob("run*/gluon_prefill.json"))
+    if runs:
+        js = runs[-1]
+        g = json.loads(js.read_text())
+        rel = js.parent.relative_to(out_root).as_posix()
+        t = [r for r in g["timings"] if r["shape"] == "main"]
+        cudnn = {r["causal"]: r["ms"] for r in t if r["kind"] == "sdpa" and r["method"] == "cudnn"}
+        quant = {r["method"]: r["ms"] for r in t if r["kind"] == "quant"}
+        env = g.get("env", {})
+        out += [f"**Prefill, Gluon sm_90 kernels** (B4 H32 L8192 D128), measured on "
+                f"{env.get('device', '?')} at git {str(env.get('git_revision', '?'))[:12]}: the "
+                f"fastest structure per method, total incl. Q/K/V quantization; every structure, "
+                f"shape and the identity checks in [{rel}/gluon_prefill.md]({rel}/gluon_prefill.md)"
+                f", analysis in `benchmarks/gluon_prefill_notes.md`.", "",
+                "| method | causal | structure | ms (+quant) | x cuDNN |", "|---|---|---|---|---|"]
+        for causal in (False, True):
+            best: dict = {}
+            for r in t:
+                if r["kind"] == "forward" and r["causal"] == causal and (
+                        r["method"] not in best or r["ms"] < best[r["method"]]["ms"]):
+                    best[r["method"]] = r
+            for m, r in best.items():
+                tot = r["ms"] + quant.get(m.split("_")[0], 0.0)   # fp16 quantizes nothing
+                x = f"{cudnn[causal] / tot:.2f}" if causal in cudnn else "-"
+                out.append(f"| {m} | {causal} | {r['structure']} | {tot:.3f} | {x} |")
+        out.append("")
+    runs = sorted((root / "decode_dev").glob("run*/decode_dev.json"))
+    if runs:
+        js = runs[-1]
+        d = json.loads(js.read_text())
+        rel = js.parent.relative_to(out_root).as_posix()
+        top = js.parent.parent.relative_to(out_root).as_posix()
+        pv = d.get("provenance", {})
+        rows = [r for r in d["rows"] if r.get("config") == "mha" and r.get("x_best_sdpa")]
+        Ls = sorted({r["L"] for r in rows})
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        out += [f"**Decode kernels** (B8 H32/32 D128), measured on {pv.get('gpu', '?')} at git "
+                f"{pv.get('git', '?')}: x fastest SDPA of the same run (eager calls: host time "
+                f"inside, see [{top}/README.md]({top}/README.md)); GQA, variants and stage "
+                f"cut-offs in [{rel}/decode_dev.md]({rel}/decode_dev.md).", "",
+                "| kernel | " + " | ".join(f"{L // 1024}K" for L in Ls) + " |",
+                "|---|" + "---|" * len(Ls)]
+        for n in names:
+            cell = {r["L"]: r["x_best_sdpa"] for r in rows if r["name"] == n}
+            out.append(f"| {n} | " + " | ".join(f"{cell[L]:.2f}" if L in cell else "-"
+                                                for L in Ls) + " |")
+        out.append("")
+    return out
 
 
 def _gpu_section(d: Path, rel: str) -> list[str]:

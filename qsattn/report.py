@@ -24,7 +24,7 @@ SECTIONS: list[tuple[str, str, str, int]] = [
     ("foundation", "Foundation: method specs and numerics self-check", "qsattn.selfcheck", 2),
     ("accuracy", "Accuracy on synthetic tensors (simulator vs float64)", "qsattn.accuracy", 3),
     ("roofline", "Analytical roofline (A100, H100, H200)", "qsattn.roofline", 4),
-    ("bench", "Triton kernels: H100 benchmarks against SDPA and SageAttention", "qsattn.bench", 5),
+    ("bench", "GPU kernels: H100 and H200 benchmarks against SDPA and SageAttention", "qsattn.bench", 5),
     ("validation", "GPU validation: simulator vs kernel, predicted vs measured", "qsattn.validate", 6),
     ("model", "Accuracy inside a real model (SmolLM2-135M)", "qsattn.model", 7),
 ]

@@ -870,16 +870,17 @@ def report_section(ctx) -> str:
     body, grab = [], False
     for ln in lines:
         if ln.startswith("### "):
-            grab = ln.startswith(("### Targets", "### Predicted vs measured time"))
+            grab = ln.startswith(("### Cost model on held-out", "### Targets",
+                                  "### Predicted vs measured time"))
             if grab:
                 body.append(ln.replace("### ", "#### ", 1))
             continue
         if grab:
             body.append(ln)
-    try:
-        rel = path.relative_to(provenance.ROOT)
+    try:                                   # the link is read from REPORT.md, in ctx.out
+        rel = path.resolve().relative_to(Path(ctx.out).resolve()).as_posix()
     except ValueError:
-        rel = path
+        rel = path.as_posix()
     return ("Reused from the last committed GPU validation run (this section does not need a "
             "GPU and runs nothing).\n\n"
             + "\n\n".join(keep) + "\n\n" + "\n".join(body).strip() + "\n\n"

@@ -72,3 +72,35 @@ def test_run_saves_json_markdown_and_plots_with_provenance(tmp_path, monkeypatch
                  "decode.md", "decode.csv", "decode_sweep.png", "decode_sweep.csv"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "decode.json").read_text())["provenance"]["gpu"] == "FakeGPU"
+
+
+def test_report_section_summarizes_the_newest_device_runs(tmp_path):
+    """The kernel issues' device runs: the newest run of each, ratios from that run's own peers
+    (the fastest structure per method, quantization included)."""
+    d = tmp_path / "bench"
+    (d / "h100_sxm").mkdir(parents=True)
+    (d / "h100_sxm" / "prefill.json").write_text(json.dumps(_prefill()))
+    dims = [4, 32, 32, 8192, 8192, 128]
+    t = [{"kind": "sdpa", "method": "cudnn", "structure": "-", "shape": "main", "dims": dims,
+          "causal": c, "ms": 8.0} for c in (False, True)]
+    t += [{"kind": "quant", "method": "int8", "structure": "-", "shape": "main", "dims": dims,
+           "causal": False, "ms": 1.0}]
+    t += [{"kind": "forward", "method": m, "structure": st, "shape": "main", "dims": dims,
+           "causal": False, "ms": ms} for m, st, ms in (("int8", "m1", 9.0), ("int8", "m2", 7.0),
+                                                         ("fp16", "v2", 4.0))]
+    for run, scale in (("run1", 100.0), ("run2", 1.0)):
+        (d / "gluon_dev" / run).mkdir(parents=True)
+        rows = [dict(r, ms=r["ms"] * (scale if r["kind"] == "forward" else 1.0)) for r in t]
+        (d / "gluon_dev" / run / "gluon_prefill.json").write_text(json.dumps(
+            {"env": {"device": "H200", "git_revision": "f" * 40}, "timings": rows}))
+    (d / "decode_dev" / "run1").mkdir(parents=True)
+    (d / "decode_dev" / "run1" / "decode_dev.json").write_text(json.dumps(
+        {"provenance": {"gpu": "H200", "git": "abc"},
+         "rows": [{"name": n, "config": c, "L": 32768, "ms": 1.0, "x_best_sdpa": x}
+                  for n, c, x in (("sdpa cudnn", "mha", 1.0), ("turbo int4", "mha", 0.81),
+                                  ("turbo int4", "gqa4", 0.68))]}))
+    text = bench.report_section(SimpleNamespace(out=tmp_path))
+    assert "| int8 | False | m2 | 8.000 | 1.00 |" in text      # 7 + 1 ms quantization
+    assert "| fp16 | False | v2 | 4.000 | 2.00 |" in text      # fp16 quantizes nothing
+    assert "gluon_dev/run2/gluon_prefill.md" in text and "run1/gluon" not in text
+    assert "| turbo int4 | 0.81 |" in text                    # MHA rows only
