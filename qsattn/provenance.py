@@ -28,9 +28,13 @@ _PACKAGES = ("numpy", "numba", "scipy", "torch", "triton", "transformers")
 def git_revision(root: Path = ROOT) -> str:
     """Short revision, with '+dirty' when tracked files differ from it.
 
-    Outside a git checkout (e.g. a copy of the tree sent to a GPU machine) the revision comes
-    from ``$QSATTN_GIT_REVISION`` (set it in the remote command), else 'unknown'."""
+    ``$QSATTN_GIT_REVISION``, when set, wins: a copy of the tree sent to a GPU machine may
+    carry no checkout or another one's HEAD (the H200 validation rows recorded the device
+    copy's HEAD), so the remote command states the revision it runs. Without it and outside
+    a checkout: 'unknown'."""
     env = os.environ.get("QSATTN_GIT_REVISION")
+    if env:
+        return env
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True,
                              capture_output=True, check=True).stdout.strip()
@@ -38,7 +42,7 @@ def git_revision(root: Path = ROOT) -> str:
                                text=True, capture_output=True, check=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return env or "unknown"
+        return "unknown"
 
 
 def versions() -> dict[str, str]:
