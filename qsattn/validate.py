@@ -165,6 +165,27 @@ def time_kernel(method: str, spec, q, k, v, causal: bool, cold_l2: bool) -> dict
             "host_us": host_time(fn, make())}
 
 
+def cost_shape(s: dict):
+    """The ``sim.cost.Shape`` of a stored prefill shape dict."""
+    from sim.cost import Shape
+    return Shape(**{k: s[k] for k in SHAPE_KEYS})
+
+
+def prefill_inputs(s: dict, cfg: dict):
+    """Q, K, V of a prefill point on the current CUDA device (seeded by ``cfg``), with a few
+    outlier key channels, as real keys have; ours and the peers' points time the same data."""
+    import torch
+    dtype = getattr(torch, cfg["dtype"])
+    g = torch.Generator(device="cuda").manual_seed(int(cfg["seed"]))
+    q = torch.randn(s["batch"], s["q_heads"], s["q_len"], s["head_dim"], device="cuda",
+                    dtype=dtype, generator=g)
+    k = torch.randn(s["batch"], s["kv_heads"], s["kv_len"], s["head_dim"], device="cuda",
+                    dtype=dtype, generator=g)
+    v = torch.randn_like(k)
+    k[..., :2] *= 4.0
+    return q, k, v
+
+
 def table_launch(method: str, s: dict, hardware: str, block_n: int | None = None) -> dict:
     """The launch time_kernel's launch_prefill call makes (no launch= given): the entry of the
     hardware architecture's table (which kernel, its program config), which
@@ -178,9 +199,9 @@ def predictions(spec, s: dict, hardware: str, tiers=TIERS,
                 launch: dict | None = None) -> tuple[dict, dict, dict]:
     """({tier: us}, {tier: bound}, {tier: error}) from sim.cost.predict at every tier, for the
     kernel ``launch`` (default: :func:`table_launch`)."""
-    from sim.cost import Shape, predict
+    from sim.cost import predict
 
-    shape = Shape(**{k: s[k] for k in SHAPE_KEYS})
+    shape = cost_shape(s)
     if launch is None:
         launch = table_launch(spec.method, s, hardware, spec.tiling.block_n)
     pred, bound, errors = {}, {}, {}
@@ -223,14 +244,7 @@ def run_peer_point(name: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) ->
     if name not in PEERS:
         raise ValueError(f"peers: expected names from {sorted(PEERS)}, got {name!r}")
     method, call, what = PEERS[name]
-    dtype = getattr(torch, cfg["dtype"])
-    g = torch.Generator(device="cuda").manual_seed(int(cfg["seed"]))
-    q = torch.randn(s["batch"], s["q_heads"], s["q_len"], s["head_dim"], device="cuda",
-                    dtype=dtype, generator=g)
-    k = torch.randn(s["batch"], s["kv_heads"], s["kv_len"], s["head_dim"], device="cuda",
-                    dtype=dtype, generator=g)
-    v = torch.randn_like(k)
-    k[..., :2] *= 4.0
+    q, k, v = prefill_inputs(s, cfg)
 
     def make():
         return q.clone(), k.clone(), v.clone()
@@ -266,9 +280,9 @@ def run_peer_point(name: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) ->
 def peer_predictions(name: str, s: dict, hardware: str, tiers=TIERS):
     """({tier: us}, {tier: bound}, {tier: error}, {tier: [[launch, why], ...]}) of a peer at a
     prefill shape: the analytical launches are the ones no counted kernel prices."""
-    from sim.cost import Shape, predict
+    from sim.cost import predict
     method = PEERS[name][0]
-    shape = Shape(**{k_: s[k_] for k_ in SHAPE_KEYS})
+    shape = cost_shape(s)
     pred, bound, errs, analytical = {}, {}, {}, {}
     for tier in tiers:
         try:
@@ -287,15 +301,8 @@ def run_point(method: str, s: dict, cfg: dict, hardware: str, tiers=TIERS) -> di
 
     import gpu
 
-    dtype = getattr(torch, cfg["dtype"])
-    g = torch.Generator(device="cuda").manual_seed(int(cfg["seed"]))
-    q = torch.randn(s["batch"], s["q_heads"], s["q_len"], s["head_dim"], device="cuda",
-                    dtype=dtype, generator=g)
-    k = torch.randn(s["batch"], s["kv_heads"], s["kv_len"], s["head_dim"], device="cuda",
-                    dtype=dtype, generator=g)
-    v = torch.randn_like(k)
-    k[..., :2] *= 4.0          # a few outlier channels, as real keys have
-    spec = gpu.resolve(method, None, dtype)
+    q, k, v = prefill_inputs(s, cfg)
+    spec = gpu.resolve(method, None, q.dtype)
     row = {"method": method, "phase": "prefill", "shape": s, "label": shape_label(s),
            "launch": table_launch(spec.method, s, hardware, spec.tiling.block_n),
            "shape_key": shape_label(s), "dtype": cfg["dtype"], "seed": cfg["seed"],
@@ -651,12 +658,11 @@ def peer_points(cfg: dict, s: dict, not_run: list[str]) -> list[tuple[str, str, 
     """``(peer, "peer", s)`` for every configured peer whose foreign description accepts the
     shape (its ``requires``); for each one that does not, appends the reason to ``not_run``
     instead of timing a call the peer refuses."""
-    from sim.cost import Shape
     from sim.cost.foreign import load_foreign
     out = []
     for p in cfg.get("peers", ()):
         try:
-            load_foreign(p).env(Shape(**{k_: s[k_] for k_ in SHAPE_KEYS}))
+            load_foreign(p).env(cost_shape(s))
         except ValueError as e:
             not_run.append(f"{p} {shape_label(s)}: not run: {e}")
             continue

@@ -500,8 +500,9 @@ _CAL: dict = {}
 
 def _calibrated(hw: Hardware) -> Hardware:
     """``hw`` with its measured overlay, re-read when the overlay file changes."""
+    path = measured_path(hw)
     try:
-        stamp = (str(measured_path(hw)), measured_path(hw).stat().st_mtime_ns)
+        stamp = (str(path), path.stat().st_mtime_ns)
     except OSError:
         stamp = None                          # apply_measured names the missing file
     got = _CAL.get(hw.name)
