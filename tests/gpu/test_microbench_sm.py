@@ -22,18 +22,7 @@ from gpu import microbench_sm as sm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tools_missing() -> str | None:
-    from triton import knobs
-    for name in ("cuobjdump", "ptxas"):
-        if getattr(knobs.nvidia, name) is None:
-            return f"{name} is missing from the triton wheel (triton/backends/nvidia/bin)"
-    return None
-
-
-def test_every_microbenchmark_loop_holds_its_opcodes_on_sm90_and_sm80():
-    missing = _tools_missing()
-    if missing:
-        pytest.skip(missing)
+def test_every_microbenchmark_loop_holds_its_opcodes_on_sm90_and_sm80(sass_tools):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     procs = {arch: subprocess.Popen([sys.executable, "-m", "gpu.microbench_sm", "--verify",
                                      "--json", "--arch", arch], cwd=ROOT, env=env,
