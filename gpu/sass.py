@@ -736,6 +736,22 @@ def decode_data(tabs: dict) -> dict:
     return out
 
 
+def diff_decode_committed(tabs: dict, path: Path) -> list[str]:
+    """Differences between fresh ``decode_data(decode_tables())`` and the committed
+    ``decode.yaml`` (empty: equal): missing, extra or changed tables."""
+    import yaml
+    if not Path(path).is_file():
+        return [f"{path}: missing"]
+    want = yaml.safe_load(Path(path).read_text())
+    want.pop("source", None)
+    now = decode_data(tabs)
+    out = [f"{k}: not in {path}" for k in now if k not in want]
+    out += [f"{k}: in {path}, no longer counted" for k in want if k not in now]
+    out += [f"{k}: committed {want[k]!r}, now {now[k]!r}" for k in now
+            if k in want and want[k] != now[k]]
+    return out
+
+
 def decode_yaml(tabs: dict, command: str, arch: str) -> str:
     import triton
     import yaml
@@ -758,7 +774,8 @@ def main(argv=None) -> int:
                     help="rewrite configs/kernels/<arch>/mixes.yaml (decode.yaml with --decode)")
     ap.add_argument("--opcodes", action="store_true", help="also print per-opcode counts")
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 when the counts differ from the arch's mixes.yaml")
+                    help="exit 1 when the counts differ from the arch's mixes.yaml "
+                         "(decode.yaml with --decode)")
     ap.add_argument("--decode", action="store_true",
                     help="count the decode kernels' loops (decode.yaml) instead")
     a = ap.parse_args(argv)
@@ -773,6 +790,16 @@ def main(argv=None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(decode_yaml(tabs, cmd + " --decode --write", a.arch))
             print(f"wrote {path}")
+        if a.check:
+            path = data_path(a.arch, "decode")
+            diff = diff_decode_committed(tabs, path)
+            for d in diff:
+                print("DIFF", d)
+            if diff:
+                print(f"decode SASS tables differ from the committed ones: run "
+                      f"`{cmd} --decode --write`")
+                return 1
+            print(f"decode tables equal {path}")
         return 0
     if a.write and a.variant and set(a.variant) != set(variants_of(a.arch)):
         ap.error("--write rewrites every variant's table: drop --variant")

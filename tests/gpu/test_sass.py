@@ -20,25 +20,38 @@ from gpu import sass  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tools_missing() -> str | None:
-    from triton import knobs
-    for name in ("cuobjdump", "ptxas"):
-        if getattr(knobs.nvidia, name) is None:
-            return f"{name} is missing from the triton wheel (triton/backends/nvidia/bin)"
-    return None
-
-
-@pytest.mark.parametrize("arch", ["hopper", "ampere"])
-def test_counts_equal_committed_table(arch):
-    missing = _tools_missing()
-    if missing:
-        pytest.skip(missing)
+@pytest.mark.parametrize("table", ["mixes", "decode"])
+@pytest.mark.parametrize("arch", ["hopper", "ampere", "ada"])
+def test_counts_equal_committed_table(arch, table, sass_tools):
+    """Every architecture's committed SASS tables equal a fresh compile of today's kernels
+    (a decode table older than the decode kernels' names once went unnoticed on Ada)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "gpu.sass", "--arch", arch, "--check"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    print(r.stdout, r.stderr[-3000:])
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert "counts equal" in r.stdout
+    extra = ["--decode"] if table == "decode" else []
+    r = subprocess.run([sys.executable, "-m", "gpu.sass", "--arch", arch, *extra, "--check"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert ("decode tables equal" if table == "decode" else "counts equal") in r.stdout
+
+
+def test_diff_decode_committed_names_missing_extra_and_changed_tables(tmp_path, monkeypatch):
+    import yaml
+    from sim.arch import data_path
+    committed = yaml.safe_load(data_path("hopper", "decode").read_text())
+    committed.pop("source")
+    now = {k: v for k, v in committed.items() if k != "topk_select"}
+    now["flash_decode"] = dict(now["flash_decode"], regs=now["flash_decode"]["regs"] + 1)
+    now["label_score_g8"] = now["label_score_g4"]
+    monkeypatch.setattr(sass, "decode_data", lambda tabs: now)
+    diff = sass.diff_decode_committed({}, data_path("hopper", "decode"))
+    assert any(d.startswith("label_score_g8: not in") for d in diff)
+    assert any(d.startswith("topk_select: in") for d in diff)
+    assert any(d.startswith("flash_decode: committed") for d in diff)
+    assert len(diff) == 3
+    monkeypatch.setattr(sass, "decode_data", lambda tabs: committed)
+    assert sass.diff_decode_committed({}, data_path("hopper", "decode")) == []
+    gone = tmp_path / "none.yaml"
+    assert sass.diff_decode_committed({}, gone) == [f"{gone}: missing"]
 
 
 def test_diff_committed_reports_a_change():
