@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 from sim import load_method
-from sim.cost import Shape, UnsupportedOnHardware, load_hardware, overlap, predict
+from sim.cost import (Shape, UnsupportedOnHardware, available_hardware, load_hardware, overlap,
+                      predict)
 from sim.cost.kernels import tile_counts
 from sim.cost.methods import COST_PATHS, BuildContext
 
@@ -329,7 +330,7 @@ def test_bad_shapes(kw, match):
         Shape(**base)
 
 
-@pytest.mark.parametrize("hw", __import__("sim.cost.hardware", fromlist=["x"]).available_hardware())
+@pytest.mark.parametrize("hw", available_hardware())
 def test_every_shipped_gpu_prices_every_method_in_both_phases(hw):
     """Every hardware description and its architecture's kernel tables price every method at
     prefill and decode, MHA and GQA (an Ada decode table older than the decode kernels' names
